@@ -1,0 +1,69 @@
+"""mechscope: train recurrent networks on motor tasks and compare the mechanisms they learn.
+
+The public API: interfaces for tasks, models, trainers, probes and executors; the config base
+class; the plugin markers; and the experiment runner. Plugins, first-party ones included, use
+only what this module exports.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from mechscope.config import COMPONENT_KINDS, ComponentSpec, Config
+from mechscope.errors import (
+    ConfigError,
+    DuplicateComponentError,
+    MechscopeError,
+    PluginLoadError,
+    StoreError,
+    UnknownComponentError,
+)
+from mechscope.executor import AbstractExecutor, Outcome
+from mechscope.hookspecs import Register, hookimpl
+from mechscope.model import AbstractModel, Noise, Trajectory, simulate
+from mechscope.plugins import (
+    ComponentEntry,
+    PluginManager,
+    Registry,
+    get_plugin_manager,
+    get_registry,
+)
+from mechscope.probe import AbstractProbe, ProbeResult
+from mechscope.task import AbstractTask, Trials
+from mechscope.training import AbstractTrainer, Callback, TrainedRun
+
+try:
+    __version__ = version("mechscope")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "COMPONENT_KINDS",
+    "AbstractExecutor",
+    "AbstractModel",
+    "AbstractProbe",
+    "AbstractTask",
+    "AbstractTrainer",
+    "Callback",
+    "ComponentEntry",
+    "ComponentSpec",
+    "Config",
+    "ConfigError",
+    "DuplicateComponentError",
+    "MechscopeError",
+    "Noise",
+    "Outcome",
+    "PluginLoadError",
+    "PluginManager",
+    "ProbeResult",
+    "Register",
+    "Registry",
+    "StoreError",
+    "TrainedRun",
+    "Trajectory",
+    "Trials",
+    "UnknownComponentError",
+    "__version__",
+    "get_plugin_manager",
+    "get_registry",
+    "hookimpl",
+    "simulate",
+]

@@ -1,0 +1,44 @@
+"""The executor interface: where a list of runs is carried out."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
+
+import equinox as eqx
+
+from mechscope.config import Config
+
+Item = TypeVar("Item")
+Value = TypeVar("Value")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome(Generic[Value]):
+    """The result of one item: its index in the submitted list and a value or an error."""
+
+    index: int
+    value: Value | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the item finished without raising."""
+        return self.error is None
+
+
+class AbstractExecutor(eqx.Module):
+    """Runs a function over items and yields outcomes as they finish.
+
+    A failing item never stops the others: its exception becomes ``Outcome.error``.
+    """
+
+    config: eqx.AbstractVar[Config]
+
+    @abc.abstractmethod
+    def map(
+        self, function: Callable[[Item], Value], items: Sequence[Item]
+    ) -> Iterator[Outcome[Value]]:
+        """Apply `function` to each item, yielding outcomes in completion order."""

@@ -1,0 +1,272 @@
+"""Contract checks for plugin authors.
+
+Call these from your own tests; mechscope's test suite runs them over every registered
+component. Each check raises ``AssertionError`` with a message saying which contract broke.
+
+Example:
+    >>> from mechscope.testing import check_task
+    >>> check_task(MyTask(MyTaskConfig()), key=jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from mechscope.config import Config
+from mechscope.model import AbstractModel, Noise, Trajectory
+from mechscope.probe import AbstractProbe, ProbeResult
+from mechscope.task import AbstractTask, Trials
+from mechscope.training import AbstractTrainer, TrainedRun
+
+
+def check_config_roundtrip(config: Config) -> None:
+    """A config survives JSON serialisation unchanged and is hashable."""
+    assert isinstance(config, Config), f"{type(config).__name__} must subclass mechscope.Config"
+    again = type(config).model_validate_json(config.model_dump_json())
+    assert again == config, f"{type(config).__name__} changes through a JSON round-trip"
+    try:
+        hash(config)
+    except TypeError as error:
+        raise AssertionError(
+            f"{type(config).__name__} is not hashable ({error}); use tuples, not lists"
+        ) from None
+
+
+class _TraceCounter:
+    """Wraps a function so each trace (compilation) is counted."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.traces = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.traces += 1  # only runs while tracing, not on cached calls
+        return self.function(*args, **kwargs)
+
+
+def _assert_trees_equal(a: Any, b: Any, what: str) -> None:
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b, f"{what}: structures differ"
+    for left, right in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(left), np.asarray(right), err_msg=what)
+
+
+def check_trials(
+    trials: Trials, *, n_inputs: int, n_outputs: int, batch_size: int | None = None
+) -> None:
+    """Shapes and basic invariants of a Trials batch."""
+    batch, n_times = trials.inputs.shape[:2]
+    if batch_size is not None:
+        assert batch == batch_size, f"batch size {batch} != requested {batch_size}"
+    assert trials.inputs.shape == (batch, n_times, n_inputs), (
+        f"inputs shape {trials.inputs.shape} != {(batch, n_times, n_inputs)}"
+    )
+    assert trials.targets.shape == (batch, n_times, n_outputs), (
+        f"targets shape {trials.targets.shape} != {(batch, n_times, n_outputs)}"
+    )
+    assert trials.mask.shape == trials.targets.shape, "mask must have the shape of targets"
+    assert trials.times.shape == (n_times,), f"times shape {trials.times.shape} != {(n_times,)}"
+    times = np.asarray(trials.times)
+    assert np.all(np.diff(times) > 0), "times must increase"
+    for name, values in trials.events.items():
+        assert jnp.shape(values) == (batch,), f"event '{name}' must have shape [batch]"
+    for name, values in trials.labels.items():
+        assert jnp.shape(values)[:1] == (batch,), f"label '{name}' needs a leading batch axis"
+    for field in ("inputs", "targets", "mask"):
+        assert bool(jnp.all(jnp.isfinite(getattr(trials, field)))), f"{field} has NaN/Inf"
+    mask = np.asarray(trials.mask)
+    assert np.all(mask >= 0), "mask must be non-negative"
+
+
+def check_task(task: AbstractTask, *, key: PRNGKeyArray, batch_size: int = 4) -> None:
+    """The task contract: shapes, determinism in the key, jit without retracing, conditions.
+
+    Args:
+        task: the task to check.
+        key: a PRNG key.
+        batch_size: batch size to sample.
+    """
+    assert isinstance(task, AbstractTask), "a task must subclass mechscope.AbstractTask"
+    check_config_roundtrip(task.config)
+    assert task.dt > 0, "dt must be positive"
+    counter = _TraceCounter(lambda k: task.sample(batch_size, key=k))
+    sample = jax.jit(counter)
+    key_a, key_b = jax.random.split(key)
+    first = sample(key_a)
+    again = sample(key_a)
+    other = sample(key_b)
+    assert counter.traces == 1, f"sample retraced ({counter.traces} traces for one shape)"
+    check_trials(first, n_inputs=task.n_inputs, n_outputs=task.n_outputs, batch_size=batch_size)
+    _assert_trees_equal(first, again, "the same key must give the same batch")
+    # Eager and jitted execution may differ in the last bit, so compare closely, not exactly.
+    eager = task.sample(batch_size, key=key_a)
+    for left, right in zip(jax.tree.leaves(eager), jax.tree.leaves(first), strict=True):
+        np.testing.assert_allclose(np.asarray(left), np.asarray(right), rtol=1e-5, atol=1e-6)
+    assert not all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(other), strict=True)
+    ), "different keys gave identical batches: is the key used?"
+    conditions = task.conditions()
+    check_trials(conditions, n_inputs=task.n_inputs, n_outputs=task.n_outputs)
+    _assert_trees_equal(conditions, task.conditions(), "conditions() must be deterministic")
+
+
+def check_model(
+    model: AbstractModel, *, key: PRNGKeyArray, n_times: int = 20, dt: float = 0.01
+) -> None:
+    """The model contract: shapes, jit without retracing, determinism, noise, Jacobian.
+
+    Args:
+        model: the model to check.
+        key: a PRNG key.
+        n_times: length of the random test trial.
+        dt: sample interval of the test trial.
+    """
+    assert isinstance(model, AbstractModel), "a model must subclass mechscope.AbstractModel"
+    check_config_roundtrip(model.config)
+    input_key, noise_key, state_key, other_key = jax.random.split(key, 4)
+    inputs = jax.random.normal(input_key, (n_times, model.n_inputs))
+    times = jnp.arange(n_times) * dt
+    x0 = model.initial_state()
+    assert x0.shape == (model.n_units,), f"initial_state shape {x0.shape} != ({model.n_units},)"
+
+    counter = _TraceCounter(
+        lambda m, u, t, k, noise: m(u, t, key=k, noise=noise)
+    )
+    forward = eqx.filter_jit(counter)
+    quiet = Noise(input=0.0, recurrent=0.0)
+    noisy = Noise(input=0.1, recurrent=0.1)
+    clean = forward(model, inputs, times, noise_key, quiet)
+    assert isinstance(clean, Trajectory), "__call__ must return a mechscope.Trajectory"
+    assert clean.states.shape == (n_times, model.n_units), f"states shape {clean.states.shape}"
+    assert clean.rates.shape == (n_times, model.n_units), f"rates shape {clean.rates.shape}"
+    assert clean.outputs.shape == (n_times, model.n_outputs), f"outputs shape {clean.outputs.shape}"
+    assert bool(jnp.all(jnp.isfinite(clean.outputs))), "outputs contain NaN/Inf"
+    np.testing.assert_allclose(
+        np.asarray(clean.states[0]), np.asarray(x0), rtol=1e-6, atol=1e-6,
+        err_msg="states[0] must be the initial state",
+    )
+    first = forward(model, inputs, times, noise_key, noisy)
+    second = forward(model, inputs, times, noise_key, noisy)
+    third = forward(model, inputs, times, other_key, Noise(input=0.2, recurrent=0.05))
+    assert counter.traces == 1, (
+        f"__call__ retraced when only noise levels or keys changed ({counter.traces} traces)"
+    )
+    _assert_trees_equal(first, second, "the same key must give the same trajectory")
+    assert not np.allclose(np.asarray(first.states), np.asarray(clean.states)), (
+        "noise had no effect on the states"
+    )
+    assert not np.allclose(np.asarray(first.states), np.asarray(third.states)), (
+        "different keys/noise levels gave identical trajectories"
+    )
+    np.testing.assert_allclose(
+        np.asarray(clean.rates), np.asarray(jax.vmap(model.rates)(clean.states)),
+        rtol=1e-5, atol=1e-6, err_msg="rates must equal model.rates(states)",
+    )
+    np.testing.assert_allclose(
+        np.asarray(clean.outputs), np.asarray(jax.vmap(model.readout)(clean.rates)),
+        rtol=1e-5, atol=1e-5, err_msg="outputs must equal model.readout(rates)",
+    )
+    state = jax.random.normal(state_key, (model.n_units,))
+    velocity = model.vector_field(0.0, state, inputs[0])
+    assert velocity.shape == (model.n_units,), f"vector_field shape {velocity.shape}"
+    jacobian = model.jacobian(0.0, state, inputs[0])
+    reference = jax.jacfwd(lambda x: model.vector_field(0.0, x, inputs[0]))(state)
+    np.testing.assert_allclose(
+        np.asarray(jacobian), np.asarray(reference), rtol=1e-4, atol=1e-5,
+        err_msg="jacobian must equal jacfwd of vector_field",
+    )
+    shifted = eqx.filter_jit(lambda m, u, t, x: m(u, t, x0=x))(model, inputs, times, state)
+    np.testing.assert_allclose(
+        np.asarray(shifted.states[0]), np.asarray(state), rtol=1e-6, atol=1e-6,
+        err_msg="x0= must set the first state",
+    )
+
+
+def check_trainer(
+    trainer: AbstractTrainer, model: AbstractModel, task: AbstractTask, *, key: PRNGKeyArray
+) -> TrainedRun:
+    """The trainer contract: a TrainedRun of the same structure, history, determinism.
+
+    Use a trainer config with very few steps; this trains twice.
+
+    Returns:
+        The first of the two runs, for further checks.
+    """
+    check_config_roundtrip(trainer.config)
+    first = trainer.fit(model, task, key=key)
+    second = trainer.fit(model, task, key=key)
+    assert isinstance(first, TrainedRun), "fit must return a mechscope.TrainedRun"
+    assert first.status in ("completed", "diverged", "stopped"), f"bad status {first.status}"
+    assert jax.tree.structure(eqx.filter(first.model, eqx.is_array)) == jax.tree.structure(
+        eqx.filter(model, eqx.is_array)
+    ), "the trained model must have the structure of the initial model"
+    lengths = {name: len(np.asarray(values)) for name, values in first.history.items()}
+    assert "step" in lengths, "history must record 'step'"
+    assert len(set(lengths.values())) == 1, f"history arrays differ in length: {lengths}"
+    for left, right in zip(
+        jax.tree.leaves(eqx.filter(first.model, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(second.model, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            np.asarray(left), np.asarray(right), rtol=1e-5, atol=1e-6,
+            err_msg="the same key must give the same trained weights",
+        )
+    return first
+
+
+def check_probe(
+    probe: AbstractProbe,
+    trained: TrainedRun,
+    task: AbstractTask,
+    *,
+    key: PRNGKeyArray,
+    dependencies: Mapping[str, ProbeResult] | None = None,
+    tmp_path: Any = None,
+) -> ProbeResult:
+    """The probe contract: metrics are named floats, deterministic in the key, savable.
+
+    Args:
+        probe: the probe to check.
+        trained: a (possibly briefly) trained run.
+        task: the task to probe on.
+        key: a PRNG key.
+        dependencies: results of the probes named in ``probe.requires``.
+        tmp_path: a directory for a save/load round-trip (skipped when None).
+
+    Returns:
+        The probe's result, for further checks.
+    """
+    check_config_roundtrip(probe.config)
+    result = probe.run(trained, task, key=key, dependencies=dependencies)
+    assert isinstance(result, ProbeResult), "run must return a mechscope.ProbeResult"
+    assert result.metrics, "a probe must report at least one metric"
+    for name, value in result.metrics.items():
+        assert isinstance(name, str) and name, "metric names must be non-empty strings"
+        assert isinstance(value, float), f"metric '{name}' is not a float"
+    again = probe.run(trained, task, key=key, dependencies=dependencies)
+    assert set(again.metrics) == set(result.metrics), "metric names must not depend on the run"
+    for name, value in result.metrics.items():
+        other = again.metrics[name]
+        same = (math.isnan(value) and math.isnan(other)) or math.isclose(
+            value, other, rel_tol=1e-5, abs_tol=1e-8
+        )
+        assert same, f"metric '{name}' differs for the same key: {value} vs {other}"
+    if tmp_path is not None:
+        result.save(tmp_path)
+        loaded = ProbeResult.load(tmp_path)
+        assert set(loaded.metrics) == set(result.metrics), "metrics lost in save/load"
+        assert set(loaded.figure_files) == set(result.figures), "figures lost in save/load"
+        for name, array in result.arrays.items():
+            np.testing.assert_array_equal(loaded.arrays[name], array, err_msg=name)
+    return result

@@ -1,0 +1,1 @@
+"""First-party continuous-time RNN models (ctrnn, ei_ctrnn)."""

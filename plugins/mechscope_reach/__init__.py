@@ -1,0 +1,1 @@
+"""First-party reach tasks (delayed reach, target switch, target relocation)."""

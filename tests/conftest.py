@@ -1,0 +1,28 @@
+"""Shared fixtures: fresh PRNG keys and a clean plugin manager per test that needs one."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow; pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def getkey():
+    """Return a function that hands out a new PRNG key on each call (deterministic per test)."""
+    counter = itertools.count()
+    return lambda: jax.random.key(next(counter))
