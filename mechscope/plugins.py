@@ -84,8 +84,15 @@ class LoadFailure:
     error: str
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form for ``mechscope plugins --json``."""
-        return dataclasses.asdict(self)
+        """JSON form for ``mechscope plugins --json`` (``kind`` is ``"load_error"``)."""
+        return {
+            "kind": "load_error",
+            "name": self.plugin,
+            "distribution": self.distribution,
+            "version": None,
+            "description": f"failed to load: {self.error}",
+            "error": self.error,
+        }
 
 
 class Registry:

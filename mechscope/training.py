@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import equinox as eqx
 import jax
@@ -18,6 +18,9 @@ from mechscope.config import Config, config_to_json_dict
 from mechscope.errors import StoreError
 from mechscope.model import AbstractModel
 from mechscope.task import AbstractTask
+
+if TYPE_CHECKING:
+    from mechscope.plugins import Registry
 
 RunStatus = Literal["completed", "diverged", "stopped"]
 
@@ -59,17 +62,24 @@ class TrainedRun:
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model_name: str | None = None
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, *, registry: Registry | None = None) -> None:
         """Write ``trained.json``, ``model.eqx`` and ``history.npz`` into `directory`.
 
         No pickle: the model's leaves go through ``eqx.tree_serialise_leaves`` and its
         structure is rebuilt from the config when loading.
+
+        Args:
+            directory: where to write (created if needed).
+            registry: the registry to look the model's name up in when ``model_name`` is
+                unset (default: the process-wide one).
         """
         from mechscope.plugins import get_registry
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        name = self.model_name or get_registry().name_for_config("model", self.model.config)
+        name = self.model_name or (registry or get_registry()).name_for_config(
+            "model", self.model.config
+        )
         header = {
             "model_name": name,
             "model_config": config_to_json_dict(self.model.config),
@@ -84,8 +94,12 @@ class TrainedRun:
         np.savez(directory / "history.npz", **{k: np.asarray(v) for k, v in self.history.items()})
 
     @classmethod
-    def load(cls, directory: str | Path) -> TrainedRun:
+    def load(cls, directory: str | Path, *, registry: Registry | None = None) -> TrainedRun:
         """Load a run written by :meth:`save`, rebuilding the model from its registered name.
+
+        Args:
+            directory: the directory :meth:`save` wrote.
+            registry: where to find the model (default: the process-wide registry).
 
         Raises:
             StoreError: if a file is missing or unreadable.
@@ -95,7 +109,7 @@ class TrainedRun:
         directory = Path(directory)
         try:
             header = json.loads((directory / "trained.json").read_text())
-            entry = get_registry().get("model", header["model_name"])
+            entry = (registry or get_registry()).get("model", header["model_name"])
             config = entry.validate(header["model_config"])
             like = eqx.filter_eval_shape(
                 entry.factory,

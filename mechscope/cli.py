@@ -1,0 +1,143 @@
+"""The ``mechscope`` command line.
+
+Every error is one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mechscope.errors import MechscopeError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors are a single line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="mechscope",
+        description="Train recurrent networks on motor tasks and compare their mechanisms.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    plugins = commands.add_parser("plugins", help="list registered components and load errors")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(handler=_plugins)
+
+    schema = commands.add_parser("schema", help="print a component's config JSON schema")
+    schema.add_argument("kind", help="task, model, trainer, probe or executor")
+    schema.add_argument("name", help="the component's registered name")
+    schema.set_defaults(handler=_schema)
+
+    run = commands.add_parser("run", help="run an experiment file (TOML)")
+    run.add_argument("file", type=Path, help="experiment TOML file")
+    run.add_argument("--out", type=Path, default=Path("mechscope-runs"), help="run store")
+    run.add_argument("--force", action="store_true", help="recompute finished runs")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+    runs = commands.add_parser("runs", help="list the runs in a store")
+    runs.add_argument("store", type=Path, nargs="?", default=Path("mechscope-runs"))
+    runs.set_defaults(handler=_runs)
+
+    report = commands.add_parser("report", help="write an HTML report and tables for a store")
+    report.add_argument("store", type=Path, nargs="?", default=Path("mechscope-runs"))
+    report.add_argument("--out", type=Path, default=None, help="report folder (STORE/report)")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _plugins(arguments: argparse.Namespace) -> int:
+    from mechscope.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    entries = manager.registry.entries()
+    if arguments.json:
+        # One flat list: components, then one object per plugin that failed to load
+        # (kind "load_error"), so a script can filter on "kind" either way.
+        payload = [entry.to_json() for entry in entries]
+        payload += [failure.to_json() for failure in manager.failures]
+        print(json.dumps(payload, indent=1))
+        return 0
+    width = max((len(e.name) for e in entries), default=4)
+    for entry in entries:
+        source = f"{entry.distribution or '-'} {entry.version or ''}".strip()
+        print(f"{entry.kind:9} {entry.name:{width}}  {source:22} {entry.description}")
+    for failure in manager.failures:
+        print(f"FAILED    {failure.plugin}: {failure.error}", file=sys.stderr)
+    return 0
+
+
+def _schema(arguments: argparse.Namespace) -> int:
+    from mechscope.plugins import get_registry
+
+    entry = get_registry().get(arguments.kind, arguments.name)
+    print(json.dumps(entry.config_class.model_json_schema(), indent=1))
+    return 0
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from mechscope.experiment import Experiment
+
+    experiment = Experiment.from_toml(arguments.file)
+    result = experiment.run(
+        store=arguments.out, force=arguments.force, progress=not arguments.quiet
+    )
+    print(f"run {result.run_id}: {result.status} -> {result.directory}")
+    for name, value in sorted(result.metrics().items()):
+        print(f"  {name:40} {value:.4g}")
+    for name, error in result.probe_errors.items():
+        print(f"  probe {name} failed: {error}", file=sys.stderr)
+    return 0
+
+
+def _runs(arguments: argparse.Namespace) -> int:
+    from mechscope.report import runs_table
+
+    table = runs_table(arguments.store)
+    if table.empty:
+        print(f"no runs in {arguments.store}")
+        return 0
+    print(table.to_string(index=False, max_colwidth=30))
+    return 0
+
+
+def _report(arguments: argparse.Namespace) -> int:
+    from mechscope.report import write_report
+
+    path = write_report(arguments.store, arguments.out)
+    print(f"report written to {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mechscope`` console script."""
+    parser = _build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except KeyboardInterrupt:
+        print("mechscope: interrupted; finished runs are kept", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if arguments.debug:
+            raise
+        message = str(error) if isinstance(error, MechscopeError) else (
+            f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        )
+        print(f"mechscope: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Small test doubles implementing the public interfaces, registered through a plugin object.
+
+They let the core's tests exercise configs, the registry, experiments and the store without
+depending on the first-party plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pydantic
+
+import mechscope
+
+
+class ToyTaskConfig(mechscope.Config):
+    """Step response: output follows a delayed copy of a constant input."""
+
+    dt: float = pydantic.Field(0.05, gt=0)
+    n_times: int = pydantic.Field(12, ge=2)
+    levels: tuple[float, ...] = (-1.0, 0.5, 1.0)
+
+
+class ToyTask(mechscope.AbstractTask):
+    config: ToyTaskConfig = eqx.field(static=True)
+
+    @property
+    def n_inputs(self) -> int:
+        return 1
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    @property
+    def dt(self) -> float:
+        return self.config.dt
+
+    def _trials(self, levels: jax.Array) -> mechscope.Trials:
+        times = jnp.arange(self.config.n_times) * self.config.dt
+        inputs = jnp.broadcast_to(levels[:, None, None], (levels.shape[0], times.shape[0], 1))
+        targets = 0.5 * inputs
+        return mechscope.Trials(
+            inputs=inputs,
+            targets=targets,
+            mask=jnp.ones_like(targets),
+            times=times,
+            events={"go": jnp.full(levels.shape, times[2])},
+            labels={"level": levels, "condition": jnp.arange(levels.shape[0])},
+        )
+
+    def sample(self, batch_size: int, *, key: jax.Array) -> mechscope.Trials:
+        return self._trials(jax.random.uniform(key, (batch_size,), minval=-1, maxval=1))
+
+    def conditions(self) -> mechscope.Trials:
+        return self._trials(jnp.asarray(self.config.levels))
+
+
+class ToyModelConfig(mechscope.Config):
+    """Linear Euler network."""
+
+    n_units: int = pydantic.Field(4, ge=1)
+    tau: float = pydantic.Field(0.1, gt=0)
+
+
+class ToyModel(mechscope.AbstractModel):
+    config: ToyModelConfig = eqx.field(static=True)
+    weights: jax.Array
+    input_weights: jax.Array
+    output_weights: jax.Array
+
+    def __init__(self, config, *, n_inputs, n_outputs, key):
+        a, b, c = jax.random.split(key, 3)
+        n = config.n_units
+        self.config = config
+        self.weights = 0.3 * jax.random.normal(a, (n, n)) / jnp.sqrt(n)
+        self.input_weights = jax.random.normal(b, (n, n_inputs))
+        self.output_weights = jax.random.normal(c, (n_outputs, n)) / jnp.sqrt(n)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.input_weights.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.output_weights.shape[0]
+
+    @property
+    def n_units(self) -> int:
+        return self.config.n_units
+
+    def vector_field(self, t, x, u):
+        return (-x + self.weights @ x + self.input_weights @ u) / self.config.tau
+
+    def rates(self, x):
+        return x
+
+    def readout(self, r):
+        return self.output_weights @ r
+
+    def initial_state(self):
+        return jnp.zeros(self.config.n_units)
+
+    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
+        dt = times[1] - times[0]
+        noise = noise or mechscope.Noise.none()
+        key = jax.random.key(0) if key is None else key
+        kicks = jax.random.normal(key, (times.shape[0], self.n_units)) * noise.recurrent
+        inputs = inputs + noise.input * jax.random.normal(jax.random.fold_in(key, 1), inputs.shape)
+
+        def step(x, slice_):
+            u, kick = slice_
+            nxt = x + dt * self.vector_field(0.0, x, u) + jnp.sqrt(dt) * kick
+            return nxt, x
+
+        start = self.initial_state() if x0 is None else x0
+        _, states = jax.lax.scan(step, start, (inputs, kicks))
+        rates = jax.vmap(self.rates)(states)
+        return mechscope.Trajectory(
+            times=times, states=states, rates=rates, outputs=jax.vmap(self.readout)(rates)
+        )
+
+
+#: Every ToyTrainer.fit call, so tests can tell a cached run from a retrained one.
+FIT_CALLS: list = []
+
+
+class ToyTrainerConfig(mechscope.Config):
+    """Plain gradient descent on masked MSE."""
+
+    steps: int = pydantic.Field(5, ge=0)
+    learning_rate: float = 0.05
+    batch_size: int = 8
+
+
+class ToyTrainer(mechscope.AbstractTrainer):
+    config: ToyTrainerConfig = eqx.field(static=True)
+
+    def fit(self, model, task, *, key, callbacks: Sequence[mechscope.Callback] = (),
+            checkpoint_dir: Path | None = None):
+        FIT_CALLS.append(self.config)
+        optimiser = optax.sgd(self.config.learning_rate)
+        state = optimiser.init(eqx.filter(model, eqx.is_array))
+
+        @eqx.filter_jit
+        def step(model, state, key):
+            trials = task.sample(self.config.batch_size, key=key)
+
+            def loss_fn(m):
+                out = mechscope.simulate(m, trials.inputs, trials.times).outputs
+                return jnp.mean(trials.mask * (out - trials.targets) ** 2)
+
+            loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+            updates, state = optimiser.update(grads, state)
+            return eqx.apply_updates(model, updates), state, loss
+
+        for callback in callbacks:
+            callback.on_train_start(model=model, task=task, n_steps=self.config.steps)
+        losses = []
+        for index in range(self.config.steps):
+            model, state, loss = step(model, state, jax.random.fold_in(key, index))
+            losses.append(float(loss))
+            for callback in callbacks:
+                callback.on_evaluation(step=index + 1, metrics={"loss": float(loss)})
+        run = mechscope.TrainedRun(
+            model=model,
+            history={"step": np.arange(1, len(losses) + 1), "loss": np.asarray(losses)},
+            metadata={"wall_time_s": 0.0},
+        )
+        for callback in callbacks:
+            callback.on_train_end(run=run)
+        return run
+
+
+class ToyProbeConfig(mechscope.Config):
+    """Mean squared output error on the condition trials."""
+
+    scale: float = 1.0
+
+
+class ToyProbe(mechscope.AbstractProbe):
+    config: ToyProbeConfig = eqx.field(static=True)
+
+    def run(self, trained, task, *, key, dependencies: Mapping | None = None):
+        trials = task.conditions()
+        out = mechscope.simulate(trained.model, trials.inputs, trials.times).outputs
+        error = float(jnp.mean((out - trials.targets) ** 2)) * self.config.scale
+        return mechscope.ProbeResult(
+            metrics={"mse": error, "noise_draw": float(jax.random.uniform(key))},
+            arrays={"outputs": np.asarray(out)},
+            figures={"outputs": lambda: _figure(np.asarray(out))},
+        )
+
+
+class DependentProbeConfig(mechscope.Config):
+    """Needs toy_probe's result."""
+
+
+class DependentProbe(mechscope.AbstractProbe):
+    config: DependentProbeConfig = eqx.field(static=True)
+    requires = ("toy_probe",)
+
+    def run(self, trained, task, *, key, dependencies=None):
+        mse = dependencies["toy_probe"].metrics["mse"]
+        return mechscope.ProbeResult(metrics={"double_mse": 2 * mse})
+
+
+class BrokenProbeConfig(mechscope.Config):
+    """Always raises."""
+
+
+class BrokenProbe(mechscope.AbstractProbe):
+    config: BrokenProbeConfig = eqx.field(static=True)
+
+    def run(self, trained, task, *, key, dependencies=None):
+        raise RuntimeError("this probe is broken on purpose")
+
+
+def _figure(outputs):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(2, 2))
+    axis.plot(outputs[..., 0].T)
+    return figure
+
+
+class ToyPlugin:
+    """Registers the toy components (a plugin can be any object with hook implementations)."""
+
+    @mechscope.hookimpl
+    def mechscope_register_tasks(self, register):
+        register("toy_task", ToyTaskConfig, ToyTask)
+
+    @mechscope.hookimpl
+    def mechscope_register_models(self, register):
+        register("toy_model", ToyModelConfig, ToyModel)
+
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        register("toy_trainer", ToyTrainerConfig, ToyTrainer)
+
+    @mechscope.hookimpl
+    def mechscope_register_probes(self, register):
+        register("toy_probe", ToyProbeConfig, ToyProbe)
+        register("dependent_probe", DependentProbeConfig, DependentProbe)
+        register("broken_probe", BrokenProbeConfig, BrokenProbe)
