@@ -1,0 +1,109 @@
+"""The command line: listings, schemas, runs, reports and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mechscope
+from mechscope.cli import main
+
+from .toys import ToyPlugin
+
+
+@pytest.fixture
+def toys():
+    manager = mechscope.get_plugin_manager()
+    manager.register(ToyPlugin(), name="cli-toys")
+    yield manager
+    manager.unregister("cli-toys")
+
+
+def test_plugins_json_lists_components_with_distributions(capsys, toys):
+    assert main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    by_name = {(item["kind"], item["name"]): item for item in listing}
+    assert by_name[("executor", "local")]["distribution"] == "mechscope"
+    assert by_name[("executor", "local")]["version"] == mechscope.__version__
+    assert by_name[("model", "toy_model")]["description"] == "Linear Euler network."
+    kinds = {item["kind"] for item in listing}
+    assert kinds <= {"task", "model", "trainer", "probe", "executor", "load_error"}
+
+
+def test_plugins_table(capsys, toys):
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["task", "toy_task"] for line in lines)
+
+
+def test_schema_prints_json_schema(capsys, toys):
+    assert main(["schema", "model", "toy_model"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == {"n_units", "tau"}
+    assert schema["properties"]["n_units"]["default"] == 4
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["schema", "model", "toy_modle"], "unknown model 'toy_modle' (did you mean 'toy_model'?)"),
+        (["schema", "modle", "x"], "unknown component kind 'modle'"),
+        (["run", "does-not-exist.toml"], "does-not-exist.toml: no such file"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(capsys, toys, argv, fragment):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "Traceback" not in captured.err
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["frobnicate"])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "invalid choice: 'frobnicate'" in error
+    assert "\n" not in error
+
+
+def test_config_typo_in_file_is_one_line(tmp_path, capsys, toys):
+    path = tmp_path / "bad.toml"
+    path.write_text('task = "toy_task"\n[model]\nname = "toy_model"\nn_unitz = 3\n')
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mechscope: error: model 'toy_model': unknown field 'n_unitz'")
+    assert "did you mean 'n_units'" in error
+    assert "\n" not in error
+    assert not (tmp_path / "runs").exists(), "nothing may be trained for an invalid config"
+
+
+def test_debug_shows_traceback(tmp_path, toys):
+    path = tmp_path / "bad.toml"
+    path.write_text("task = ")
+    with pytest.raises(mechscope.ConfigError, match="invalid TOML"):
+        main(["--debug", "run", str(path)])
+
+
+def test_run_runs_report(tmp_path, capsys, toys):
+    path = tmp_path / "experiment.toml"
+    path.write_text(
+        'task = "toy_task"\n[model]\nname = "toy_model"\n[trainer]\nname = "toy_trainer"\n'
+        'steps = 3\n[[probes]]\nname = "toy_probe"\n'
+    )
+    store = tmp_path / "runs"
+    assert main(["run", str(path), "--out", str(store), "--quiet"]) == 0
+    output = capsys.readouterr().out
+    run_id = output.split()[1].rstrip(":")
+    assert (store / run_id / "manifest.json").exists()
+    assert "toy_probe.mse" in output
+    assert main(["runs", str(store)]) == 0
+    assert run_id in capsys.readouterr().out
+    assert main(["report", str(store)]) == 0
+    html = (store / "report" / "report.html").read_text()
+    assert run_id in html and "data:image/png;base64," in html
+    csv = (store / "report" / "runs.csv").read_text().splitlines()
+    assert len(csv) == 2 and "toy_probe.mse" in csv[0]
