@@ -39,11 +39,14 @@ def _build_parser() -> argparse.ArgumentParser:
     schema.add_argument("name", help="the component's registered name")
     schema.set_defaults(handler=_schema)
 
-    run = commands.add_parser("run", help="run an experiment file (TOML)")
-    run.add_argument("file", type=Path, help="experiment TOML file")
+    run = commands.add_parser("run", help="run a suite or experiment file (TOML)")
+    run.add_argument("file", type=Path, help="suite TOML ([base], [vary], seeds) or experiment")
     run.add_argument("--out", type=Path, default=Path("mechscope-runs"), help="run store")
     run.add_argument("--force", action="store_true", help="recompute finished runs")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", default=None, help="executor name (local, dask)")
+    run.add_argument("--address", default=None, help="dask scheduler address")
+    run.add_argument("--report", action="store_true", help="write the report afterwards")
     run.set_defaults(handler=_run)
 
     runs = commands.add_parser("runs", help="list the runs in a store")
@@ -87,18 +90,45 @@ def _schema(arguments: argparse.Namespace) -> int:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from mechscope.experiment import Experiment
+    from mechscope.suite import Suite, suite_or_experiment
 
-    experiment = Experiment.from_toml(arguments.file)
-    result = experiment.run(
-        store=arguments.out, force=arguments.force, progress=not arguments.quiet
-    )
+    job = suite_or_experiment(arguments.file)
+    if isinstance(job, Suite):
+        executor = arguments.executor
+        if arguments.address is not None:
+            executor = {"name": executor or "dask", "address": arguments.address}
+        print(f"suite '{job.name}': {len(job.variants)} variants × {len(job.seeds)} seeds "
+              f"= {len(job.runs)} runs -> {arguments.out}", file=sys.stderr)
+        table = job.run(executor=executor, store=arguments.out, force=arguments.force,
+                        progress=not arguments.quiet)
+        counts = table["status"].value_counts().to_dict()
+        print(f"suite '{job.name}': " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for _, row in table[table["status"] == "failed"].iterrows():
+            print(f"  failed: [{row['variant']}] seed {row['seed']}: {row['reason']}",
+                  file=sys.stderr)
+        if arguments.report:
+            _report_path(arguments.out)
+        return 0
+    if arguments.executor or arguments.address:
+        from mechscope.errors import ConfigError
+
+        raise ConfigError("--executor/--address apply to suites; this file is one experiment")
+    result = job.run(store=arguments.out, force=arguments.force, progress=not arguments.quiet)
     print(f"run {result.run_id}: {result.status} -> {result.directory}")
     for name, value in sorted(result.metrics().items()):
         print(f"  {name:40} {value:.4g}")
     for name, error in result.probe_errors.items():
         print(f"  probe {name} failed: {error}", file=sys.stderr)
+    if arguments.report:
+        _report_path(arguments.out)
     return 0
+
+
+def _report_path(store: Path, out: Path | None = None) -> None:
+    from mechscope.report import write_report
+
+    path = write_report(store, out)
+    print(f"report: {path.resolve()}")
 
 
 def _runs(arguments: argparse.Namespace) -> int:
@@ -113,10 +143,7 @@ def _runs(arguments: argparse.Namespace) -> int:
 
 
 def _report(arguments: argparse.Namespace) -> int:
-    from mechscope.report import write_report
-
-    path = write_report(arguments.store, arguments.out)
-    print(f"report written to {path}")
+    _report_path(arguments.store, arguments.out)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import equinox as eqx
 
@@ -36,6 +36,15 @@ class AbstractExecutor(eqx.Module):
     """
 
     config: eqx.AbstractVar[Config]
+
+    #: True when items run in this process, so they may share its (already loaded) plugins;
+    #: False means items are shipped to other processes as plain data.
+    in_process: ClassVar[bool] = False
+
+    @property
+    def group_seeds(self) -> bool:
+        """Whether the seeds of one variant go to one item, so a trainer can fit them together."""
+        return False
 
     @abc.abstractmethod
     def map(

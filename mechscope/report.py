@@ -1,4 +1,4 @@
-"""Tables and a self-contained HTML report over a store of finished runs."""
+"""Tables and a self-contained HTML report over a store of finished runs and suites."""
 
 from __future__ import annotations
 
@@ -6,13 +6,31 @@ import base64
 import html
 import json
 import math
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from mechscope import stats
 from mechscope.errors import StoreError
 from mechscope.store import verify_manifest
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;padding:1.5em 2em;
+max-width:1400px;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.scroll{overflow-x:auto;max-width:100%}
+figure{display:inline-block;margin:6px;vertical-align:top;text-align:center}
+figure img{max-width:420px;border:1px solid #eee}figcaption{font-size:12px;color:#555}
+.failed{color:#b00020}.note{color:#555;font-size:13px}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}
+"""
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -25,83 +43,286 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def stored_runs(store: str | Path) -> list[Path]:
-    """Directories of complete, uncorrupted runs in `store` (others are skipped)."""
-    store = Path(store)
-    if not store.is_dir():
-        raise StoreError(f"{store}: no such run store")
-    runs = []
-    for directory in sorted(store.iterdir()):
-        if directory.name.startswith(".") or not (directory / "experiment.json").exists():
-            continue
-        try:
-            verify_manifest(directory)
-        except StoreError:
-            continue
-        runs.append(directory)
-    return runs
+def read_run_row(directory: Path) -> dict[str, Any] | None:
+    """A stored run as one table row, or None if it is missing, incomplete or corrupted.
 
-
-def runs_table(store: str | Path) -> pd.DataFrame:
-    """One row per stored run: id, status, config columns (dotted) and every probe metric."""
-    rows = []
-    for directory in stored_runs(store):
+    The row has ``run_id``, ``status``, ``reason``, config columns (``model.activation``, ...),
+    every probe metric (``probe.metric``), the final training loss/R² and timings.
+    """
+    directory = Path(directory)
+    if not (directory / "experiment.json").exists():
+        return None
+    try:
+        verify_manifest(directory)
         header = json.loads((directory / "experiment.json").read_text())
-        row: dict[str, Any] = {"run_id": header["run_id"], "status": header["status"]}
+        row: dict[str, Any] = {
+            "run_id": header["run_id"], "status": header["status"], "reason": header["reason"],
+        }
         config = dict(header["config"])
-        config["probes"] = [p["name"] for p in config.get("probes", [])]
+        probes = config.pop("probes", [])
         _flatten("", config, row)
+        row["probes"] = ",".join(p["name"] for p in probes)
+        history = directory / "trained" / "history.npz"
+        with np.load(history, allow_pickle=False) as data:
+            for key in ("loss", "r2"):
+                if key in data.files and len(data[key]):
+                    row[f"train.{key}"] = float(data[key][-1])
         for probe in header["probes"]:
             metrics = json.loads((directory / "probes" / probe / "metrics.json").read_text())
             for name, value in metrics.items():
-                row[f"{probe}.{name}"] = math.nan if value is None else value
+                row[f"{probe}.{name}"] = math.nan if value is None else float(value)
+        for name, seconds in header.get("timings", {}).items():
+            row[f"time.{name}"] = seconds
+        return row
+    except (StoreError, OSError, ValueError, KeyError):
+        return None
+
+
+def stored_runs(store: str | Path) -> list[Path]:
+    """Directories of the runs in `store` (complete or not)."""
+    store = Path(store)
+    if not store.is_dir():
+        raise StoreError(f"{store}: no such run store")
+    return [
+        d for d in sorted(store.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and (d / "experiment.json").exists()
+    ]
+
+
+def runs_table(store: str | Path) -> pd.DataFrame:
+    """One row per complete, uncorrupted run in `store`."""
+    rows = [row for d in stored_runs(store) if (row := read_run_row(d)) is not None]
+    return pd.DataFrame(rows)
+
+
+def suite_records(store: str | Path) -> list[dict[str, Any]]:
+    """The suites that ran into `store` (their definitions and run lists)."""
+    folder = Path(store) / "suites"
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(json.loads(path.read_text()))
+        except ValueError:
+            continue
+    return records
+
+
+def suite_table(store: str | Path, record: Mapping[str, Any]) -> pd.DataFrame:
+    """A suite's table rebuilt from its record and the stored runs."""
+    rows = []
+    for run in record["runs"]:
+        row: dict[str, Any] = {"variant": run["variant"], "seed": run["seed"]}
+        row.update({k: json.dumps(v) if isinstance(v, list | dict) else v
+                    for k, v in run["values"].items()})
+        stored = read_run_row(Path(store) / run["run_id"])
+        row.update(stored if stored is not None else {"run_id": run["run_id"],
+                                                        "status": "missing", "reason": ""})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def write_report(store: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (self-contained, figures inlined) and ``runs.csv``.
+    """Write the report for a store: HTML page, tables (CSV, Parquet) and figures (PNG, SVG).
+
+    Each suite recorded in the store gets a section with per-variant means and bootstrap CIs,
+    tests between variants, correlations across networks, every probe figure per variant,
+    configs and timings. Runs that belong to no suite are listed at the end.
 
     Returns:
-        The path of the HTML page.
+        The path of ``report.html``.
     """
     store = Path(store)
+    if not store.is_dir():
+        raise StoreError(f"{store}: no such run store")
     out = Path(out) if out is not None else store / "report"
-    table = runs_table(store)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "runs.csv", index=False)
-    sections = []
-    for directory in stored_runs(store):
-        header = json.loads((directory / "experiment.json").read_text())
-        images = []
-        for probe in header["probes"]:
-            for png in sorted((directory / "probes" / probe).glob("*.png")):
-                data = base64.b64encode(png.read_bytes()).decode()
-                caption = html.escape(f"{probe}: {png.stem}")
-                images.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-                    f"<figcaption>{caption}</figcaption></figure>"
-                )
-        errors = "".join(
-            f"<p class=error>probe {html.escape(k)} failed: {html.escape(v)}</p>"
-            for k, v in header.get("probe_errors", {}).items()
-        )
-        sections.append(
-            f"<section><h2>run {header['run_id']} ({html.escape(header['status'])})</h2>"
-            f"<details><summary>config</summary><pre>"
-            f"{html.escape(json.dumps(header['config'], indent=1))}</pre></details>"
-            f"{errors}{''.join(images)}</section>"
-        )
+    figures_dir = out / "figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)
+    figures_dir.mkdir(parents=True)
+    body = ["<h1>mechscope report</h1>"]
+    all_runs = runs_table(store)
+    all_runs.to_csv(out / "runs.csv", index=False)
+    _to_parquet(all_runs, out / "runs.parquet")
+    in_suites: set[str] = set()
+    for record in suite_records(store):
+        table = suite_table(store, record)
+        in_suites.update(table["run_id"])
+        body.append(_suite_section(record, table, store, out))
+    loose = all_runs[~all_runs["run_id"].isin(in_suites)] if len(all_runs) else all_runs
+    if len(loose):
+        body.append("<h2>Runs outside suites</h2>")
+        body.append(_html_table(loose))
+        for _, row in loose.iterrows():
+            body.append(_figures_html(store / row["run_id"], f"run {row['run_id']}", out,
+                                      row["run_id"]))
+    if not len(all_runs) and not suite_records(store):
+        body.append(f"<p>No runs in {html.escape(str(store))}.</p>")
     page = (
-        "<!doctype html><html><head><meta charset=utf-8><title>mechscope report</title>"
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-        "padding:2px 6px}figure{display:inline-block;margin:6px}img{max-width:380px}"
-        ".error{color:#b00}</style></head><body><h1>mechscope report</h1>"
-        f"<p>{len(table)} runs from {html.escape(str(store))}</p>"
-        f"{table.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep='')}"
-        f"{''.join(sections)}</body></html>"
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>mechscope report</title><style>{_STYLE}</style></head><body>"
+        + "".join(body) + "</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _suite_section(
+    record: Mapping[str, Any], table: pd.DataFrame, store: Path, out: Path
+) -> str:
+    name = str(record["name"])
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    table.to_csv(out / f"{safe}_runs.csv", index=False)
+    _to_parquet(table, out / f"{safe}_runs.parquet")
+    metrics = stats.metric_columns(table)
+    parts = [f"<h2>Suite {html.escape(name)}</h2>"]
+    if record.get("description"):
+        parts.append(f"<p>{html.escape(str(record['description']))}</p>")
+    counts = table["status"].value_counts().to_dict()
+    wall = record.get("wall_time_s")
+    parts.append(
+        f"<p class=note>{len(table)} runs ("
+        + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items())
+        + f"); {table['variant'].nunique()} variants × {len(record['seeds'])} seeds"
+        + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "") + ".</p>"
+    )
+    summary = stats.summarize(table, metrics)
+    summary.to_csv(out / f"{safe}_summary.csv", index=False)
+    if len(summary):
+        parts.append("<h3>Per-variant mean [95% bootstrap CI] (n)</h3>")
+        parts.append(_summary_pivot(summary))
+        figure = _summary_figure(table, metrics, out / "figures" / f"{safe}_summary")
+        if figure:
+            parts.append(_img(figure, "each dot is one network; bars are the 95% CI of the mean"))
+    options = record.get("statistics", {}) or {}
+    compared = [m for m in options.get("compare", metrics) if m in table]
+    if table["variant"].nunique() > 1 and compared:
+        comparisons = stats.compare(table, compared)
+        comparisons.to_csv(out / f"{safe}_comparisons.csv", index=False)
+        parts.append("<h3>Between variants</h3><p class=note>Two-sided permutation test of the "
+                     "difference in means, Holm-corrected per metric; effect size Hedges' g.</p>")
+        parts.append(_html_table(comparisons))
+    pairs = [tuple(p) for p in options.get("correlate", []) if p[0] in table and p[1] in table]
+    if pairs:
+        correlations = pd.DataFrame([stats.correlate(table, x, y) for x, y in pairs])
+        correlations.to_csv(out / f"{safe}_correlations.csv", index=False)
+        parts.append("<h3>Across networks</h3><p class=note>Spearman correlation with a "
+                     "bootstrap 95% CI over networks.</p>")
+        parts.append(_html_table(correlations))
+    parts.append("<h3>Figures per variant</h3>")
+    for variant, frame in table.groupby("variant", sort=False):
+        done = frame[frame["status"] == "completed"]
+        if not len(done):
+            continue
+        first = done.iloc[0]
+        parts.append(f"<h4>{html.escape(str(variant))} (seed {first['seed']})</h4>")
+        parts.append(_figures_html(store / first["run_id"], str(variant), out,
+                                   f"{safe}_{first['run_id']}"))
+    failed = table[table["status"] != "completed"]
+    if len(failed):
+        parts.append("<h3 class=failed>Runs not completed</h3>")
+        parts.append(_html_table(failed[["variant", "seed", "run_id", "status", "reason"]]))
+    parts.append("<h3>All runs</h3>" + _html_table(table))
+    definition = {k: record[k] for k in ("base", "vary", "seeds", "statistics") if k in record}
+    parts.append("<details><summary>Suite configuration</summary><pre>"
+                 f"{html.escape(json.dumps(definition, indent=1))}</pre></details>")
+    return "".join(parts)
+
+
+def _summary_pivot(summary: pd.DataFrame) -> str:
+    def cell(row: pd.Series) -> str:
+        if row["n"] == 0:
+            return "–"
+        interval = (f" [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+                    if math.isfinite(row["ci_low"]) else "")
+        return f"{row['mean']:.3g}{interval} ({row['n']})"
+
+    frame = summary.assign(cell=summary.apply(cell, axis=1))
+    pivot = frame.pivot(index="metric", columns="variant", values="cell")
+    pivot = pivot.reindex(index=list(dict.fromkeys(summary["metric"])),
+                          columns=list(dict.fromkeys(summary["variant"])))
+    return "<div class=scroll>" + pivot.to_html(escape=True) + "</div>"
+
+
+def _summary_figure(table: pd.DataFrame, metrics: list[str], stem: Path) -> Path | None:
+    """Dot plots per metric: one dot per network, the mean and its CI per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in metrics if not m.startswith("time.")][:24]
+    if not shown:
+        return None
+    done = table[table["status"] == "completed"]
+    variants = list(dict.fromkeys(table["variant"]))
+    columns = min(4, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows),
+                                squeeze=False)
+    for axis, metric in zip(axes.flat, shown, strict=False):
+        for position, variant in enumerate(variants):
+            values = done.loc[done["variant"] == variant, metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            axis.scatter(position + np.asarray(jitter), values, s=14, alpha=0.7)
+            if len(values):
+                low, high = stats.bootstrap_ci(values)
+                axis.errorbar(position + 0.3, values.mean(), fmt="o", color="k", ms=4,
+                              yerr=[[values.mean() - low], [high - values.mean()]]
+                              if math.isfinite(low) else None)
+        axis.set_title(metric, fontsize=9)
+        axis.set_xticks(range(len(variants)))
+        axis.set_xticklabels([_short(v) for v in variants], fontsize=7, rotation=20, ha="right")
+        axis.tick_params(axis="y", labelsize=7)
+    for axis in list(axes.flat)[len(shown):]:
+        axis.axis("off")
+    figure.tight_layout()
+    for extension in ("png", "svg"):
+        figure.savefig(stem.with_suffix(f".{extension}"), dpi=100)
+    plt.close(figure)
+    return stem.with_suffix(".png")
+
+
+def _short(label: str, limit: int = 28) -> str:
+    label = ", ".join(part.split(".")[-1] for part in label.split(", "))
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def _figures_html(run: Path, caption: str, out: Path, prefix: str) -> str:
+    images = []
+    for png in sorted(run.glob("probes/*/*.png")):
+        probe = png.parent.name
+        for extension in ("png", "svg"):
+            source = png.with_suffix(f".{extension}")
+            target = out / "figures" / f"{prefix}_{probe}_{png.stem}.{extension}"
+            if source.exists():
+                shutil.copyfile(source, target)
+        images.append(_img(png, f"{probe}: {png.stem}"))
+    return "".join(images) or "<p class=note>no figures</p>"
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    text = html.escape(caption)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{text}">'
+            f"<figcaption>{text}</figcaption></figure>")
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    return "<div class=scroll>" + frame.to_html(
+        index=False, na_rep="", float_format=lambda v: f"{v:.4g}", escape=True
+    ) + "</div>"
+
+
+def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
+    # Mixed-type object columns (e.g. a varied field holding numbers and None) are written as
+    # text so Parquet accepts them; the CSV keeps the originals.
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object:
+            safe[column] = safe[column].map(lambda v: v if v is None or isinstance(v, str)
+                                            else json.dumps(v) if isinstance(v, list | dict)
+                                            else str(v))
+    safe.to_parquet(path, index=False)

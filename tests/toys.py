@@ -6,6 +6,8 @@ depending on the first-party plugins.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -131,12 +133,27 @@ class ToyModel(mechscope.AbstractModel):
 FIT_CALLS: list = []
 
 
+def _log_fit_and_maybe_die() -> None:
+    """For subprocess tests: log each fit to a file, and SIGKILL this process after N fits."""
+    log = os.environ.get("MECHSCOPE_TOY_FIT_LOG")
+    if not log:
+        return
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    limit = os.environ.get("MECHSCOPE_TOY_KILL_AFTER")
+    if limit is not None:
+        with open(log) as handle:
+            if len(handle.readlines()) > int(limit):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ToyTrainerConfig(mechscope.Config):
     """Plain gradient descent on masked MSE."""
 
     steps: int = pydantic.Field(5, ge=0)
     learning_rate: float = 0.05
     batch_size: int = 8
+    fail: bool = pydantic.Field(False, description="Raise instead of training (for tests).")
 
 
 class ToyTrainer(mechscope.AbstractTrainer):
@@ -145,26 +162,18 @@ class ToyTrainer(mechscope.AbstractTrainer):
     def fit(self, model, task, *, key, callbacks: Sequence[mechscope.Callback] = (),
             checkpoint_dir: Path | None = None):
         FIT_CALLS.append(self.config)
-        optimiser = optax.sgd(self.config.learning_rate)
-        state = optimiser.init(eqx.filter(model, eqx.is_array))
-
-        @eqx.filter_jit
-        def step(model, state, key):
-            trials = task.sample(self.config.batch_size, key=key)
-
-            def loss_fn(m):
-                out = mechscope.simulate(m, trials.inputs, trials.times).outputs
-                return jnp.mean(trials.mask * (out - trials.targets) ** 2)
-
-            loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-            updates, state = optimiser.update(grads, state)
-            return eqx.apply_updates(model, updates), state, loss
+        _log_fit_and_maybe_die()
+        if self.config.fail:
+            raise RuntimeError("toy trainer told to fail")
+        state = optax.sgd(self.config.learning_rate).init(eqx.filter(model, eqx.is_array))
 
         for callback in callbacks:
             callback.on_train_start(model=model, task=task, n_steps=self.config.steps)
         losses = []
         for index in range(self.config.steps):
-            model, state, loss = step(model, state, jax.random.fold_in(key, index))
+            model, state, loss = _toy_step(
+                model, state, task, jax.random.fold_in(key, index), self.config
+            )
             losses.append(float(loss))
             for callback in callbacks:
                 callback.on_evaluation(step=index + 1, metrics={"loss": float(loss)})
@@ -178,6 +187,26 @@ class ToyTrainer(mechscope.AbstractTrainer):
         return run
 
 
+@eqx.filter_jit
+def _toy_step(model, state, task, key, config):
+    # Module-level and jitted once per (model, task, config) shape: tests stay fast.
+    trials = task.sample(config.batch_size, key=key)
+
+    def loss_fn(m):
+        out = mechscope.simulate(m, trials.inputs, trials.times).outputs
+        return jnp.mean(trials.mask * (out - trials.targets) ** 2)
+
+    optimiser = optax.sgd(config.learning_rate)
+    loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+    updates, state = optimiser.update(grads, state)
+    return eqx.apply_updates(model, updates), state, loss
+
+
+@eqx.filter_jit
+def _toy_outputs(model, inputs, times):
+    return mechscope.simulate(model, inputs, times).outputs
+
+
 class ToyProbeConfig(mechscope.Config):
     """Mean squared output error on the condition trials."""
 
@@ -189,7 +218,7 @@ class ToyProbe(mechscope.AbstractProbe):
 
     def run(self, trained, task, *, key, dependencies: Mapping | None = None):
         trials = task.conditions()
-        out = mechscope.simulate(trained.model, trials.inputs, trials.times).outputs
+        out = _toy_outputs(trained.model, trials.inputs, trials.times)
         error = float(jnp.mean((out - trials.targets) ** 2)) * self.config.scale
         return mechscope.ProbeResult(
             metrics={"mse": error, "noise_draw": float(jax.random.uniform(key))},
@@ -250,3 +279,7 @@ class ToyPlugin:
         register("toy_probe", ToyProbeConfig, ToyProbe)
         register("dependent_probe", DependentProbeConfig, DependentProbe)
         register("broken_probe", BrokenProbeConfig, BrokenProbe)
+
+
+#: What the fake entry point of subprocess tests names (``tests.toys:plugin``).
+plugin = ToyPlugin()

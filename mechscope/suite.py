@@ -1,0 +1,465 @@
+"""Comparison suites: a base experiment, a grid of variants and several seeds.
+
+A suite expands to one :class:`~mechscope.experiment.Experiment` per (variant, seed), validates
+all of them before anything trains, runs the missing ones on an executor, and returns a tidy
+table (one row per run: status, config columns, every probe metric). Finished runs live in the
+store and are reused; failed ones are recorded and redone next time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mechscope.config import ComponentSpec, canonical_json
+from mechscope.errors import ConfigError, MechscopeError, close_matches
+from mechscope.executor import AbstractExecutor
+from mechscope.experiment import (
+    DEFAULT_STORE,
+    Experiment,
+    _load_if_complete,
+    read_toml,
+)
+from mechscope.plugins import PluginManager, get_plugin_manager
+from mechscope.progress import HookBridge
+
+_SUITE_KEYS = ("name", "description", "base", "vary", "seeds", "executor", "statistics")
+_COMPONENTS = ("task", "model", "trainer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One point of the grid: its label and the dotted-path values that define it."""
+
+    label: str
+    values: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One (variant, seed) run of a suite."""
+
+    variant: Variant
+    seed: int
+    experiment: Experiment
+
+    @property
+    def run_id(self) -> str:
+        """The run's content hash."""
+        return self.experiment.run_id
+
+
+class Suite:
+    """Variants × seeds of one base experiment.
+
+    Args:
+        base: the experiment without its seed: ``{"task": ..., "model": ..., "trainer": ...,
+            "probes": [...]}`` (each component as a name or a table).
+        vary: dotted path → values, e.g. ``{"model.activation": ["tanh", "relu"]}``. Paths
+            start with ``task``, ``model`` or ``trainer`` (a config field, or ``name`` to swap
+            the component) or ``probes.<probe name>``. The grid is their Cartesian product.
+        seeds: a number of seeds (``3`` means 0, 1, 2) or an explicit list.
+        name: the suite's name (used for its record in the store and the report).
+        description: free text shown in the report.
+        executor: default executor (name or table) for :meth:`run`.
+        statistics: options for the report: ``compare`` (metrics tested between variants)
+            and ``correlate`` (pairs of metrics correlated across networks).
+        plugins: the plugin manager (default: the process-wide one).
+
+    Raises:
+        ConfigError: for an empty grid, an unknown path, or any invalid experiment — before
+            anything runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        base: Mapping[str, Any],
+        vary: Mapping[str, Sequence[Any]] | None = None,
+        seeds: int | Sequence[int] = 3,
+        name: str = "suite",
+        description: str = "",
+        executor: Any = "local",
+        statistics: Mapping[str, Any] | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.plugins = plugins or get_plugin_manager()
+        self.name = name
+        self.description = description
+        self.executor = executor
+        self.statistics = dict(statistics or {})
+        if "seed" in base:
+            raise ConfigError("suite base must not set 'seed'; use the suite's 'seeds'")
+        self.base = _normalise_base(base)
+        self.vary = {str(path): list(values) for path, values in (vary or {}).items()}
+        self.seeds = _seeds(seeds)
+        for path, values in self.vary.items():
+            if not values:
+                raise ConfigError(f"vary '{path}' has no values: the grid would be empty")
+            self._check_path(path)
+        self.runs = self._plan()
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any
+    ) -> Suite:
+        """Build from the mapping a suite TOML file holds."""
+        unknown = set(data) - set(_SUITE_KEYS)
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(
+                f"{source}: unknown key '{key}'{close_matches(key, _SUITE_KEYS)}; expected: "
+                f"{', '.join(_SUITE_KEYS)}"
+            )
+        if "base" not in data:
+            raise ConfigError(f"{source}: missing [base] table (the experiment to vary)")
+        arguments = {k: data[k] for k in _SUITE_KEYS if k in data}
+        arguments.setdefault("name", Path(source).stem if source != "suite" else "suite")
+        return cls(**arguments, **kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **kwargs: Any) -> Suite:
+        """Read a suite TOML file ([base], [vary], seeds, ...)."""
+        return cls.from_dict(read_toml(path), source=str(path), **kwargs)
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The grid's points, in order."""
+        paths = list(self.vary)
+        points = itertools.product(*(self.vary[p] for p in paths)) if paths else [()]
+        variants = []
+        for point in points:
+            values = dict(zip(paths, point, strict=True))
+            label = ", ".join(f"{p}={_format(v)}" for p, v in values.items()) or "base"
+            variants.append(Variant(label=label, values=values))
+        return variants
+
+    def _check_path(self, path: str) -> None:
+        parts = path.split(".")
+        head = parts[0]
+        if head not in (*_COMPONENTS, "probes"):
+            raise ConfigError(
+                f"unknown path in vary '{path}'{close_matches(head, (*_COMPONENTS, 'probes'))}: "
+                f"paths start with task, model, trainer or probes.<name>"
+            )
+        if head == "probes":
+            if len(parts) != 3:
+                raise ConfigError(f"vary path '{path}' must look like probes.<probe>.<field>")
+            names = [p["name"] for p in self.base["probes"]]
+            if parts[1] not in names:
+                raise ConfigError(
+                    f"vary path '{path}': probe '{parts[1]}' is not in the base probes "
+                    f"({', '.join(names) or 'none'})"
+                )
+            kind, name, field = "probe", parts[1], parts[2]
+        else:
+            if len(parts) != 2:
+                raise ConfigError(f"vary path '{path}' must look like {head}.<field>")
+            kind, name, field = head, self.base[head]["name"], parts[1]
+            if field == "name":
+                return
+        if name.startswith("<preset"):
+            return  # the preset's component decides the fields; validation catches typos
+        fields = list(self.plugins.registry.get(kind, name).config_class.model_fields)
+        if field not in fields:
+            prefix = path.rsplit(".", 1)[0]
+            hint = close_matches(path, [f"{prefix}.{f}" for f in fields])
+            raise ConfigError(
+                f"unknown path in vary '{path}'{hint}: {kind} '{name}' has fields "
+                f"{', '.join(fields)}"
+            )
+
+    def _plan(self) -> list[PlannedRun]:
+        runs = []
+        for variant in self.variants:
+            config = _apply(self.base, variant.values)
+            for seed in self.seeds:
+                try:
+                    experiment = Experiment(**config, seed=seed, plugins=self.plugins)
+                except MechscopeError as error:
+                    raise ConfigError(f"variant [{variant.label}]: {error}") from None
+                runs.append(PlannedRun(variant, seed, experiment))
+        return runs
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The suite as plain data (what is saved with its runs)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": self.base,
+            "vary": self.vary,
+            "seeds": self.seeds,
+            "statistics": self.statistics,
+        }
+
+    def run(
+        self,
+        *,
+        executor: Any = None,
+        store: str | Path = DEFAULT_STORE,
+        force: bool = False,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Run every missing (or failed) run and return the table of all of them.
+
+        Args:
+            executor: an executor name, table or instance (default: the suite's, ``local``).
+            store: the run store; finished runs there are reused.
+            force: recompute every run.
+            progress: show an overall progress bar (runs done / total, time left).
+
+        Returns:
+            One row per run: ``variant``, ``seed``, ``run_id``, ``status``, ``reason``, the
+            varied paths, and every metric (``probe.metric``).
+        """
+        store = Path(store)
+        executor = self._executor(executor if executor is not None else self.executor)
+        store.mkdir(parents=True, exist_ok=True)
+        outcomes: dict[str, dict[str, Any]] = {}
+        pending: list[PlannedRun] = []
+        for planned in self.runs:
+            directory = store / planned.run_id
+            if not force and _load_if_complete(directory, self.plugins.registry) is not None:
+                outcomes[planned.run_id] = {"status": "cached"}
+            else:
+                pending.append(planned)
+        groups = self._group(pending, executor)
+        run_groups = functools.partial(
+            run_configs,
+            store=str(store),
+            force=force,
+            # Only an in-process executor can share this process's plugin manager.
+            plugins=self.plugins if executor.in_process else None,
+        )
+        bar = _overall_bar(len(self.runs), len(self.runs) - len(pending), progress)
+        started = time.perf_counter()
+        try:
+            units = [[planned.experiment.config for planned in group] for group in groups]
+            for outcome in executor.map(run_groups, units):
+                group = groups[outcome.index]
+                if outcome.ok:
+                    for planned, status in zip(group, outcome.value, strict=True):
+                        outcomes[planned.run_id] = status
+                else:
+                    for planned in group:
+                        outcomes[planned.run_id] = {"status": "failed", "reason": outcome.error}
+                if bar is not None:
+                    bar.update(len(group))
+        finally:
+            if bar is not None:
+                bar.close()
+        self._write_record(store, wall_time_s=time.perf_counter() - started)
+        return self.table(store, outcomes)
+
+    def _write_record(self, store: Path, *, wall_time_s: float) -> None:
+        """Save the suite's definition and run list beside its runs (atomically)."""
+        record = store / "suites" / f"{self.name}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        runs = [
+            {"run_id": p.run_id, "variant": p.variant.label, "seed": p.seed,
+             "values": p.variant.values}
+            for p in self.runs
+        ]
+        payload = {**self.definition, "runs": runs, "wall_time_s": wall_time_s}
+        temporary = record.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(payload, indent=1, default=str))
+        os.replace(temporary, record)
+
+    def table(
+        self,
+        store: str | Path = DEFAULT_STORE,
+        outcomes: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> pd.DataFrame:
+        """The suite's table from what the store holds (runs not there are ``missing``)."""
+        from mechscope.report import read_run_row
+
+        rows = []
+        outcomes = outcomes or {}
+        for planned in self.runs:
+            row: dict[str, Any] = {"variant": planned.variant.label, "seed": planned.seed}
+            row.update({path: _format(value) for path, value in planned.variant.values.items()})
+            stored = read_run_row(Path(store) / planned.run_id)
+            outcome = outcomes.get(planned.run_id, {})
+            if stored is None:
+                failed = outcome.get("status") == "failed"
+                row.update(
+                    run_id=planned.run_id,
+                    status="failed" if failed else "missing",
+                    reason=outcome.get("reason", "") if failed else "",
+                )
+            else:
+                row.update(stored)
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        first = ["variant", "seed", "run_id", "status", "reason", *self.vary]
+        return table[first + [c for c in table.columns if c not in first]]
+
+    def _executor(self, spec: Any) -> AbstractExecutor:
+        if isinstance(spec, AbstractExecutor):
+            return spec
+        entry, config = self.plugins.registry.resolve(ComponentSpec.parse("executor", spec))
+        return entry.build(config)
+
+    def _group(
+        self, pending: list[PlannedRun], executor: AbstractExecutor
+    ) -> list[list[PlannedRun]]:
+        """Seeds of one variant form one unit when the executor trains them together."""
+        if not executor.group_seeds:
+            return [[p] for p in pending]
+        groups: dict[str, list[PlannedRun]] = {}
+        for planned in pending:
+            groups.setdefault(planned.variant.label, []).append(planned)
+        return list(groups.values())
+
+
+def run_configs(
+    configs: Sequence[Mapping[str, Any]],
+    *,
+    store: str,
+    force: bool = False,
+    plugins: PluginManager | None = None,
+) -> list[dict[str, Any]]:
+    """Run experiments given as validated config dicts; seeds of one variant train together.
+
+    This is what executors call (on a worker, ``plugins`` is None and the worker's own
+    entry points are loaded). A failure in one run is recorded and does not stop the others.
+
+    Returns:
+        One ``{"status": ..., "reason": ...}`` per config.
+    """
+    experiments = [Experiment.from_dict(c, plugins=plugins) for c in configs]
+    store_path = Path(store)
+    if len(experiments) > 1 and _same_but_seed(experiments):
+        try:
+            return _run_together(experiments, store_path, force)
+        except Exception:  # noqa: BLE001 - fall back to one by one so one bad seed is isolated
+            pass
+    statuses = []
+    for experiment in experiments:
+        try:
+            result = experiment.run(store=store_path, force=force, progress=False)
+            statuses.append({"status": result.status, "reason": result.trained.reason})
+        except Exception as error:  # noqa: BLE001 - isolate failing runs
+            statuses.append({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
+    return statuses
+
+
+def _same_but_seed(experiments: Sequence[Experiment]) -> bool:
+    def without_seed(experiment: Experiment) -> str:
+        return canonical_json({k: v for k, v in experiment.config.items() if k != "seed"})
+
+    return len({without_seed(e) for e in experiments}) == 1
+
+
+def _run_together(
+    experiments: list[Experiment], store: Path, force: bool
+) -> list[dict[str, Any]]:
+    """Train the seeds of one variant with ``fit_many`` (vmapped where the trainer can)."""
+    first = experiments[0]
+    task = first.build_task()
+    keys = [e.keys() for e in experiments]
+    models = [e.build_model(task, key=k["model"]) for e, k in zip(experiments, keys, strict=True)]
+    hook = first.plugins.hook
+    for experiment in experiments:
+        hook.mechscope_run_start(run_id=experiment.run_id, config=experiment.config)
+    run_ids = ",".join(e.run_id for e in experiments)
+    trained = first.build_trainer().fit_many(
+        models, task,
+        keys=[k["train"] for k in keys],
+        callbacks=[HookBridge(hook, run_ids)],
+        checkpoint_dirs=[store / ".checkpoints" / e.run_id for e in experiments],
+    )
+    statuses = []
+    for experiment, run in zip(experiments, trained, strict=True):
+        run = dataclasses.replace(run, model_name=experiment.config["model"]["name"])
+        result = experiment.finish(run, task=task, store=store, force=force)
+        statuses.append({"status": result.status, "reason": run.reason})
+    return statuses
+
+
+def _overall_bar(total: int, done: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="suite", unit="run", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise ConfigError(f"seeds must be a count or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ConfigError(f"seeds must be at least 1, got {seeds}")
+        return list(range(seeds))
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a count or a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds repeat: {seeds}")
+    return seeds
+
+
+def _normalise_base(base: Mapping[str, Any]) -> dict[str, Any]:
+    """Every component as a table, probes as a list of tables (so paths can be applied)."""
+    allowed = (*_COMPONENTS, "probes")
+    unknown = set(base) - set(allowed)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"suite base: unknown key '{key}'{close_matches(key, allowed)}; expected: "
+            f"{', '.join(allowed)}"
+        )
+    for required in ("task", "model"):
+        if required not in base:
+            raise ConfigError(f"suite base: missing [base.{required}] table")
+    normal: dict[str, Any] = {}
+    for kind in _COMPONENTS:
+        if kind in base:
+            normal[kind] = ComponentSpec.parse(kind, base[kind]).to_dict()
+    normal.setdefault("trainer", {"name": "bptt"})
+    probes = base.get("probes", [])
+    if isinstance(probes, str | Mapping):
+        probes = [probes]
+    normal["probes"] = [ComponentSpec.parse("probe", p).to_dict() for p in probes]
+    return normal
+
+
+def _apply(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    config = copy.deepcopy(dict(base))
+    for path, value in values.items():
+        parts = path.split(".")
+        if parts[0] == "probes":
+            target = next(p for p in config["probes"] if p["name"] == parts[1])
+            target[parts[2]] = value
+        else:
+            config[parts[0]][parts[1]] = value
+    return config
+
+
+def _format(value: Any) -> Any:
+    """A value as it appears in labels and table cells (lists become JSON text)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def suite_or_experiment(path: str | Path) -> Suite | Experiment:
+    """Read a TOML file as a suite (it has [base]) or a single experiment."""
+    data = read_toml(path)
+    if "base" in data or "vary" in data:
+        return Suite.from_dict(data, source=str(path))
+    return Experiment.from_dict(data, source=str(path))
+

@@ -1,0 +1,252 @@
+"""Suites: grid expansion, validation before training, caching, failures, executors, report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mechscope.errors import ConfigError
+from mechscope.plugins import PluginManager
+from mechscope.report import write_report
+from mechscope.suite import Suite
+
+from .toys import FIT_CALLS, ToyPlugin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "task": "toy_task",
+    "model": {"name": "toy_model", "n_units": 3},
+    "trainer": {"name": "toy_trainer", "steps": 3},
+    "probes": ["toy_probe"],
+}
+VARY = {"model.tau": [0.1, 0.2], "trainer.learning_rate": [0.01, 0.05]}
+
+SUITE_TOML = """
+name = "toy"
+seeds = 2
+
+[base]
+task = "toy_task"
+probes = ["toy_probe"]
+
+[base.model]
+name = "toy_model"
+n_units = 3
+
+[base.trainer]
+name = "toy_trainer"
+steps = 3
+
+[vary]
+"model.tau" = [0.1, 0.2]
+"trainer.learning_rate" = [0.01, 0.05]
+
+[statistics]
+compare = ["toy_probe.mse"]
+correlate = [["toy_probe.mse", "train.loss"]]
+"""
+
+
+@pytest.fixture
+def plugins():
+    manager = PluginManager()
+    manager.load_entry_points(disabled=[])  # executors
+    manager.register(ToyPlugin(), name="toys")
+    return manager
+
+
+def stable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without timings (which legitimately differ between runs)."""
+    return table.drop(columns=[c for c in table.columns if c.startswith("time.")])
+
+
+def test_grid_expands_with_labels_and_ids(plugins):
+    suite = Suite(base=BASE, vary=VARY, seeds=[3, 4], plugins=plugins)
+    assert [v.label for v in suite.variants] == [
+        "model.tau=0.1, trainer.learning_rate=0.01",
+        "model.tau=0.1, trainer.learning_rate=0.05",
+        "model.tau=0.2, trainer.learning_rate=0.01",
+        "model.tau=0.2, trainer.learning_rate=0.05",
+    ]
+    assert len(suite.runs) == 8
+    assert len({r.run_id for r in suite.runs}) == 8
+    first = suite.runs[0].experiment.config
+    assert first["model"]["tau"] == 0.1 and first["trainer"]["learning_rate"] == 0.01
+    assert first["seed"] == 3
+
+
+def test_toml_and_python_suites_give_same_runs(plugins, tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(SUITE_TOML)
+    from_toml = Suite.from_toml(path, plugins=plugins)
+    from_python = Suite(base=BASE, vary=VARY, seeds=2, plugins=plugins)
+    assert [r.run_id for r in from_toml.runs] == [r.run_id for r in from_python.runs]
+    assert from_toml.name == "toy"
+
+
+@pytest.mark.parametrize(
+    ("vary", "fragment"),
+    [
+        ({"model.tua": [1.0]}, "unknown path in vary 'model.tua' (did you mean 'model.tau'?)"),
+        ({"modle.tau": [1.0]}, "unknown path in vary 'modle.tau' (did you mean 'model'?)"),
+        ({"model.tau": []}, "has no values: the grid would be empty"),
+        ({"probes.jpca.n_dims": [4]}, "probe 'jpca' is not in the base probes"),
+        ({"model.tau": [-1.0]}, "variant [model.tau=-1.0]: model 'toy_model': field 'tau'"),
+        ({"model.name": ["toy_modle"]}, "unknown model 'toy_modle'"),
+    ],
+)
+def test_bad_suites_fail_before_training(plugins, vary, fragment):
+    calls = len(FIT_CALLS)
+    with pytest.raises(ConfigError) as caught:
+        Suite(base=BASE, vary=vary, seeds=1, plugins=plugins)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert len(FIT_CALLS) == calls
+
+
+def test_bad_seeds_and_keys(plugins):
+    with pytest.raises(ConfigError, match="seeds must be at least 1"):
+        Suite(base=BASE, seeds=0, plugins=plugins)
+    with pytest.raises(ConfigError, match="seeds repeat"):
+        Suite(base=BASE, seeds=[1, 1], plugins=plugins)
+    with pytest.raises(ConfigError, match="unknown key 'vari' \\(did you mean 'vary'"):
+        Suite.from_dict({"base": BASE, "vari": {}}, plugins=plugins)
+
+
+def test_run_caches_and_reuses(plugins, tmp_path):
+    suite = Suite(base=BASE, vary=VARY, seeds=2, plugins=plugins)
+    calls = len(FIT_CALLS)
+    table = suite.run(store=tmp_path, progress=False)
+    assert len(FIT_CALLS) == calls + 8
+    assert list(table["status"]) == ["completed"] * 8
+    assert table["toy_probe.mse"].notna().all()
+    assert list(table.columns[:6]) == [
+        "variant", "seed", "run_id", "status", "reason", "model.tau",
+    ]
+    again = suite.run(store=tmp_path, progress=False)
+    assert len(FIT_CALLS) == calls + 8, "finished runs were retrained"
+    pd.testing.assert_frame_equal(stable(again), stable(table))
+
+
+def test_seeds_of_a_variant_train_together_like_alone(plugins, tmp_path):
+    together = Suite(base=BASE, seeds=3, plugins=plugins).run(store=tmp_path / "a",
+                                                               progress=False)
+    alone = Suite(base=BASE, seeds=3, executor={"name": "local", "group_seeds": False},
+                  plugins=plugins).run(store=tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(stable(together), stable(alone))
+
+
+def test_failing_run_is_isolated_and_redone(plugins, tmp_path):
+    suite = Suite(base=BASE, vary={"trainer.fail": [False, True]}, seeds=2, plugins=plugins)
+    table = suite.run(store=tmp_path, progress=False)
+    by_fail = table.groupby("trainer.fail")["status"].apply(list).to_dict()
+    assert by_fail == {False: ["completed"] * 2, True: ["failed"] * 2}
+    reasons = table.loc[table["trainer.fail"], "reason"]
+    assert reasons.str.contains("toy trainer told to fail").all()
+    calls = len(FIT_CALLS)
+    suite.run(store=tmp_path, progress=False)
+    redone = FIT_CALLS[calls:]
+    assert redone and all(config.fail for config in redone), "only the failed runs are redone"
+
+
+def test_corrupted_result_is_recomputed(plugins, tmp_path):
+    suite = Suite(base=BASE, seeds=2, plugins=plugins)
+    table = suite.run(store=tmp_path, progress=False)
+    victim = tmp_path / table["run_id"][1] / "trained" / "model.eqx"
+    victim.write_bytes(victim.read_bytes()[:-3])
+    calls = len(FIT_CALLS)
+    with pytest.warns(UserWarning, match="corrupted"):
+        again = suite.run(store=tmp_path, progress=False)
+    assert len(FIT_CALLS) == calls + 1
+    pd.testing.assert_frame_equal(stable(again), stable(table))
+
+
+def test_report_has_every_variant_figure_and_table(plugins, tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(SUITE_TOML)
+    suite = Suite.from_toml(path, plugins=plugins)
+    table = suite.run(store=tmp_path / "store", progress=False)
+    report = write_report(tmp_path / "store")
+    page = report.read_text()
+    for variant in table["variant"].unique():
+        assert variant in page
+    # One probe figure per variant plus the summary dot plot, all inlined.
+    assert page.count("data:image/png;base64,") == len(suite.variants) + 1
+    assert "Between variants" in page and "Across networks" in page
+    folder = report.parent
+    for name in ("runs.csv", "runs.parquet", "toy_runs.csv", "toy_runs.parquet",
+                 "toy_summary.csv", "toy_comparisons.csv", "toy_correlations.csv"):
+        assert (folder / name).exists(), name
+    parquet = pd.read_parquet(folder / "toy_runs.parquet")
+    assert len(parquet) == len(table)
+    summary = pd.read_csv(folder / "toy_summary.csv")
+    mse = summary[summary["metric"] == "toy_probe.mse"].set_index("variant")
+    for variant, frame in table.groupby("variant"):
+        assert mse.loc[variant, "mean"] == pytest.approx(frame["toy_probe.mse"].mean())
+        assert mse.loc[variant, "n"] == 2
+    assert len(list((folder / "figures").glob("*.svg"))) == len(suite.variants) + 1
+
+
+def toy_environment(tmp_path):
+    """A fake installed distribution whose entry point loads the toys, for child processes."""
+    site = tmp_path / "site"
+    info = site / "mechscope_toys-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mechscope-toys\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[mechscope]\ntoys = tests.toys:plugin\n")
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(site)])
+    environment["MECHSCOPE_TOY_FIT_LOG"] = str(tmp_path / "fits.log")
+    return environment
+
+
+def test_killed_suite_resumes_without_retraining(tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(SUITE_TOML)
+    store = tmp_path / "store"
+    environment = toy_environment(tmp_path)
+    command = [sys.executable, "-m", "mechscope.cli", "run", str(path), "--out", str(store),
+               "--quiet", "--executor", "local"]
+    killed = subprocess.run(command, env={**environment, "MECHSCOPE_TOY_KILL_AFTER": "3"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    log = Path(environment["MECHSCOPE_TOY_FIT_LOG"])
+    assert len(log.read_text().split()) == 4  # three finished fits and the one killed
+    complete = [d for d in store.iterdir() if (d / "manifest.json").exists()]
+    assert 1 <= len(complete) <= 3
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    fits_after_resume = len(log.read_text().split()) - 4
+    assert fits_after_resume == 8 - len(complete), "completed runs were retrained"
+    # The resumed table equals a clean run's table.
+    manager = PluginManager()
+    manager.register(ToyPlugin(), name="toys")
+    manager.load_entry_points(disabled=["toys"])
+    suite = Suite.from_toml(path, plugins=manager)
+    resumed = suite.table(store)
+    clean = suite.run(store=tmp_path / "clean", progress=False)
+    assert list(resumed["status"]) == ["completed"] * 8
+    pd.testing.assert_frame_equal(stable(resumed), stable(clean))
+
+
+def test_dask_local_cluster_gives_same_table_as_local(tmp_path, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    environment = toy_environment(tmp_path)
+    # Spawned workers inherit this process's sys.path: they find the toys' entry point there.
+    for folder in reversed(environment["PYTHONPATH"].split(os.pathsep)):
+        monkeypatch.syspath_prepend(folder)
+    manager = PluginManager()
+    manager.load_entry_points(disabled=["toys"])
+    manager.register(ToyPlugin(), name="toys")
+    suite = Suite(base=BASE, vary={"model.tau": [0.1, 0.2]}, seeds=1, plugins=manager)
+    local = suite.run(store=tmp_path / "local", progress=False)
+    distributed = suite.run(executor={"name": "dask", "n_workers": 2}, store=tmp_path / "dask",
+                            progress=False)
+    assert list(distributed["status"]) == ["completed"] * 2
+    pd.testing.assert_frame_equal(stable(distributed), stable(local))
