@@ -1,1 +1,64 @@
-"""First-party BPTT trainer."""
+"""First-party BPTT trainer: backpropagation through time with optax (``bptt``).
+
+Loss = masked MSE + λ_r·mean(r²) + λ_w·Σ mean(W²) + optional simple-dynamics penalty, trained
+with noise, any optax optimiser and schedule, checkpoints with exact resume, divergence
+detection and several seeds trained together (vmapped). See ``docs/trainers/bptt.md``.
+"""
+
+from __future__ import annotations
+
+import mechscope
+
+from ._checkpoint import load_checkpoint, read_header, save_checkpoint
+from ._config import BPTTConfig, build_optimizer, build_schedule
+from ._loss import (
+    Hyperparameters,
+    loss_terms,
+    masked_mse,
+    output_r2,
+    recurrent_weights,
+    simple_dynamics_penalty,
+    weight_matrices,
+)
+from ._step import (
+    TrainState,
+    compile_config,
+    evaluate_r2,
+    init_train_state,
+    make_train_step,
+    train_step,
+    train_step_many,
+)
+from ._trainer import HISTORY_COLUMNS, BPTTTrainer
+
+__all__ = [
+    "HISTORY_COLUMNS",
+    "BPTTConfig",
+    "BPTTTrainer",
+    "Hyperparameters",
+    "TrainState",
+    "build_optimizer",
+    "build_schedule",
+    "compile_config",
+    "evaluate_r2",
+    "init_train_state",
+    "load_checkpoint",
+    "loss_terms",
+    "make_train_step",
+    "masked_mse",
+    "mechscope_register_trainers",
+    "output_r2",
+    "read_header",
+    "recurrent_weights",
+    "save_checkpoint",
+    "simple_dynamics_penalty",
+    "train_step",
+    "train_step_many",
+    "weight_matrices",
+]
+
+
+@mechscope.hookimpl
+def mechscope_register_trainers(register: mechscope.Register) -> None:
+    """Register the ``bptt`` trainer."""
+    register("bptt", BPTTConfig, BPTTTrainer)

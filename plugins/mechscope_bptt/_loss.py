@@ -1,0 +1,175 @@
+"""Loss terms of the BPTT trainer: masked MSE, rate, weight and simple-dynamics penalties."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+import mechscope
+
+
+class Hyperparameters(eqx.Module):
+    """Learning rate, penalty weights and noise levels, as arrays so sweeps do not recompile.
+
+    Attributes:
+        learning_rate: the base learning rate (a schedule's initial/peak value).
+        rate_reg: λ_r, weight of mean(r²).
+        weight_reg: λ_w, weight of Σ over weight matrices of mean(W²).
+        simple_dynamics_reg: λ_d, weight of the simple-dynamics penalty.
+        input_noise: σ_in during training.
+        recurrent_noise: σ_rec during training.
+    """
+
+    learning_rate: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    rate_reg: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    weight_reg: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    simple_dynamics_reg: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    input_noise: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    recurrent_noise: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Hyperparameters:
+        """Read the values from a :class:`BPTTConfig`."""
+        return cls(
+            learning_rate=jnp.asarray(config.learning_rate, dtype=float),
+            rate_reg=jnp.asarray(config.rate_reg, dtype=float),
+            weight_reg=jnp.asarray(config.weight_reg, dtype=float),
+            simple_dynamics_reg=jnp.asarray(config.simple_dynamics_reg, dtype=float),
+            input_noise=jnp.asarray(config.input_noise, dtype=float),
+            recurrent_noise=jnp.asarray(config.recurrent_noise, dtype=float),
+        )
+
+
+def weight_matrices(model: mechscope.AbstractModel) -> tuple[Float[Array, "m n"], ...]:
+    """The matrices the weight penalty acts on.
+
+    A model may declare them with a ``weight_matrices()`` method (e.g. to penalise the effective
+    sign-constrained matrix of a Dale's-law network rather than its raw parameters). Otherwise
+    every two-dimensional floating-point array in the model is a weight matrix; vectors (biases,
+    x0, time constants) and scalars are not penalised.
+    """
+    declared = getattr(model, "weight_matrices", None)
+    if callable(declared):
+        return tuple(declared())
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    return tuple(leaf for leaf in leaves if leaf.ndim == 2)
+
+
+def recurrent_weights(model: mechscope.AbstractModel) -> Float[Array, "n_units n_units"]:
+    """W_rec of a model, read from its ``recurrent_weights`` attribute or property.
+
+    Raises:
+        TypeError: if the model does not expose a square ``recurrent_weights`` matrix.
+    """
+    weights = getattr(model, "recurrent_weights", None)
+    if callable(weights):
+        weights = weights()
+    if weights is None or jnp.ndim(weights) != 2 or weights.shape[0] != weights.shape[1]:
+        raise TypeError(
+            f"simple_dynamics_reg needs a model with a square 'recurrent_weights' matrix "
+            f"(W_rec in tau·dx/dt = -x + W_rec·φ(x) + ...); {type(model).__name__} has none. "
+            f"Set simple_dynamics_reg = 0 or add the attribute to the model."
+        )
+    return weights
+
+
+def simple_dynamics_penalty(
+    model: mechscope.AbstractModel, states: Float[Array, "*batch n_units"]
+) -> Scalar:
+    """Sussillo et al. (2015) simple-dynamics penalty, the mean of (W_rec·diag(φ'(x)))² entries.
+
+    Equals ‖W_rec · diag(φ'(x))‖²_F / N² averaged over every state x given. φ'(x) is the
+    diagonal of the Jacobian of ``model.rates``, obtained by one forward-mode product with a
+    vector of ones, which is exact for element-wise activations (what the protocol requires).
+    """
+    weights = recurrent_weights(model)
+    column_norms = jnp.sum(weights**2, axis=0)
+    flat = states.reshape(-1, states.shape[-1])
+
+    def slope(x: Float[Array, " n_units"]) -> Float[Array, " n_units"]:
+        return jax.jvp(model.rates, (x,), (jnp.ones_like(x),))[1]
+
+    slopes = jax.vmap(slope)(flat)
+    return jnp.mean(slopes**2 @ column_norms) / weights.size
+
+
+def masked_mse(
+    outputs: Float[Array, "*batch time n_outputs"],
+    targets: Float[Array, "*batch time n_outputs"],
+    mask: Float[Array, "*batch time n_outputs"],
+) -> Scalar:
+    """Σ mask·(z − y)² / Σ mask (0 when the mask is empty)."""
+    return jnp.sum(mask * (outputs - targets) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def output_r2(
+    outputs: Float[Array, "*batch time n_outputs"],
+    targets: Float[Array, "*batch time n_outputs"],
+    mask: Float[Array, "*batch time n_outputs"],
+) -> Scalar:
+    """Masked coefficient of determination pooled over output channels.
+
+    R² = 1 − Σ m·(z − y)² / Σ m·(y − ȳ_c)², where ȳ_c is the masked mean of target channel c
+    over trials and times.
+    """
+    axes = tuple(range(targets.ndim - 1))
+    counts = jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
+    means = jnp.sum(mask * targets, axis=axes) / counts
+    residual = jnp.sum(mask * (outputs - targets) ** 2)
+    total = jnp.sum(mask * (targets - means) ** 2)
+    return 1.0 - residual / total
+
+
+def loss_terms(
+    model: mechscope.AbstractModel,
+    trials: mechscope.Trials,
+    hyper: Hyperparameters,
+    *,
+    key: PRNGKeyArray,
+    simple_dynamics: bool,
+) -> tuple[Scalar, dict[str, Scalar]]:
+    """Total training loss on a batch of trials, and each of its terms.
+
+    loss = masked MSE + λ_r·mean(r²) + λ_w·Σ_W mean(W²) + λ_d·simple-dynamics penalty.
+
+    Args:
+        model: the model being trained.
+        trials: a training batch.
+        hyper: penalty weights and noise levels.
+        key: PRNG key for the training noise.
+        simple_dynamics: include the simple-dynamics penalty (static; it costs a Jacobian
+            diagonal per state).
+
+    Returns:
+        The loss and a dict with ``loss``, ``mse``, ``rate_penalty``, ``weight_penalty``,
+        ``dynamics_penalty`` (each already multiplied by its λ), ``mean_rate_sq`` (mean r²)
+        and ``train_r2`` (output R² of the batch).
+    """
+    noise = mechscope.Noise(input=hyper.input_noise, recurrent=hyper.recurrent_noise)
+    trajectory = mechscope.simulate(model, trials.inputs, trials.times, key=key, noise=noise)
+    mse = masked_mse(trajectory.outputs, trials.targets, trials.mask)
+    mean_rate_sq = jnp.mean(trajectory.rates**2)
+    weight_sq = sum((jnp.mean(w**2) for w in weight_matrices(model)), jnp.zeros(()))
+    rate_penalty = hyper.rate_reg * mean_rate_sq
+    weight_penalty = hyper.weight_reg * weight_sq
+    if simple_dynamics:
+        dynamics_penalty = hyper.simple_dynamics_reg * simple_dynamics_penalty(
+            model, trajectory.states
+        )
+    else:
+        dynamics_penalty = jnp.zeros(())
+    loss = mse + rate_penalty + weight_penalty + dynamics_penalty
+    terms = {
+        "loss": loss,
+        "mse": mse,
+        "rate_penalty": rate_penalty,
+        "weight_penalty": weight_penalty,
+        "dynamics_penalty": dynamics_penalty,
+        "mean_rate_sq": mean_rate_sq,
+        "train_r2": output_r2(trajectory.outputs, trials.targets, trials.mask),
+    }
+    return loss, terms

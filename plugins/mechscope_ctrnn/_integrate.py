@@ -1,0 +1,363 @@
+"""Integration of tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b (+ noise) with diffrax.
+
+Two integrators share one discretisation: ``scan`` runs the diffrax solver's own ``step``
+inside a ``lax.scan`` (fixed steps, input held constant over each step, cheap reverse-mode
+autodiff), ``diffeqsolve`` calls :func:`diffrax.diffeqsolve` (fixed or adaptive steps,
+RecursiveCheckpointAdjoint). For fixed-step Euler both give the same numbers.
+
+Performance note: per-step quantities that depend on parameters (the input projection W_in·u,
+the noise W_in·η) are computed inside the loop from parameter-free per-step data (u, ξ, η).
+Precomputing them as one [time, N] array looks cheaper but makes reverse mode stack a
+[time, N] cotangent per trial, which on CPU costs more than the whole forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float, PyTree
+
+#: ``drift(x, u) -> dx/dt`` at state x and (held) input u.
+Drift = Callable[[Float[Array, " n"], Float[Array, " i"]], Float[Array, " n"]]
+
+#: 'auto' checkpointing turns on once (solver steps × units) reaches this.
+AUTO_CHECKPOINT_SIZE = 2**18
+
+
+class NoiseSource(eqx.Module):
+    """Turns one solver step's standard-normal draws into the additive state increment.
+
+    increment = sqrt(2h/tau)·(σ_rec·ξ + σ_in·W_in·η), ξ ~ N(0, I_N), η ~ N(0, I_inputs): the
+    Euler–Maruyama increment of dx = f dt + sqrt(2/tau)·(σ_rec dB_rec + σ_in·W_in dB_in).
+    """
+
+    input_weights: Float[Array, "n i"]
+    sigma_recurrent: Float[Array, ""]
+    sigma_input: Float[Array, ""]
+    scale: Float[Array, ""]
+
+    def increment(self, xi: Float[Array, " n"], eta: Float[Array, " i"]) -> Float[Array, " n"]:
+        """The state increment of one step from its draws ξ (units) and η (inputs)."""
+        return self.scale * (
+            self.sigma_recurrent * xi + self.sigma_input * (self.input_weights @ eta)
+        )
+
+
+class HeldIncrement(diffrax.AbstractPath):
+    """A control path whose increment over any interval is one given array (one step's)."""
+
+    increment: Float[Array, " n"]
+
+    @property
+    def t0(self):
+        return -jnp.inf
+
+    @property
+    def t1(self):
+        return jnp.inf
+
+    def evaluate(self, t0, t1=None, left=True):
+        del t0, t1, left
+        return self.increment
+
+
+class GridIncrements(diffrax.AbstractPath):
+    """Noise increments of a uniform step grid, from draws made in advance.
+
+    ``evaluate(ta, tb)`` returns the increment of the grid step that starts at ``ta``, so a
+    fixed-step solver stepping on the grid sees exactly the increments the scan integrator
+    uses.
+    """
+
+    source: NoiseSource
+    xi: Float[Array, "steps n"]
+    eta: Float[Array, "steps i"]
+    start: Float[Array, ""]
+    step: Float[Array, ""]
+
+    @property
+    def t0(self):
+        return self.start
+
+    @property
+    def t1(self):
+        return self.start + self.step * self.xi.shape[0]
+
+    def evaluate(self, t0, t1=None, left=True):
+        del t1, left
+        index = jnp.round((t0 - self.start) / self.step).astype(int)
+        index = jnp.clip(index, 0, self.xi.shape[0] - 1)
+        return self.source.increment(self.xi[index], self.eta[index])
+
+
+class HeldInputIntegral(diffrax.AbstractPath):
+    """U(t) = ∫ u ds for an input held at ``inputs[k]`` on ``[t_k, t_{k+1})``.
+
+    Driving the input term by this continuous path (dx ∝ W_in dU) gives every stage of a
+    solver step the same held input, so multi-stage solvers do not see the next sample's
+    input at a step's right end. Increments within one interval are computed directly as
+    ``u_k·(t1 − t0)`` rather than as a difference of large integrals, to keep precision.
+    """
+
+    inputs: Float[Array, "time i"]
+    times: Float[Array, " time"]
+    cumulative: Float[Array, "time i"]
+
+    def __init__(self, inputs: Float[Array, "time i"], times: Float[Array, " time"]):
+        self.inputs = inputs
+        self.times = times
+        pieces = inputs[:-1] * jnp.diff(times)[:, None]
+        self.cumulative = jnp.concatenate([jnp.zeros_like(inputs[:1]), jnp.cumsum(pieces, 0)])
+
+    @property
+    def t0(self):
+        return self.times[0]
+
+    @property
+    def t1(self):
+        return self.times[-1]
+
+    def _interval(self, t, side: str):
+        last = self.times.shape[0] - 2
+        return jnp.clip(jnp.searchsorted(self.times, t, side=side) - 1, 0, last)
+
+    def _integral(self, t):
+        k = self._interval(t, "right")
+        return self.cumulative[k] + self.inputs[k] * (t - self.times[k])
+
+    def evaluate(self, t0, t1=None, left=True):
+        del left
+        if t1 is None:
+            return self._integral(t0)
+        start = self._interval(t0, "right")
+        # A step ending exactly on a sample time still belongs to the interval before it.
+        same_interval = start == self._interval(t1, "left")
+        direct = self.inputs[start] * (t1 - t0)
+        return jnp.where(same_interval, direct, self._integral(t1) - self._integral(t0))
+
+
+def _identity_diffusion(t, y, args) -> lx.IdentityLinearOperator:
+    # The increments already carry the diffusion (noise is additive), so G is the identity.
+    del t, args
+    return lx.IdentityLinearOperator(jax.eval_shape(lambda: y))
+
+
+def _terms(drift: Drift, control: diffrax.AbstractPath | None) -> diffrax.AbstractTerm:
+    ode = diffrax.ODETerm(lambda t, x, u: drift(x, u))
+    if control is None:
+        return ode
+    return diffrax.MultiTerm(ode, diffrax.ControlTerm(_identity_diffusion, control))
+
+
+def _chunked_scan(
+    body: Callable, carry: PyTree, xs: PyTree, length: int, chunk: int | None
+) -> tuple[PyTree, PyTree]:
+    """``lax.scan`` that, given `chunk`, checkpoints every `chunk` iterations.
+
+    The backward pass then stores one carry per chunk and recomputes the chunk's steps,
+    so memory grows like length/chunk + chunk instead of length.
+    """
+    if chunk is None or chunk >= length:
+        return jax.lax.scan(body, carry, xs)
+    n_chunks = -(-length // chunk)
+    padding = n_chunks * chunk - length
+
+    def to_chunks(leaf):
+        # The padded steps run past the end; their outputs are dropped below.
+        leaf = jnp.concatenate([leaf, jnp.zeros((padding, *leaf.shape[1:]), leaf.dtype)])
+        return leaf.reshape(n_chunks, chunk, *leaf.shape[1:])
+
+    @jax.checkpoint
+    def chunk_body(carry, xs_chunk):
+        return jax.lax.scan(body, carry, xs_chunk)
+
+    carry, ys = jax.lax.scan(chunk_body, carry, jax.tree.map(to_chunks, xs))
+    ys = jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:])[:length], ys)
+    return carry, ys
+
+
+def integrate_scan(
+    drift: Drift,
+    solver: diffrax.AbstractSolver,
+    x0: Float[Array, " n"],
+    inputs: Float[Array, "time i"],
+    times: Float[Array, " time"],
+    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+    *,
+    substeps: int,
+    checkpoint_chunk: int | None,
+) -> Float[Array, "time n"]:
+    """Fixed-step integration as a scan over ``solver.step``; the state at every sample time.
+
+    Only states are stacked: anything derived from them (rates, outputs) is cheaper to
+    compute afterwards than to record inside the loop, where reverse mode would stack its
+    own copies of φ(x) and φ'(x).
+
+    Args:
+        drift: ``drift(x, u) -> dx/dt``.
+        solver: a diffrax solver; its ``step`` does the arithmetic.
+        x0: state at ``times[0]``.
+        inputs: input at each sample time; ``inputs[k]`` is held over ``[t_k, t_{k+1})``.
+        times: sample times.
+        noise: the noise source and its per-step draws (ξ, η), or None.
+        substeps: solver steps per sample interval.
+        checkpoint_chunk: intervals per checkpointed chunk, or None for no checkpointing.
+
+    """
+    n_intervals = times.shape[0] - 1
+    source, draws = None, None
+    if noise is not None:
+        source, xi, eta = noise
+        draws = (xi.reshape(n_intervals, substeps, -1), eta.reshape(n_intervals, substeps, -1))
+
+    def control(draws_j):
+        return None if draws_j is None else HeldIncrement(source.increment(*draws_j))
+
+    first_draws = None if draws is None else jax.tree.map(lambda a: a[0, 0], draws)
+    solver_state = solver.init(
+        _terms(drift, control(first_draws)), times[0], times[1], x0, inputs[0]
+    )
+
+    def one_step(carry, t0, t1, u, draws_j, made_jump):
+        x, state = carry
+        x, _, _, state, _ = solver.step(
+            _terms(drift, control(draws_j)), t0, t1, x, u, state, made_jump
+        )
+        return x, state
+
+    def interval(carry, per_interval):
+        t_k, t_next, u_k, draws_k = per_interval
+        # Each interval's own width, so that uneven float sample times are honoured exactly.
+        h_k = (t_next - t_k) / substeps
+        end = t_next if substeps == 1 else t_k + h_k
+        first = None if draws_k is None else jax.tree.map(lambda a: a[0], draws_k)
+        # The input jumps at every sample time, so stages cached across it (FSAL) are stale.
+        carry = one_step(carry, t_k, end, u_k, first, True)
+        if substeps > 1:
+
+            def substep(carry, j_draws):
+                j, draws_j = j_draws
+                t_j = t_k + j * h_k
+                t_end = jnp.where(j == substeps - 1, t_next, t_j + h_k)
+                return one_step(carry, t_j, t_end, u_k, draws_j, False), None
+
+            rest = None if draws_k is None else jax.tree.map(lambda a: a[1:], draws_k)
+            carry, _ = jax.lax.scan(substep, carry, (jnp.arange(1, substeps), rest))
+        return carry, carry[0]
+
+    _, states = _chunked_scan(
+        interval,
+        (x0, solver_state),
+        (times[:-1], times[1:], inputs[:-1], draws),
+        n_intervals,
+        checkpoint_chunk,
+    )
+    return jnp.concatenate([x0[None], states])
+
+
+def integrate_diffeqsolve(
+    autonomous_drift: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+    input_gain: Float[Array, "n i"],
+    solver: diffrax.AbstractSolver,
+    x0: Float[Array, " n"],
+    inputs: Float[Array, "time i"],
+    times: Float[Array, " time"],
+    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+    *,
+    substeps: int,
+    adaptive: bool,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    checkpoints: int | None = None,
+) -> Float[Array, "time n"]:
+    """Integration with :func:`diffrax.diffeqsolve`; the state at every sample time.
+
+    The system is written as dx = g(x) dt + G_u dU(t) [+ dN(t)]: the input enters as a
+    control term driven by the integral U of the held input, so every solver stage sees the
+    input held over the step (as in :func:`integrate_scan`). Fixed steps land on a grid
+    through the sample times (``StepTo``); adaptive steps are told that the input changes at
+    the sample times (``jump_ts``), so no step straddles one and high order is kept.
+
+    Args:
+        autonomous_drift: ``g(x)``, the drift without the input.
+        input_gain: ``G_u`` (W_in / tau), so the input's contribution is ``G_u·u``.
+        solver: a diffrax solver.
+        x0: state at ``times[0]``.
+        inputs: input at each sample time.
+        times: sample times.
+        noise: the noise source and its per-step draws on the fixed grid, or None.
+        substeps: solver steps per sample interval (fixed steps).
+        adaptive: use a PID controller instead of fixed steps.
+        rtol: relative tolerance (adaptive).
+        atol: absolute tolerance (adaptive).
+        max_steps: step limit (adaptive).
+        checkpoints: RecursiveCheckpointAdjoint checkpoints (None: diffrax's choice).
+    """
+    n_intervals = times.shape[0] - 1
+    if adaptive and noise is not None:
+        raise ValueError("noise needs fixed-step integration")
+    h = (times[1] - times[0]) / substeps
+    terms = [
+        diffrax.ODETerm(lambda t, x, args: autonomous_drift(x)),
+        diffrax.ControlTerm(lambda t, x, gain: gain, HeldInputIntegral(inputs, times)),
+    ]
+    if adaptive:
+        controller = diffrax.ClipStepSizeController(
+            diffrax.PIDController(rtol=rtol, atol=atol), jump_ts=times[1:-1]
+        )
+        dt0, steps = h, max_steps
+    else:
+        widths = jnp.diff(times)[:, None] / substeps
+        grid = (times[:-1, None] + widths * jnp.arange(substeps)).reshape(-1)
+        controller = diffrax.StepTo(ts=jnp.concatenate([grid, times[-1:]]))
+        dt0, steps = None, n_intervals * substeps
+        if noise is not None:
+            terms.append(
+                diffrax.ControlTerm(_identity_diffusion, GridIncrements(*noise, times[0], h))
+            )
+    solution = diffrax.diffeqsolve(
+        diffrax.MultiTerm(*terms),
+        solver,
+        times[0],
+        times[-1],
+        dt0,
+        x0,
+        args=input_gain,
+        saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=controller,
+        max_steps=steps,
+        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints),
+    )
+    return solution.ys
+
+
+def checkpoint_chunk_for(
+    policy: str, chunk: int | None, n_intervals: int, substeps: int, n_units: int
+) -> int | None:
+    """Intervals per checkpointed chunk under `policy`, or None for no checkpointing."""
+    if policy == "never":
+        return None
+    if policy == "auto" and n_intervals * substeps * n_units < AUTO_CHECKPOINT_SIZE:
+        return None
+    if chunk is not None:
+        return chunk
+    return max(1, math.isqrt(max(n_intervals - 1, 0)) + 1)
+
+
+__all__ = [
+    "AUTO_CHECKPOINT_SIZE",
+    "GridIncrements",
+    "HeldIncrement",
+    "HeldInputIntegral",
+    "NoiseSource",
+    "checkpoint_chunk_for",
+    "integrate_diffeqsolve",
+    "integrate_scan",
+]

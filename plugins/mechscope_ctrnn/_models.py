@@ -1,0 +1,404 @@
+"""The ctrnn and ei_ctrnn models: equinox modules over the shared integration code."""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
+
+import mechscope
+from mechscope_ctrnn._activations import get_activation
+from mechscope_ctrnn._config import CTRNNConfig, EICTRNNConfig, make_solver
+from mechscope_ctrnn._integrate import (
+    NoiseSource,
+    checkpoint_chunk_for,
+    integrate_diffeqsolve,
+    integrate_scan,
+)
+
+
+def _is_concretely_zero(noise: mechscope.Noise) -> bool:
+    """True if every noise level is a concrete (untraced) zero."""
+    for level in (noise.input, noise.recurrent):
+        if isinstance(level, jax.core.Tracer):
+            return False
+        if bool(jnp.any(level != 0)):
+            return False
+    return True
+
+
+class AbstractCTRNN(mechscope.AbstractModel):
+    """A rate network tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b with readout z = W_out·φ(x) + b_out.
+
+    Concrete subclasses choose how the stored (raw) parameters map to the effective weight
+    matrices; everything else (dynamics, Jacobian, integration, noise) lives here.
+    """
+
+    config: eqx.AbstractVar[CTRNNConfig | EICTRNNConfig]
+    w_rec: eqx.AbstractVar[Float[Array, "n_units n_units"]]
+    w_in: eqx.AbstractVar[Float[Array, "n_units n_inputs"]]
+    w_out: eqx.AbstractVar[Float[Array, "n_outputs n_units"]]
+    bias: eqx.AbstractVar[Float[Array, " n_units"]]
+    output_bias: eqx.AbstractVar[Float[Array, " n_outputs"]]
+    x0: eqx.AbstractVar[Float[Array, " n_units"]]
+
+    @abc.abstractmethod
+    def recurrent_weights(self) -> Float[Array, "n_units n_units"]:
+        """Effective W_rec (row = postsynaptic unit, column = presynaptic unit)."""
+
+    @abc.abstractmethod
+    def input_weights(self) -> Float[Array, "n_units n_inputs"]:
+        """Effective W_in."""
+
+    @abc.abstractmethod
+    def output_weights(self) -> Float[Array, "n_outputs n_units"]:
+        """Effective W_out."""
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input channels."""
+        return self.w_in.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of readout channels."""
+        return self.w_out.shape[0]
+
+    @property
+    def n_units(self) -> int:
+        """Number of recurrent units N."""
+        return self.w_rec.shape[0]
+
+    def rates(self, x: Float[Array, "*batch n_units"]) -> Float[Array, "*batch n_units"]:
+        """Firing rates r = φ(x) (works on any leading axes)."""
+        return get_activation(self.config.activation).fn(x)
+
+    def readout(self, r: Float[Array, "*batch n_units"]) -> Float[Array, "*batch n_outputs"]:
+        """Output z = W_out·r + b_out (works on any leading axes)."""
+        return r @ self.output_weights().T + self.output_bias
+
+    def initial_state(self) -> Float[Array, " n_units"]:
+        """x0: learned if ``config.learn_x0``, else a constant the gradient does not reach."""
+        if self.config.learn_x0:
+            return self.x0
+        return jax.lax.stop_gradient(self.x0)
+
+    def vector_field(
+        self, t: ScalarLike, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]
+    ) -> Float[Array, " n_units"]:
+        """dx/dt = (−x + W_rec·φ(x) + W_in·u + b) / tau, noise-free."""
+        del t
+        drive = self.input_weights() @ u + self.bias
+        return (-x + self.recurrent_weights() @ self.rates(x) + drive) / self.config.tau
+
+    def jacobian(
+        self, t: ScalarLike, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]
+    ) -> Float[Array, "n_units n_units"]:
+        """∂f/∂x = (−I + W_rec·diag(φ'(x))) / tau, in closed form."""
+        del t, u
+        slope = get_activation(self.config.activation).derivative(x)
+        eye = jnp.eye(self.n_units, dtype=x.dtype)
+        return (-eye + self.recurrent_weights() * slope[None, :]) / self.config.tau
+
+    def __call__(
+        self,
+        inputs: Float[Array, "time n_inputs"],
+        times: Float[Array, " time"],
+        *,
+        key: PRNGKeyArray | None = None,
+        noise: mechscope.Noise | None = None,
+        x0: Float[Array, " n_units"] | None = None,
+    ) -> mechscope.Trajectory:
+        """Integrate one trial; ``states[0]`` is x0 at ``times[0]``.
+
+        The input ``inputs[k]`` is held constant on ``[times[k], times[k+1])``, so the last
+        sample's input never affects the trajectory. Noise follows the documented convention:
+        per solver step of length h, the recurrent term adds σ_rec·sqrt(2h/tau)·ξ and the input
+        gets σ_in·sqrt(2·tau/h)·η before W_in, so stationary statistics do not depend on h.
+
+        Args:
+            inputs: input at each sample time.
+            times: evenly spaced sample times (at least two).
+            key: PRNG key for the noise; required unless `noise` is None or concretely zero.
+            noise: noise levels (arrays, so sweeping them does not recompile).
+            x0: start from this state instead of :meth:`initial_state`.
+
+        Returns:
+            The trajectory at `times`.
+
+        Raises:
+            ValueError: on mismatched shapes, or noise without a key.
+        """
+        config = self.config
+        if times.ndim != 1 or times.shape[0] < 2:
+            raise ValueError(f"times must be 1-d with at least 2 samples, got {times.shape}")
+        if inputs.shape != (times.shape[0], self.n_inputs):
+            raise ValueError(
+                f"inputs must have shape (time, n_inputs) = ({times.shape[0]}, "
+                f"{self.n_inputs}), got {inputs.shape}"
+            )
+        if noise is not None and _is_concretely_zero(noise):
+            noise = None
+        if noise is not None and key is None:
+            raise ValueError("a PRNG key is required when noise is given (pass key=...)")
+        if noise is not None and config.adaptive:
+            raise ValueError(
+                "noise needs fixed-step integration (adaptive=False; Euler is then "
+                "Euler-Maruyama); adaptive stepping is for noise-free runs"
+            )
+        start = self.initial_state() if x0 is None else x0
+        w_rec = self.recurrent_weights()
+        w_in = self.input_weights()
+        bias = self.bias
+        phi = get_activation(config.activation).fn
+        tau = config.tau
+
+        def drift(x, u):
+            return (-x + w_rec @ phi(x) + w_in @ u + bias) / tau
+
+        n_intervals = times.shape[0] - 1
+        substeps = config.substeps
+        solver = make_solver(config.solver)
+
+        noise_draws = None
+        if noise is not None:
+            # Convention (see the docs): one ξ per unit and one η per input channel per step,
+            # drawn from the two halves of jax.random.split(key).
+            key_rec, key_in = jax.random.split(key)
+            n_steps = n_intervals * substeps
+            h = (times[1] - times[0]) / substeps
+            source = NoiseSource(
+                input_weights=w_in,
+                sigma_recurrent=jnp.asarray(noise.recurrent, start.dtype),
+                sigma_input=jnp.asarray(noise.input, start.dtype),
+                scale=jnp.sqrt(2.0 * h / tau).astype(start.dtype),
+            )
+            noise_draws = (
+                source,
+                jax.random.normal(key_rec, (n_steps, self.n_units), start.dtype),
+                jax.random.normal(key_in, (n_steps, self.n_inputs), start.dtype),
+            )
+
+        if config.uses_scan:
+            chunk = checkpoint_chunk_for(
+                config.checkpointing,
+                config.checkpoint_chunk,
+                n_intervals,
+                substeps,
+                self.n_units,
+            )
+            states = integrate_scan(
+                drift,
+                solver,
+                start,
+                inputs,
+                times,
+                noise_draws,
+                substeps=substeps,
+                checkpoint_chunk=chunk,
+            )
+        else:
+            checkpoints = None
+            if config.checkpointing == "never" and not config.adaptive:
+                checkpoints = n_intervals * substeps
+            states = integrate_diffeqsolve(
+                lambda x: (-x + w_rec @ phi(x) + bias) / tau,
+                w_in / tau,
+                solver,
+                start,
+                inputs,
+                times,
+                noise_draws,
+                substeps=substeps,
+                adaptive=config.adaptive,
+                rtol=config.rtol,
+                atol=config.atol,
+                max_steps=config.max_steps,
+                checkpoints=checkpoints,
+            )
+        rates = phi(states)
+        return mechscope.Trajectory(
+            times=times, states=states, rates=rates, outputs=self.readout(rates)
+        )
+
+
+class CTRNN(AbstractCTRNN):
+    """The standard continuous-time RNN with unconstrained weights."""
+
+    config: CTRNNConfig = eqx.field(static=True)
+    w_rec: Float[Array, "n_units n_units"]
+    w_in: Float[Array, "n_units n_inputs"]
+    w_out: Float[Array, "n_outputs n_units"]
+    bias: Float[Array, " n_units"]
+    output_bias: Float[Array, " n_outputs"]
+    x0: Float[Array, " n_units"]
+
+    def __check_init__(self):
+        _check_shapes(self)
+
+    def recurrent_weights(self) -> Float[Array, "n_units n_units"]:
+        """W_rec as stored."""
+        return self.w_rec
+
+    def input_weights(self) -> Float[Array, "n_units n_inputs"]:
+        """W_in as stored."""
+        return self.w_in
+
+    def output_weights(self) -> Float[Array, "n_outputs n_units"]:
+        """W_out as stored."""
+        return self.w_out
+
+
+class EICTRNN(AbstractCTRNN):
+    """A Dale's-law network: W_rec = |W_raw|·diag(sign), so every update keeps the signs.
+
+    Units ``0 .. n_excitatory-1`` are excitatory (their outgoing weights, i.e. columns of
+    W_rec, are ≥ 0), the rest inhibitory (columns ≤ 0).
+    """
+
+    config: EICTRNNConfig = eqx.field(static=True)
+    w_rec: Float[Array, "n_units n_units"]
+    w_in: Float[Array, "n_units n_inputs"]
+    w_out: Float[Array, "n_outputs n_units"]
+    bias: Float[Array, " n_units"]
+    output_bias: Float[Array, " n_outputs"]
+    x0: Float[Array, " n_units"]
+
+    def __check_init__(self):
+        _check_shapes(self)
+
+    def signs(self) -> Float[Array, " n_units"]:
+        """+1 for excitatory units, −1 for inhibitory ones."""
+        index = jnp.arange(self.n_units)
+        return jnp.where(index < self.config.n_excitatory, 1.0, -1.0).astype(self.w_rec.dtype)
+
+    def recurrent_weights(self) -> Float[Array, "n_units n_units"]:
+        """|W_raw|·diag(sign): column j carries the sign of presynaptic unit j."""
+        return jnp.abs(self.w_rec) * self.signs()[None, :]
+
+    def input_weights(self) -> Float[Array, "n_units n_inputs"]:
+        """|W_in_raw| when ``nonnegative_inputs``, else W_in as stored."""
+        return jnp.abs(self.w_in) if self.config.nonnegative_inputs else self.w_in
+
+    def output_weights(self) -> Float[Array, "n_outputs n_units"]:
+        """W_out, with inhibitory columns zeroed when reading out from excitatory units only."""
+        if not self.config.readout_from_excitatory:
+            return self.w_out
+        excitatory = (jnp.arange(self.n_units) < self.config.n_excitatory).astype(
+            self.w_out.dtype
+        )
+        return self.w_out * excitatory[None, :]
+
+
+def _check_shapes(model: AbstractCTRNN) -> None:
+    n = model.config.n_units
+    checks = {
+        "w_rec": (model.w_rec.shape, (n, n)),
+        "w_in": (model.w_in.shape[:1], (n,)),
+        "w_out": (model.w_out.shape[1:], (n,)),
+        "bias": (model.bias.shape, (n,)),
+        "output_bias": (model.output_bias.shape, model.w_out.shape[:1]),
+        "x0": (model.x0.shape, (n,)),
+    }
+    for name, (got, want) in checks.items():
+        if tuple(got) != tuple(want):
+            raise ValueError(f"{name} has shape {got}, expected {want} for {n} units")
+
+
+def _place(model: AbstractCTRNN, device: str | None) -> AbstractCTRNN:
+    if device is None:
+        return model
+    target = resolve_device(device)
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, target), model)
+
+
+def resolve_device(name: str) -> jax.Device:
+    """The JAX device named like ``'cpu'``, ``'gpu'`` or ``'cuda:1'``.
+
+    Raises:
+        ValueError: if this JAX installation has no such device.
+    """
+    platform, _, index = name.partition(":")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as error:
+        raise ValueError(f"device '{name}' is not available here: {error}") from None
+    position = int(index or 0)
+    if position >= len(devices):
+        raise ValueError(f"device '{name}': only {len(devices)} {platform} device(s) here")
+    return devices[position]
+
+
+def make_ctrnn(
+    config: CTRNNConfig, *, n_inputs: int, n_outputs: int, key: PRNGKeyArray
+) -> CTRNN:
+    """Build a ctrnn: W_rec ~ N(0, g²/N), W_in, W_out ~ N(0, 1/fan-in), biases and x0 zero.
+
+    Args:
+        config: the validated config.
+        n_inputs: input channels of the task.
+        n_outputs: output channels of the task.
+        key: PRNG key for the initial weights.
+    """
+    if type(config) is not CTRNNConfig:
+        raise TypeError(f"make_ctrnn needs a CTRNNConfig, got {type(config).__name__}")
+    n = config.n_units
+    key_rec, key_in, key_out = jax.random.split(key, 3)
+    model = CTRNN(
+        config=config,
+        w_rec=config.gain / math.sqrt(n) * jax.random.normal(key_rec, (n, n)),
+        w_in=jax.random.normal(key_in, (n, n_inputs)) / math.sqrt(max(n_inputs, 1)),
+        w_out=jax.random.normal(key_out, (n_outputs, n)) / math.sqrt(n),
+        bias=jnp.zeros(n),
+        output_bias=jnp.zeros(n_outputs),
+        x0=jnp.zeros(n),
+    )
+    return _place(model, config.device)
+
+
+def make_ei_ctrnn(
+    config: EICTRNNConfig, *, n_inputs: int, n_outputs: int, key: PRNGKeyArray
+) -> EICTRNN:
+    """Build an ei_ctrnn: row-balanced E/I magnitudes with bulk spectral radius ≈ g.
+
+    Magnitudes are |N(0, 1)|; each row's inhibitory weights are scaled so that the row's
+    total inhibition equals its total excitation (exact balance keeps the eigenvalues free of
+    the outlier a mean imbalance would create), and the whole matrix is scaled so that the
+    radius of its eigenvalue bulk, sqrt(Σ_j Var W_ij) (Rajan & Abbott 2006), equals g.
+
+    Args:
+        config: the validated config.
+        n_inputs: input channels of the task.
+        n_outputs: output channels of the task.
+        key: PRNG key for the initial weights.
+    """
+    if type(config) is not EICTRNNConfig:
+        raise TypeError(f"make_ei_ctrnn needs an EICTRNNConfig, got {type(config).__name__}")
+    n = config.n_units
+    n_exc = config.n_excitatory
+    n_inh = n - n_exc
+    key_rec, key_in, key_out = jax.random.split(key, 3)
+    magnitude = jnp.abs(jax.random.normal(key_rec, (n, n)))
+    excitatory = jnp.arange(n) < n_exc
+    excitation = jnp.sum(jnp.where(excitatory, magnitude, 0.0), axis=1, keepdims=True)
+    inhibition = jnp.sum(jnp.where(excitatory, 0.0, magnitude), axis=1, keepdims=True)
+    magnitude = jnp.where(excitatory, magnitude, magnitude * excitation / inhibition)
+    # Inhibitory weights are about n_E/n_I times larger than excitatory ones.
+    balance = n_exc / n_inh
+    folded_variance = 1.0 - 2.0 / math.pi  # variance of |z| for z ~ N(0, 1)
+    bulk_radius = math.sqrt(folded_variance * (n_exc + n_inh * balance**2))
+    fan_in_out = n_exc if config.readout_from_excitatory else n
+    model = EICTRNN(
+        config=config,
+        w_rec=config.gain / bulk_radius * magnitude,
+        w_in=jax.random.normal(key_in, (n, n_inputs)) / math.sqrt(max(n_inputs, 1)),
+        w_out=jax.random.normal(key_out, (n_outputs, n)) / math.sqrt(fan_in_out),
+        bias=jnp.zeros(n),
+        output_bias=jnp.zeros(n_outputs),
+        x0=jnp.zeros(n),
+    )
+    return _place(model, config.device)
