@@ -28,6 +28,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .scroll{overflow-x:auto;max-width:100%}
 figure{display:inline-block;margin:6px;vertical-align:top;text-align:center}
 figure img{max-width:420px;border:1px solid #eee}figcaption{font-size:12px;color:#555}
+figure.wide{display:block}figure.wide img{max-width:100%}
 .failed{color:#b00020}.note{color:#555;font-size:13px}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}
 """
@@ -192,10 +193,15 @@ def _suite_section(
     if len(summary):
         parts.append("<h3>Per-variant mean [95% bootstrap CI] (n)</h3>")
         parts.append(_summary_pivot(summary))
-        figure = _summary_figure(table, metrics, out / "figures" / f"{safe}_summary")
-        if figure:
-            parts.append(_img(figure, "each dot is one network; bars are the 95% CI of the mean"))
     options = record.get("statistics", {}) or {}
+    if len(summary):
+        # The metrics the suite asks to compare come first; the plot shows at most 16.
+        chosen = [m for m in options.get("compare", []) if m in metrics]
+        plotted = chosen + [m for m in metrics if m not in chosen and not m.startswith("time.")]
+        figure = _summary_figure(table, plotted[:16], out / "figures" / f"{safe}_summary")
+        if figure:
+            parts.append(_img(figure, "each dot is one network; black: mean and 95% CI",
+                              wide=True))
     compared = [m for m in options.get("compare", metrics) if m in table]
     if table["variant"].nunique() > 1 and compared:
         comparisons = stats.compare(table, compared)
@@ -252,7 +258,7 @@ def _summary_figure(table: pd.DataFrame, metrics: list[str], stem: Path) -> Path
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    shown = [m for m in metrics if not m.startswith("time.")][:24]
+    shown = list(metrics)
     if not shown:
         return None
     done = table[table["status"] == "completed"]
@@ -303,10 +309,11 @@ def _figures_html(run: Path, caption: str, out: Path, prefix: str) -> str:
     return "".join(images) or "<p class=note>no figures</p>"
 
 
-def _img(path: Path, caption: str) -> str:
+def _img(path: Path, caption: str, *, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     text = html.escape(caption)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{text}">'
+    opening = "<figure class=wide>" if wide else "<figure>"
+    return (f'{opening}<img src="data:image/png;base64,{data}" alt="{text}">'
             f"<figcaption>{text}</figcaption></figure>")
 
 
