@@ -188,6 +188,16 @@ def _suite_section(
         + f"); {table['variant'].nunique()} variants × {len(record['seeds'])} seeds"
         + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "") + ".</p>"
     )
+    claims = record.get("claims") or []
+    if claims:
+        from mechscope.claims import evaluate_all, parse_claims
+
+        verdicts = evaluate_all(parse_claims(claims), table)
+        verdicts.to_csv(out / f"{safe}_claims.csv", index=False)
+        parts.append("<h3>Claims</h3><p class=note>Each claim is a hypothesis stated in the "
+                     "suite file and tested here on the completed runs; the verdict is what "
+                     "this suite measured, not what the literature says.</p>")
+        parts.append(_claims_html(verdicts))
     summary = stats.summarize(table, metrics)
     summary.to_csv(out / f"{safe}_summary.csv", index=False)
     if len(summary):
@@ -234,6 +244,29 @@ def _suite_section(
     parts.append("<details><summary>Suite configuration</summary><pre>"
                  f"{html.escape(json.dumps(definition, indent=1))}</pre></details>")
     return "".join(parts)
+
+
+def _claims_html(verdicts: pd.DataFrame) -> str:
+    colours = {"held": "#1b7f3b", "did not hold": "#b00020", "inconclusive": "#8a6d00"}
+    rows = []
+    for _, claim in verdicts.iterrows():
+        interval = (f"[{claim['ci_low']:.3g}, {claim['ci_high']:.3g}]"
+                    if math.isfinite(claim["ci_low"]) or math.isfinite(claim["ci_high"])
+                    else "–")
+        p_value = f"{claim['p_value']:.3g}" if math.isfinite(claim["p_value"]) else "–"
+        effect = f"{claim['effect']:.3g}" if math.isfinite(claim["effect"]) else "–"
+        colour = colours.get(claim["verdict"], "#222")
+        rows.append(
+            f"<tr><td><b>{html.escape(claim['title'])}</b><br><span class=note>"
+            f"{html.escape(claim['statement'])}</span></td>"
+            f"<td style='text-align:left'>{html.escape(claim['measured'])}</td>"
+            f"<td>{effect}</td><td>{interval}</td><td>{p_value}</td><td>{claim['n']}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{html.escape(claim['verdict'])}</td>"
+            "</tr>"
+        )
+    return ("<div class=scroll><table><tr><th>claim</th><th>measured</th><th>effect</th>"
+            "<th>95% CI</th><th>p</th><th>n</th><th>verdict</th></tr>" + "".join(rows)
+            + "</table></div>")
 
 
 def _summary_pivot(summary: pd.DataFrame) -> str:

@@ -33,7 +33,9 @@ from mechscope.experiment import (
 from mechscope.plugins import PluginManager, get_plugin_manager
 from mechscope.progress import HookBridge
 
-_SUITE_KEYS = ("name", "description", "base", "vary", "seeds", "executor", "statistics")
+_SUITE_KEYS = (
+    "name", "description", "base", "vary", "seeds", "executor", "statistics", "claims",
+)
 _COMPONENTS = ("task", "model", "trainer")
 
 
@@ -74,6 +76,8 @@ class Suite:
         executor: default executor (name or table) for :meth:`run`.
         statistics: options for the report: ``compare`` (metrics tested between variants)
             and ``correlate`` (pairs of metrics correlated across networks).
+        claims: hypotheses the report tests (see :mod:`mechscope.claims`), each a table with
+            ``kind`` (differs, greater, similar, correlates, exceeds), ``title`` and its fields.
         plugins: the plugin manager (default: the process-wide one).
 
     Raises:
@@ -91,13 +95,23 @@ class Suite:
         description: str = "",
         executor: Any = "local",
         statistics: Mapping[str, Any] | None = None,
+        claims: Sequence[Mapping[str, Any]] = (),
         plugins: PluginManager | None = None,
     ) -> None:
+        from mechscope.claims import parse_claims
+
         self.plugins = plugins or get_plugin_manager()
         self.name = name
         self.description = description
         self.executor = executor
         self.statistics = dict(statistics or {})
+        unknown = set(self.statistics) - {"compare", "correlate"}
+        if unknown:
+            raise ConfigError(
+                f"statistics: unknown key '{sorted(unknown)[0]}'; expected compare, correlate"
+            )
+        parse_claims(claims)
+        self.claims = [dict(c) for c in claims]
         if "seed" in base:
             raise ConfigError("suite base must not set 'seed'; use the suite's 'seeds'")
         self.base = _normalise_base(base)
@@ -201,6 +215,7 @@ class Suite:
             "vary": self.vary,
             "seeds": self.seeds,
             "statistics": self.statistics,
+            "claims": self.claims,
         }
 
     def run(

@@ -1,0 +1,223 @@
+"""Claims: hypotheses a suite states up front and the report tests against its table.
+
+A claim never hard-codes an outcome: it names the metric, the grouping and the expected
+direction, and the report says what was measured, the effect with its 95% CI, and whether the
+claim held here ("held", "did not hold", or "inconclusive" when there is too little data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+import pydantic
+from scipy import stats as scipy_stats
+
+from mechscope.errors import ConfigError
+from mechscope.stats import RESAMPLES, bootstrap_ci
+
+
+class _Claim(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    title: str = pydantic.Field(description="One line naming the claim.")
+    statement: str = pydantic.Field("", description="The hypothesis in words.")
+    alpha: float = pydantic.Field(0.05, gt=0, lt=1, description="Significance level.")
+
+
+class Differs(_Claim):
+    """A metric differs between the groups of a column (Kruskal–Wallis test)."""
+
+    kind: Literal["differs"]
+    metric: str
+    by: str
+
+
+class Greater(_Claim):
+    """The mean of a metric is larger in group `a` than in group `b` of a column."""
+
+    kind: Literal["greater"]
+    metric: str
+    by: str
+    a: Any
+    b: Any
+
+
+class Similar(_Claim):
+    """A metric's group means all lie within `margin` of each other (CI of the range)."""
+
+    kind: Literal["similar"]
+    metric: str
+    by: str
+    margin: float = pydantic.Field(gt=0)
+
+
+class Correlates(_Claim):
+    """Two metrics correlate across networks with the given sign (Spearman, bootstrap CI)."""
+
+    kind: Literal["correlates"]
+    x: str
+    y: str
+    sign: Literal["positive", "negative"]
+
+
+class Exceeds(_Claim):
+    """The mean of a metric exceeds a threshold (lower CI bound above it)."""
+
+    kind: Literal["exceeds"]
+    metric: str
+    threshold: float
+
+
+Claim = Annotated[
+    Differs | Greater | Similar | Correlates | Exceeds, pydantic.Field(discriminator="kind")
+]
+_ADAPTER = pydantic.TypeAdapter(list[Claim])
+
+
+def parse_claims(raw: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Validate a list of claim tables (one-line ConfigError on a bad one)."""
+    try:
+        return _ADAPTER.validate_python(list(raw))
+    except pydantic.ValidationError as error:
+        detail = error.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in detail["loc"])
+        raise ConfigError(f"claims: {where}: {detail['msg']}") from None
+
+
+def _completed(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "completed"] if "status" in table else table
+
+
+def _groups(table: pd.DataFrame, metric: str, by: str) -> dict[Any, np.ndarray]:
+    for column in (metric, by):
+        if column not in table:
+            raise KeyError(column)
+    groups = {}
+    for value, frame in _completed(table).groupby(by, sort=True):
+        values = frame[metric].to_numpy(dtype=float)
+        groups[value] = values[np.isfinite(values)]
+    return groups
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    try:
+        return bool(value == wanted) or str(value) == str(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
+def _difference_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    result = scipy_stats.bootstrap(
+        (a, b), lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        n_resamples=RESAMPLES, confidence_level=0.95, method="percentile",
+        random_state=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
+    """Test one claim on a suite table.
+
+    Returns:
+        ``title``, ``statement``, ``measured`` (what was computed, in words), ``effect``,
+        ``ci_low``, ``ci_high``, ``p_value``, ``n`` and ``verdict``.
+    """
+    out: dict[str, Any] = {"title": claim.title, "statement": claim.statement,
+                           "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                           "p_value": math.nan, "n": 0}
+    try:
+        return {**out, **_evaluate(claim, table)}
+    except KeyError as missing:
+        return {**out, "measured": f"column {missing} is not in the table",
+                "verdict": "inconclusive"}
+
+
+def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
+    if isinstance(claim, Exceeds):
+        values = _completed(table)[claim.metric].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        low, high = bootstrap_ci(values)
+        mean = float(values.mean()) if len(values) else math.nan
+        verdict = ("inconclusive" if not math.isfinite(low)
+                   else "held" if low > claim.threshold else "did not hold")
+        return {"measured": f"mean {claim.metric} vs threshold {claim.threshold:g}",
+                "effect": mean, "ci_low": low, "ci_high": high, "n": len(values),
+                "verdict": verdict}
+    if isinstance(claim, Correlates):
+        from mechscope.stats import correlate
+
+        result = correlate(table, claim.x, claim.y)
+        low, high = result["spearman_ci_low"], result["spearman_ci_high"]
+        if not math.isfinite(low):
+            verdict = "inconclusive"
+        elif claim.sign == "positive":
+            verdict = "held" if low > 0 else "did not hold"
+        else:
+            verdict = "held" if high < 0 else "did not hold"
+        return {"measured": f"Spearman ρ({claim.x}, {claim.y}) across networks",
+                "effect": result["spearman"], "ci_low": low, "ci_high": high,
+                "p_value": result["spearman_p"], "n": result["n"], "verdict": verdict}
+    groups = _groups(table, claim.metric, claim.by)
+    n = int(sum(len(v) for v in groups.values()))
+    if isinstance(claim, Differs):
+        usable = [v for v in groups.values() if len(v) >= 2]
+        if len(usable) < 2:
+            return {"measured": f"{claim.metric} across {claim.by}", "n": n,
+                    "verdict": "inconclusive"}
+        pooled = np.concatenate(usable)
+        if np.ptp(pooled) == 0:
+            return {"measured": f"{claim.metric} across {claim.by} (all values equal)",
+                    "n": n, "effect": 0.0, "p_value": 1.0, "verdict": "did not hold"}
+        test = scipy_stats.kruskal(*usable)
+        # ε² = H / (n − 1): the share of rank variance explained by the grouping.
+        effect = float(test.statistic / (len(pooled) - 1))
+        means = ", ".join(f"{k}: {np.mean(v):.3g}" for k, v in groups.items() if len(v))
+        return {"measured": f"{claim.metric} across {claim.by} (Kruskal–Wallis; ε²; "
+                            f"means {means})",
+                "effect": effect, "p_value": float(test.pvalue), "n": n,
+                "verdict": "held" if test.pvalue < claim.alpha else "did not hold"}
+    if isinstance(claim, Greater):
+        a = next((v for k, v in groups.items() if _matches(k, claim.a)), np.array([]))
+        b = next((v for k, v in groups.items() if _matches(k, claim.b)), np.array([]))
+        low, high = _difference_ci(a, b)
+        effect = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+        verdict = ("inconclusive" if not math.isfinite(low)
+                   else "held" if low > 0 else "did not hold")
+        return {"measured": f"mean {claim.metric}: {claim.by}={claim.a} minus "
+                            f"{claim.by}={claim.b}",
+                "effect": effect, "ci_low": low, "ci_high": high, "n": len(a) + len(b),
+                "verdict": verdict}
+    if isinstance(claim, Similar):
+        usable = {k: v for k, v in groups.items() if len(v) >= 2}
+        if len(usable) < 2:
+            return {"measured": f"{claim.metric} across {claim.by}", "n": n,
+                    "verdict": "inconclusive"}
+        rng = np.random.default_rng(0)
+        spreads = []
+        for _ in range(RESAMPLES):
+            means = [rng.choice(v, size=len(v)).mean() for v in usable.values()]
+            spreads.append(max(means) - min(means))
+        means = [v.mean() for v in usable.values()]
+        high = float(np.quantile(spreads, 0.95))
+        return {"measured": f"range of {claim.metric} group means across {claim.by} "
+                            f"(upper 95% bound vs margin {claim.margin:g})",
+                "effect": float(max(means) - min(means)), "ci_low": math.nan,
+                "ci_high": high, "n": n,
+                "verdict": "held" if high < claim.margin else "did not hold"}
+    raise ConfigError(f"unknown claim kind {type(claim).__name__}")
+
+
+def evaluate_all(claims: Sequence[Any], table: pd.DataFrame) -> pd.DataFrame:
+    """Evaluate every claim; one row each."""
+    columns = ["title", "statement", "measured", "effect", "ci_low", "ci_high", "p_value", "n",
+               "verdict"]
+    return pd.DataFrame([evaluate(c, table) for c in claims], columns=columns)
+
+
+__all__ = ["Claim", "evaluate", "evaluate_all", "parse_claims"]
