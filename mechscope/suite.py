@@ -70,6 +70,8 @@ class Suite:
         vary: dotted path → values, e.g. ``{"model.activation": ["tanh", "relu"]}``. Paths
             start with ``task``, ``model`` or ``trainer`` (a config field, or ``name`` to swap
             the component) or ``probes.<probe name>``. The grid is their Cartesian product.
+            A list of such tables is the union of several grids (variants that two grids
+            share run once).
         seeds: a number of seeds (``3`` means 0, 1, 2) or an explicit list.
         name: the suite's name (used for its record in the store and the report).
         description: free text shown in the report.
@@ -89,7 +91,7 @@ class Suite:
         self,
         *,
         base: Mapping[str, Any],
-        vary: Mapping[str, Sequence[Any]] | None = None,
+        vary: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] | None = None,
         seeds: int | Sequence[int] = 3,
         name: str = "suite",
         description: str = "",
@@ -115,12 +117,21 @@ class Suite:
         if "seed" in base:
             raise ConfigError("suite base must not set 'seed'; use the suite's 'seeds'")
         self.base = _normalise_base(base)
-        self.vary = {str(path): list(values) for path, values in (vary or {}).items()}
+        tables = [vary or {}] if isinstance(vary, Mapping | None) else list(vary)
+        if not tables:
+            raise ConfigError("vary is an empty list: give at least one grid")
+        self.grids = []
+        for table in tables:
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"vary must be a table or a list of tables, got {table!r}")
+            grid = {str(path): list(values) for path, values in table.items()}
+            for path, values in grid.items():
+                if not values:
+                    raise ConfigError(f"vary '{path}' has no values: the grid would be empty")
+                self._check_path(path)
+            self.grids.append(grid)
+        self.vary_definition = tables[0] if isinstance(vary, Mapping | None) else tables
         self.seeds = _seeds(seeds)
-        for path, values in self.vary.items():
-            if not values:
-                raise ConfigError(f"vary '{path}' has no values: the grid would be empty")
-            self._check_path(path)
         self.runs = self._plan()
 
     @classmethod
@@ -147,16 +158,27 @@ class Suite:
         return cls.from_dict(read_toml(path), source=str(path), **kwargs)
 
     @property
+    def vary(self) -> dict[str, list[Any]]:
+        """Every varied path with the values it takes in any grid."""
+        merged: dict[str, list[Any]] = {}
+        for grid in self.grids:
+            for path, values in grid.items():
+                merged.setdefault(path, [])
+                merged[path] += [v for v in values if v not in merged[path]]
+        return merged
+
+    @property
     def variants(self) -> list[Variant]:
-        """The grid's points, in order."""
-        paths = list(self.vary)
-        points = itertools.product(*(self.vary[p] for p in paths)) if paths else [()]
-        variants = []
-        for point in points:
-            values = dict(zip(paths, point, strict=True))
-            label = ", ".join(f"{p}={_format(v)}" for p, v in values.items()) or "base"
-            variants.append(Variant(label=label, values=values))
-        return variants
+        """The grid points, in order; a point two grids share appears once."""
+        variants: dict[str, Variant] = {}
+        for grid in self.grids:
+            paths = list(grid)
+            points = itertools.product(*(grid[p] for p in paths)) if paths else [()]
+            for point in points:
+                values = dict(zip(paths, point, strict=True))
+                label = ", ".join(f"{p}={_format(v)}" for p, v in values.items()) or "base"
+                variants.setdefault(label, Variant(label=label, values=values))
+        return list(variants.values())
 
     def _check_path(self, path: str) -> None:
         parts = path.split(".")
@@ -194,7 +216,7 @@ class Suite:
             )
 
     def _plan(self) -> list[PlannedRun]:
-        runs = []
+        runs: dict[str, PlannedRun] = {}
         for variant in self.variants:
             config = _apply(self.base, variant.values)
             for seed in self.seeds:
@@ -202,8 +224,9 @@ class Suite:
                     experiment = Experiment(**config, seed=seed, plugins=self.plugins)
                 except MechscopeError as error:
                     raise ConfigError(f"variant [{variant.label}]: {error}") from None
-                runs.append(PlannedRun(variant, seed, experiment))
-        return runs
+                # Grids that overlap (e.g. both contain the base settings) share runs.
+                runs.setdefault(experiment.run_id, PlannedRun(variant, seed, experiment))
+        return list(runs.values())
 
     @property
     def definition(self) -> dict[str, Any]:
@@ -212,7 +235,7 @@ class Suite:
             "name": self.name,
             "description": self.description,
             "base": self.base,
-            "vary": self.vary,
+            "vary": self.vary_definition,
             "seeds": self.seeds,
             "statistics": self.statistics,
             "claims": self.claims,

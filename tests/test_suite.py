@@ -81,6 +81,27 @@ def test_grid_expands_with_labels_and_ids(plugins):
     assert first["seed"] == 3
 
 
+def test_list_of_grids_is_a_union_sharing_runs(plugins):
+    suite = Suite(
+        base=BASE,
+        vary=[
+            {"model.tau": [0.1, 0.2]},
+            {"trainer.learning_rate": [0.05, 0.5], "model.tau": [0.1]},
+        ],
+        seeds=2,
+        plugins=plugins,
+    )
+    assert [v.label for v in suite.variants] == [
+        "model.tau=0.1", "model.tau=0.2",
+        "trainer.learning_rate=0.05, model.tau=0.1", "trainer.learning_rate=0.5, model.tau=0.1",
+    ]
+    # tau=0.1 with the default learning rate (0.05) is the same experiment in both grids.
+    assert len(suite.runs) == 2 * 3
+    assert suite.vary == {"model.tau": [0.1, 0.2], "trainer.learning_rate": [0.05, 0.5]}
+    with pytest.raises(ConfigError, match="empty list"):
+        Suite(base=BASE, vary=[], plugins=plugins)
+
+
 def test_toml_and_python_suites_give_same_runs(plugins, tmp_path):
     path = tmp_path / "toy.toml"
     path.write_text(SUITE_TOML)
