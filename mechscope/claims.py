@@ -26,6 +26,10 @@ class _Claim(pydantic.BaseModel):
     title: str = pydantic.Field(description="One line naming the claim.")
     statement: str = pydantic.Field("", description="The hypothesis in words.")
     alpha: float = pydantic.Field(0.05, gt=0, lt=1, description="Significance level.")
+    where: dict[str, Any] = pydantic.Field(
+        default_factory=dict,
+        description="Only rows whose columns equal these values (e.g. one activation).",
+    )
 
 
 class Differs(_Claim):
@@ -131,6 +135,11 @@ def evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"title": claim.title, "statement": claim.statement,
                            "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                            "p_value": math.nan, "n": 0}
+    for column, value in claim.where.items():
+        if column not in table:
+            return {**out, "measured": f"column '{column}' (in where) is not in the table",
+                    "verdict": "inconclusive"}
+        table = table[[_matches(cell, value) for cell in table[column]]]
     try:
         return {**out, **_evaluate(claim, table)}
     except KeyError as missing:

@@ -97,7 +97,8 @@ def _run(arguments: argparse.Namespace) -> int:
         executor = arguments.executor
         if arguments.address is not None:
             executor = {"name": executor or "dask", "address": arguments.address}
-        print(f"suite '{job.name}': {len(job.variants)} variants × {len(job.seeds)} seeds "
+        variants = len({run.variant.label for run in job.runs})
+        print(f"suite '{job.name}': {variants} variants × {len(job.seeds)} seeds "
               f"= {len(job.runs)} runs -> {arguments.out}", file=sys.stderr)
         table = job.run(executor=executor, store=arguments.out, force=arguments.force,
                         progress=not arguments.quiet)

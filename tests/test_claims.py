@@ -85,3 +85,15 @@ def test_bad_claims_are_one_line_errors():
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="margin"):
         parse_claims([{"title": "t", "kind": "similar", "metric": "m", "by": "g"}])
+
+
+def test_where_restricts_rows():
+    data = pd.concat([
+        table_with({"a": HIGH, "b": LOW}).assign(arm="x"),
+        table_with({"a": LOW, "b": HIGH}).assign(arm="y"),
+    ])
+    only_x = claim(kind="greater", metric="m", by="g", a="a", b="b", where={"arm": "x"})
+    only_y = claim(kind="greater", metric="m", by="g", a="a", b="b", where={"arm": "y"})
+    assert evaluate(only_x, data)["verdict"] == "held"
+    assert evaluate(only_y, data)["verdict"] == "did not hold"
+    assert evaluate(only_x, data)["n"] == 16
