@@ -9,7 +9,7 @@ with a single line that names the component, the field, the value and what was e
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import pydantic
@@ -87,6 +87,20 @@ class ComponentSpec(pydantic.BaseModel):
         if self.preset is not None:
             out["preset"] = self.preset
         return out
+
+
+def check_keys(data: Mapping[str, Any], allowed: Sequence[str], *, where: str) -> None:
+    """Reject keys of a table that are not in `allowed`, with a close-match suggestion.
+
+    Raises:
+        ConfigError: naming the first unknown key and the allowed ones.
+    """
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}'{close_matches(unknown[0], allowed)}; "
+            f"expected: {', '.join(allowed)}"
+        )
 
 
 def validate_config(

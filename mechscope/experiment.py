@@ -21,8 +21,8 @@ from typing import Any
 
 import jax
 
-from mechscope.config import ComponentSpec, Config, canonical_json
-from mechscope.errors import ConfigError, MechscopeError, StoreError, close_matches
+from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
+from mechscope.errors import ConfigError, MechscopeError, StoreError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
 from mechscope.probe import AbstractProbe, ProbeResult
 from mechscope.progress import HookBridge, ProgressBar
@@ -124,13 +124,7 @@ class Experiment:
         cls, data: Mapping[str, Any], *, source: str = "experiment", **kwargs: Any
     ) -> Experiment:
         """Build from a mapping with keys task, model, trainer, probes and seed."""
-        unknown = set(data) - set(_TOP_LEVEL_KEYS)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(
-                f"{source}: unknown key '{key}'{close_matches(key, _TOP_LEVEL_KEYS)}; "
-                f"expected: {', '.join(_TOP_LEVEL_KEYS)}"
-            )
+        check_keys(data, _TOP_LEVEL_KEYS, where=source)
         for required in ("task", "model"):
             if required not in data:
                 raise ConfigError(f"{source}: missing [{required}] table")

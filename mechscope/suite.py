@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from mechscope.config import ComponentSpec, canonical_json
+from mechscope.config import ComponentSpec, canonical_json, check_keys
 from mechscope.errors import ConfigError, MechscopeError, close_matches
 from mechscope.executor import AbstractExecutor
 from mechscope.experiment import (
@@ -107,11 +107,7 @@ class Suite:
         self.description = description
         self.executor = executor
         self.statistics = dict(statistics or {})
-        unknown = set(self.statistics) - {"compare", "correlate"}
-        if unknown:
-            raise ConfigError(
-                f"statistics: unknown key '{sorted(unknown)[0]}'; expected compare, correlate"
-            )
+        check_keys(self.statistics, ("compare", "correlate"), where="statistics")
         parse_claims(claims)
         self.claims = [dict(c) for c in claims]
         if "seed" in base:
@@ -139,13 +135,7 @@ class Suite:
         cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any
     ) -> Suite:
         """Build from the mapping a suite TOML file holds."""
-        unknown = set(data) - set(_SUITE_KEYS)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(
-                f"{source}: unknown key '{key}'{close_matches(key, _SUITE_KEYS)}; expected: "
-                f"{', '.join(_SUITE_KEYS)}"
-            )
+        check_keys(data, _SUITE_KEYS, where=source)
         if "base" not in data:
             raise ConfigError(f"{source}: missing [base] table (the experiment to vary)")
         arguments = {k: data[k] for k in _SUITE_KEYS if k in data}
@@ -454,14 +444,7 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
 
 def _normalise_base(base: Mapping[str, Any]) -> dict[str, Any]:
     """Every component as a table, probes as a list of tables (so paths can be applied)."""
-    allowed = (*_COMPONENTS, "probes")
-    unknown = set(base) - set(allowed)
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(
-            f"suite base: unknown key '{key}'{close_matches(key, allowed)}; expected: "
-            f"{', '.join(allowed)}"
-        )
+    check_keys(base, (*_COMPONENTS, "probes"), where="suite base")
     for required in ("task", "model"):
         if required not in base:
             raise ConfigError(f"suite base: missing [base.{required}] table")
