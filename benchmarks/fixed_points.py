@@ -1,0 +1,165 @@
+"""Benchmark of the fixed_points solver: time, recall and precision on two trained networks.
+
+Networks (N = 100 tanh ctrnn on delayed_reach, trained with bptt and cached under
+``benchmarks/.cache/``): "regularised" (gain 1.5, rate_reg 1e-2, weight_reg 1e-4) and "chaotic"
+(gain 4, no rate or weight regularisation). Starts: 1,024 trajectory states plus N(0, 0.5²).
+Inputs: the 8 targets' delay inputs and the zero input.
+
+Reference (untimed, cached): every start is solved in float64 with optimistix Newton and
+Levenberg–Marquardt; the union of converged zeros (‖f‖ ≤ 1e-7 × typical speed), made unique,
+is the set of zeros an exhaustive search from these starts finds.
+
+Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
+compatibility): wall time after compilation, recall of the reference zeros, precision (reported
+points that are true zeros in float64) and stability-label agreement.
+
+Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from mechscope_dynamics import SolverSettings, condition_run, find_fixed_points
+from mechscope_dynamics._solver import _cast, _padded_solve, _unique_per_input
+
+import mechscope
+
+CACHE = Path(__file__).parent / ".cache"
+NETWORKS = {
+    "regularised": (
+        {"n_units": 100, "gain": 1.5},
+        {"steps": 1500, "learning_rate": 3e-3, "rate_reg": 1e-2, "weight_reg": 1e-4,
+         "eval_every": 100},
+    ),
+    "chaotic": (
+        {"n_units": 100, "gain": 4.0},
+        {"steps": 1500, "learning_rate": 1e-3, "rate_reg": 0.0, "weight_reg": 0.0,
+         "eval_every": 100},
+    ),
+}
+
+
+def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.TrainedRun:
+    directory = CACHE / name
+    if (directory / "trained.json").exists():
+        return mechscope.TrainedRun.load(directory)
+    registry = mechscope.get_registry()
+    model_params, trainer_params = NETWORKS[name]
+    model_entry = registry.get("model", "ctrnn")
+    model = model_entry.build(model_entry.validate(model_params), n_inputs=task.n_inputs,
+                              n_outputs=task.n_outputs, key=jax.random.key(0))
+    trainer_entry = registry.get("trainer", "bptt")
+    trainer = trainer_entry.build(trainer_entry.validate(trainer_params))
+    run = trainer.fit(model, task, key=jax.random.key(1))
+    run.save(directory)
+    return run
+
+
+def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: int = 1024):
+    condition = condition_run(run.model, task)
+    rng = np.random.default_rng(0)
+    flat = condition.states.reshape(-1, condition.states.shape[-1])
+    starts = flat[rng.integers(0, len(flat), n_starts)] + 0.5 * rng.standard_normal(
+        (n_starts, flat.shape[1]))
+    trials = condition.trials
+    go = np.asarray(trials.event_index("go"))
+    inputs = np.asarray(trials.inputs, np.float64)[np.arange(len(go)), go - 1]
+    inputs = np.concatenate([np.unique(np.round(inputs, 9), axis=0), np.zeros((1, 3))])
+    return condition, starts, inputs
+
+
+def reference(name, run, condition, starts, inputs):
+    path = CACHE / f"{name}_reference.npz"
+    if path.exists():
+        data = np.load(path)
+        return data["points"], data["input_index"], data["stable"]
+    k, s = len(inputs), len(starts)
+    x0 = np.tile(starts, (k, 1))
+    u = np.repeat(inputs, s, axis=0)
+    index = np.repeat(np.arange(k), s)
+    tol = 1e-7 * condition.speed_scale
+    found_x, found_k = [], []
+    with jax.enable_x64(True):
+        model = _cast(run.model, jnp.float64)
+        for method, steps in (("newton", 50), ("lm", 200)):
+            for chunk in np.array_split(np.arange(len(x0)), max(1, len(x0) // 2048)):
+                x, speed = _padded_solve(model, x0[chunk], u[chunk], steps, method,
+                                         jnp.float64)
+                ok = speed <= tol
+                found_x.append(x[ok])
+                found_k.append(index[chunk][ok])
+            print(f"  reference: {method} done", flush=True)
+        points = np.concatenate(found_x)
+        input_index = np.concatenate(found_k)
+        near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale
+        points, input_index = points[near], input_index[near]
+        keep = _unique_per_input(points, input_index, np.zeros(len(points)),
+                                 1e-4 * condition.scale)
+        points, input_index = points[keep], input_index[keep]
+        jac = jax.vmap(lambda x, v: model.jacobian(0.0, x, v))(
+            jnp.asarray(points), jnp.asarray(inputs[input_index]))
+        stable = np.linalg.eigvals(np.asarray(jac)).real.max(axis=1) < 0
+    np.savez(path, points=points, input_index=input_index, stable=stable)
+    return points, input_index, stable
+
+
+def score(fps, ref_points, ref_index, ref_stable, run, condition):
+    match_tol = 1e-3 * condition.scale
+    hits, labels_right = 0, 0
+    for point, k, stable in zip(ref_points, ref_index, ref_stable, strict=True):
+        rows = fps.for_input(k)
+        if len(rows) == 0:
+            continue
+        gaps = np.linalg.norm(fps.points[rows] - point, axis=1)
+        j = int(np.argmin(gaps))
+        if gaps[j] <= match_tol:
+            hits += 1
+            labels_right += int(bool(fps.stable[rows[j]]) == bool(stable))
+    with jax.enable_x64(True):
+        model = _cast(run.model, jnp.float64)
+        speed = np.linalg.norm(np.asarray(jax.vmap(lambda x, u: model.vector_field(0.0, x, u))(
+            jnp.asarray(fps.points), jnp.asarray(fps.inputs[fps.input_index]))), axis=1)
+    true_zero = speed <= 1e-6 * condition.speed_scale
+    recall = hits / max(len(ref_points), 1)
+    precision = float(true_zero.mean()) if len(true_zero) else float("nan")
+    return recall, precision, labels_right / max(hits, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    parser.add_argument("--no-golub", action="store_true")
+    args = parser.parse_args()
+    registry = mechscope.get_registry()
+    entry = registry.get("task", "delayed_reach")
+    task = entry.build(entry.validate({}))
+    for name in args.networks:
+        run = trained_network(name, task)
+        condition, starts, inputs = problem(run, task)
+        ref_points, ref_index, ref_stable = reference(name, run, condition, starts, inputs)
+        print(f"{name}: reference has {len(ref_points)} zeros "
+              f"({ref_stable.sum()} stable) over {len(inputs)} inputs", flush=True)
+        modes = ["newton"] if args.no_golub else ["newton", "golub"]
+        for mode in modes:
+            settings = SolverSettings(mode=mode, golub_dt=task.dt)
+            kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
+                          center=condition.center, settings=settings)
+            find_fixed_points(run.model, inputs, starts, **kwargs)  # compile
+            start = time.perf_counter()
+            fps = find_fixed_points(run.model, inputs, starts, **kwargs)
+            elapsed = time.perf_counter() - start
+            recall, precision, labels = score(fps, ref_points, ref_index, ref_stable, run,
+                                              condition)
+            print(f"  {mode:7s} time {elapsed:6.2f} s  reported {len(fps.points):4d}  "
+                  f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
+                  f"{labels:.3f}  slow points {len(fps.slow_points)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""First-party dynamics probes: ``fixed_points``, ``robustness`` and ``generalization``.
+
+``fixed_points`` finds zeros of a model's vector field for constant inputs (batched,
+matrix-free Newton–Krylov from many starts, merging, optimistix polish in float64), classifies
+their stability, reports slow points separately and asks whether each condition's
+end-of-delay state sits on a stable fixed point of its delay input; a compatibility mode
+follows Golub & Sussillo's FixedPointFinder. ``robustness`` sweeps input noise, recurrent noise
+and state kicks at go; ``generalization`` runs a delayed-reach network on target-switch and
+target-relocation trials.
+"""
+
+from __future__ import annotations
+
+import mechscope
+from mechscope_dynamics._common import ConditionRun, condition_run, pca_basis, r_squared
+from mechscope_dynamics._fixed_points import (
+    FixedPointsConfig,
+    FixedPointsProbe,
+    attractor_summary,
+    constant_inputs,
+    sample_starts,
+)
+from mechscope_dynamics._generalization import (
+    GeneralizationConfig,
+    GeneralizationProbe,
+    matching_task,
+    preparation_index,
+    reach_metrics,
+)
+from mechscope_dynamics._robustness import RobustnessConfig, RobustnessProbe, area_under_curve
+from mechscope_dynamics._solver import FixedPoints, SolverSettings, find_fixed_points
+
+__all__ = [
+    "ConditionRun",
+    "FixedPoints",
+    "FixedPointsConfig",
+    "FixedPointsProbe",
+    "GeneralizationConfig",
+    "GeneralizationProbe",
+    "RobustnessConfig",
+    "RobustnessProbe",
+    "SolverSettings",
+    "area_under_curve",
+    "attractor_summary",
+    "condition_run",
+    "constant_inputs",
+    "find_fixed_points",
+    "matching_task",
+    "mechscope_register_probes",
+    "pca_basis",
+    "preparation_index",
+    "r_squared",
+    "reach_metrics",
+    "sample_starts",
+]
+
+
+@mechscope.hookimpl
+def mechscope_register_probes(register: mechscope.Register) -> None:
+    """Register the ``fixed_points``, ``robustness`` and ``generalization`` probes."""
+    register("fixed_points", FixedPointsConfig, FixedPointsProbe)
+    register("robustness", RobustnessConfig, RobustnessProbe)
+    register("generalization", GeneralizationConfig, GeneralizationProbe)

@@ -1,0 +1,202 @@
+"""The ``generalization`` probe: a delayed-reach network on target-switch/relocation trials."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import equinox as eqx
+import numpy as np
+import pydantic
+from jaxtyping import PRNGKeyArray
+from pydantic import Field
+
+import mechscope
+from mechscope_dynamics._common import condition_run, event_index
+
+TaskName = Literal["target_switch", "target_relocation"]
+
+
+class GeneralizationConfig(mechscope.Config):
+    """Endpoint error, success rate, reaction time and re-preparation of a reach network on target-switch and target-relocation trials."""  # noqa: E501
+
+    tasks: tuple[TaskName, ...] = Field(
+        ("target_switch", "target_relocation"),
+        description="Registered tasks to evaluate on; built with the trained task's shared "
+        "geometry and timing.",
+    )
+    task_params: tuple[tuple[str, Any], ...] = Field(
+        (),
+        description="Extra (field, value) overrides applied to every evaluation task, e.g. "
+        "(('switch_epoch', 'after_go'),).",
+    )
+    position_channels: tuple[int, int] = Field(
+        (2, 3), description="Output channels of hand position x, y."
+    )
+    success_radius: float = Field(
+        0.2,
+        gt=0,
+        description="A trial succeeds when the final hand position is within this × the "
+        "final target's distance from the origin of it.",
+    )
+    onset_speed_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Reaction time: first time after go when hand speed exceeds this × its "
+        "peak.",
+    )
+
+    @pydantic.field_validator("tasks")
+    @classmethod
+    def _check_tasks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) == 0 or len(set(value)) != len(value):
+            raise ValueError("tasks must name target_switch and/or target_relocation, each once")
+        return value
+
+    @pydantic.field_validator("task_params", mode="before")
+    @classmethod
+    def _freeze(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple(sorted(value.items()))
+        return value
+
+
+def matching_task(
+    trained_task: mechscope.AbstractTask, name: str, overrides: Mapping[str, Any] = {}
+) -> mechscope.AbstractTask:
+    """Build registered task `name` with the trained task's shared config fields."""
+    entry = mechscope.get_registry().get("task", name)
+    fields = entry.config_class.model_fields
+    shared = {k: v for k, v in trained_task.config.model_dump().items() if k in fields}
+    return entry.build(entry.validate({**shared, **dict(overrides)}))
+
+
+def reach_metrics(
+    outputs: np.ndarray,
+    trials: mechscope.Trials,
+    *,
+    position_channels: tuple[int, int],
+    success_radius: float,
+    onset_speed_fraction: float,
+) -> dict[str, np.ndarray]:
+    """Per trial: endpoint error to the final target, success, reaction time (s)."""
+    position = outputs[..., list(position_channels)]
+    mask = np.asarray(trials.mask).any(axis=-1)
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    batch = np.arange(len(last))
+    final_target = np.asarray(trials.targets)[batch, last][:, list(position_channels)]
+    error = np.linalg.norm(position[batch, last] - final_target, axis=-1)
+    reach = np.maximum(np.linalg.norm(final_target, axis=-1), 1e-9)
+    success = error <= success_radius * reach
+    times = np.asarray(trials.times)
+    dt = times[1] - times[0]
+    speed = np.linalg.norm(np.gradient(position, dt, axis=1), axis=-1)
+    go = event_index(trials, "go")
+    reaction = np.full(len(batch), np.nan)
+    if go is not None:
+        for b in batch:
+            after = speed[b, go[b] : last[b] + 1]
+            if after.size and after.max() > 0:
+                crossed = np.flatnonzero(after >= onset_speed_fraction * after.max())
+                reaction[b] = crossed[0] * dt
+    return {"error": error, "success": success, "reaction_time": reaction,
+            "positions": position, "final_targets": final_target}
+
+
+def preparation_index(
+    states: np.ndarray,
+    trials: mechscope.Trials,
+    prep: np.ndarray,
+    prep_targets: np.ndarray,
+) -> np.ndarray:
+    """Per switched trial: (d_first − d_final)/(d_first + d_final) at movement onset.
+
+    d_first and d_final are distances of the state at movement onset to the preparatory
+    (end-of-delay) states of the first and the final target on delayed-reach trials; 1 means
+    the state sits at the final target's preparatory state, −1 at the first one's. NaN where
+    the trial did not switch or a target has no preparatory state.
+    """
+    onset = event_index(trials, "movement_onset")
+    first = np.asarray(trials.labels.get("switched_from", np.full((states.shape[0], 2), np.nan)))
+    final = np.asarray(trials.labels["target"])
+    index = np.full(states.shape[0], np.nan)
+    if onset is None:
+        return index
+
+    def lookup(position):
+        gaps = np.linalg.norm(prep_targets - position, axis=1)
+        j = int(np.argmin(gaps))
+        return prep[j] if gaps[j] < 1e-6 else None
+
+    for b in range(states.shape[0]):
+        if not np.all(np.isfinite(first[b])):
+            continue
+        p_first, p_final = lookup(first[b]), lookup(final[b])
+        if p_first is None or p_final is None:
+            continue
+        x = states[b, onset[b]]
+        d_first, d_final = np.linalg.norm(x - p_first), np.linalg.norm(x - p_final)
+        index[b] = (d_first - d_final) / max(d_first + d_final, 1e-12)
+    return index
+
+
+class GeneralizationProbe(mechscope.AbstractProbe):
+    """A network trained on delayed reach, run on target-switch and target-relocation trials."""
+
+    config: GeneralizationConfig = eqx.field(static=True)
+
+    def run(
+        self,
+        trained: mechscope.TrainedRun,
+        task: mechscope.AbstractTask,
+        *,
+        key: PRNGKeyArray,
+        dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+    ) -> mechscope.ProbeResult:
+        """Evaluate on each configured task (noise-free; the key is unused)."""
+        del key, dependencies
+        config = self.config
+        model = trained.model
+        base = condition_run(model, task)
+        go = event_index(base.trials, "go")
+        prep = base.states[np.arange(base.states.shape[0]), go] if go is not None else None
+        prep_targets = np.asarray(base.trials.labels.get("target", np.zeros((0, 2))))
+        short = {"target_switch": "switch", "target_relocation": "relocation"}
+        metrics: dict[str, float] = {}
+        arrays: dict[str, np.ndarray] = {}
+        panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in config.tasks:
+            other = matching_task(task, name, dict(config.task_params))
+            run = condition_run(model, other)
+            result = reach_metrics(
+                run.outputs,
+                run.trials,
+                position_channels=config.position_channels,
+                success_radius=config.success_radius,
+                onset_speed_fraction=config.onset_speed_fraction,
+            )
+            tag = short[name]
+            metrics[f"{tag}_endpoint_error"] = float(np.mean(result["error"]))
+            metrics[f"{tag}_success_rate"] = float(np.mean(result["success"]))
+            metrics[f"{tag}_reaction_time"] = float(np.nanmean(result["reaction_time"])) if (
+                np.isfinite(result["reaction_time"]).any()) else float("nan")
+            if prep is not None:
+                index = preparation_index(run.states, run.trials, prep, prep_targets)
+                measured = np.isfinite(index)
+                metrics[f"{tag}_preparation_index"] = (
+                    float(np.mean(index[measured])) if measured.any() else float("nan")
+                )
+                metrics[f"{tag}_reprepared_fraction"] = (
+                    float(np.mean(index[measured] > 0)) if measured.any() else float("nan")
+                )
+                arrays[f"{tag}_preparation_index"] = index
+            arrays[f"{tag}_endpoint_error"] = result["error"]
+            arrays[f"{tag}_reaction_time"] = result["reaction_time"]
+            arrays[f"{tag}_positions"] = result["positions"]
+            panels[name] = (result["positions"], result["final_targets"])
+        from mechscope_dynamics._plot import hands_figure
+
+        return mechscope.ProbeResult(
+            metrics=metrics, arrays=arrays, figures={"hand_paths": lambda: hands_figure(panels)}
+        )

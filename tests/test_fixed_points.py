@@ -1,0 +1,258 @@
+"""Tests of the fixed_points probe and its solver on systems with known fixed points."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from mechscope_dynamics import (
+    FixedPointsConfig,
+    FixedPointsProbe,
+    SolverSettings,
+    find_fixed_points,
+)
+
+import mechscope
+
+
+class DoubleConfig(mechscope.Config):
+    """A test double."""
+
+    kind: str = "linear"
+
+
+class FieldModel(mechscope.AbstractModel):
+    """dx/dt = field(x) + B u, Euler-integrated; the field is chosen by `kind`."""
+
+    config: DoubleConfig = eqx.field(static=True)
+    a: jax.Array
+    b: jax.Array
+
+    @property
+    def n_inputs(self):
+        return self.b.shape[1]
+
+    @property
+    def n_outputs(self):
+        return self.a.shape[0]
+
+    @property
+    def n_units(self):
+        return self.a.shape[0]
+
+    def vector_field(self, t, x, u):
+        kind = self.config.kind
+        if kind == "linear":
+            drift = self.a @ x
+        elif kind == "bistable":  # x − x³ along the first axis, −y along the second
+            drift = jnp.stack([x[0] - x[0] ** 3, -x[1]])
+        else:  # Hopfield: −x + W tanh(x)
+            drift = -x + self.a @ jnp.tanh(x)
+        return drift + self.b @ u
+
+    def rates(self, x):
+        return x
+
+    def readout(self, r):
+        return r
+
+    def initial_state(self):
+        return jnp.zeros(self.n_units)
+
+    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
+        dt = times[1] - times[0]
+
+        def step(x, u):
+            return x + dt * self.vector_field(0.0, x, u), x
+
+        start = self.initial_state() if x0 is None else x0
+        _, states = jax.lax.scan(step, start, inputs)
+        return mechscope.Trajectory(times=times, states=states, rates=states, outputs=states)
+
+
+def _scales(points):
+    return float(np.sqrt(np.mean(np.sum((points - points.mean(0)) ** 2, axis=1)))), 1.0
+
+
+def test_linear_system_fixed_point_and_eigenvalues_exact(getkey):
+    n = 6
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eigenvalues = np.array([-0.5, -1.0, -2.0, -3.0, 0.7, 1.5])  # two unstable modes
+    a = q @ np.diag(eigenvalues) @ q.T
+    b = rng.standard_normal((n, 2))
+    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
+                       jnp.asarray(b, jnp.float32))
+    inputs = np.array([[1.0, -0.5], [0.0, 0.0]])
+    starts = rng.standard_normal((32, n)) * 2
+    fps = find_fixed_points(model, inputs, starts, scale=2.0, speed_scale=1.0,
+                            center=np.zeros(n))
+    assert len(fps.points) == 2
+    for k, u in enumerate(inputs):
+        (row,) = fps.for_input(k)
+        exact = -np.linalg.solve(a.astype(np.float32).astype(np.float64),
+                                 b.astype(np.float32).astype(np.float64) @ u)
+        np.testing.assert_allclose(fps.points[row], exact, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.sort(fps.eigenvalues[row].real), np.sort(eigenvalues),
+                                   atol=1e-5)
+        assert not fps.stable[row]
+        # Time constants are −1/Re λ.
+        np.testing.assert_allclose(np.sort(fps.time_constants[row]),
+                                   np.sort(-1 / eigenvalues), rtol=1e-5)
+    assert len(fps.slow_points) == 0
+
+
+def _hopfield(n=16, n_patterns=3, gain=2.0):
+    hadamard = scipy.linalg.hadamard(n).astype(float)
+    patterns = hadamard[1 : 1 + n_patterns]
+    w = gain / n * patterns.T @ patterns
+    model = FieldModel(DoubleConfig(kind="hopfield"), jnp.asarray(w, jnp.float32),
+                       jnp.zeros((n, 1), jnp.float32))
+    amplitude = scipy.optimize.brentq(lambda a: a - gain * math.tanh(a), 0.1, 10)
+    return model, patterns, amplitude
+
+
+import scipy.linalg  # noqa: E402
+
+
+def test_hopfield_patterns_are_stable_fixed_points(getkey):
+    model, patterns, amplitude = _hopfield()
+    n = patterns.shape[1]
+    memories = np.concatenate([amplitude * patterns, -amplitude * patterns])
+    rng = np.random.default_rng(1)
+    starts = np.concatenate([memories + 0.3 * rng.standard_normal(memories.shape),
+                             rng.standard_normal((40, n))])
+    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=amplitude * 4,
+                            speed_scale=1.0, center=np.zeros(n))
+    for memory in memories:
+        gaps = np.linalg.norm(fps.points - memory, axis=1)
+        i = int(np.argmin(gaps))
+        assert gaps[i] < 1e-6, "a stored pattern was not found as a fixed point"
+        assert fps.stable[i], "a stored pattern must be stable"
+        expected = -1 + 2.0 / np.cosh(amplitude) ** 2  # along the pattern
+        assert np.isclose(fps.eigenvalues[i].real.max(), max(expected, -1.0), atol=1e-5)
+    # Every reported fixed point is a true zero; the origin is one and is unstable.
+    speeds = np.linalg.norm(np.asarray(jax.vmap(
+        lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))), axis=1)
+    assert np.all(speeds < 1e-5)
+    origin = np.linalg.norm(fps.points, axis=1) < 1e-6
+    assert origin.sum() == 1 and not fps.stable[origin][0]
+    # Points are unique.
+    gaps = np.linalg.norm(fps.points[:, None] - fps.points[None], axis=-1)
+    assert np.all(gaps[~np.eye(len(gaps), dtype=bool)] > 1e-3)
+
+
+def _bistable():
+    return FieldModel(DoubleConfig(kind="bistable"), jnp.zeros((2, 2)), jnp.eye(2, 1))
+
+
+def test_saddle_between_two_stable_nodes_is_classified():
+    model = _bistable()
+    rng = np.random.default_rng(2)
+    starts = rng.uniform(-2, 2, (64, 2))
+    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=1.0, speed_scale=1.0,
+                            center=np.zeros(2))
+    order = np.argsort(fps.points[:, 0])
+    np.testing.assert_allclose(fps.points[order], [[-1, 0], [0, 0], [1, 0]], atol=1e-8)
+    np.testing.assert_array_equal(fps.stable[order], [True, False, True])
+    np.testing.assert_allclose(np.sort(fps.eigenvalues[order[1]].real), [-1, 1], atol=1e-6)
+    np.testing.assert_allclose(np.sort(fps.eigenvalues[order[0]].real), [-2, -1], atol=1e-6)
+
+
+def test_golub_mode_uses_discrete_map_eigenvalues():
+    model = _bistable()
+    starts = np.random.default_rng(3).uniform(-2, 2, (32, 2))
+    settings = SolverSettings(mode="golub", golub_dt=0.1, golub_max_iters=3000)
+    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=1.0, speed_scale=1.0,
+                            center=np.zeros(2), settings=settings)
+    near_node = np.linalg.norm(fps.points - [1.0, 0.0], axis=1) < 1e-2
+    assert near_node.any()
+    i = np.flatnonzero(near_node)[0]
+    # Discrete map eigenvalues 1 + dt λ with λ = −2, −1.
+    np.testing.assert_allclose(np.sort(np.abs(fps.eigenvalues[i])), [0.8, 0.9], atol=1e-2)
+    assert fps.discrete and fps.stable[i]
+
+
+def test_slow_point_is_not_reported_as_fixed_point():
+    # dx/dt = (x − x³ − c, −y) with c just above the fold: one zero near x = −1.1 and a
+    # ghost (slow point, ‖f‖ = 0.02) near x = 0.577.
+    fold = 2 / (3 * math.sqrt(3))
+    model = FieldModel(DoubleConfig(kind="bistable"), jnp.zeros((2, 2)),
+                       jnp.asarray([[1.0], [0.0]]))
+    u = np.array([[-(fold + 0.02)]])
+    starts = np.random.default_rng(4).uniform(-2, 2, (64, 2))
+    fps = find_fixed_points(model, u, starts, scale=1.0, speed_scale=1.0, center=np.zeros(2))
+    assert len(fps.points) == 1 and fps.points[0, 0] < -1
+    assert len(fps.slow_points) >= 1
+    assert np.all(fps.slow_speed > 0.01)
+    np.testing.assert_allclose(fps.slow_points[0, 0], 1 / math.sqrt(3), atol=1e-3)
+
+
+class StepTaskConfig(mechscope.Config):
+    """Constant input ±level from the start; go at 3.5 s."""
+
+    levels: tuple[float, ...] = (-0.3, 0.3)
+    n_times: int = 400
+
+
+class StepTask(mechscope.AbstractTask):
+    config: StepTaskConfig = eqx.field(static=True)
+
+    @property
+    def n_inputs(self):
+        return 1
+
+    @property
+    def n_outputs(self):
+        return 2
+
+    @property
+    def dt(self):
+        return 0.01
+
+    def conditions(self):
+        levels = jnp.asarray(self.config.levels)
+        times = jnp.arange(self.config.n_times) * self.dt
+        inputs = jnp.broadcast_to(levels[:, None, None], (len(levels), len(times), 1))
+        targets = jnp.zeros((len(levels), len(times), 2))
+        return mechscope.Trials(inputs=inputs, targets=targets, mask=jnp.ones_like(targets),
+                                times=times, events={"go": jnp.full(len(levels), 3.5)},
+                                labels={"condition": jnp.arange(len(levels))})
+
+    def sample(self, batch_size, *, key):
+        return self.conditions()
+
+
+def _trained(model):
+    return mechscope.TrainedRun(model=model)
+
+
+def test_probe_attractor_verdict(getkey, tmp_path):
+    probe = FixedPointsProbe(FixedPointsConfig(n_starts=32, inputs=("delay", "zero")))
+    task = StepTask(StepTaskConfig())
+    result = probe.run(_trained(_bistable()), task, key=getkey())
+    # Each condition relaxes to the stable node of its own delay input by go time.
+    assert result.metrics["attractor_fraction"] == 1.0
+    assert result.metrics["mean_attractor_distance"] < 1e-2
+    assert result.metrics["n_stable_delay"] == 2.0
+    assert result.metrics["n_unstable_zero"] == 1.0
+    # A slowly drifting linear system is still far from its fixed point at go: no attractor.
+    drift = FieldModel(DoubleConfig(kind="linear"), -0.05 * jnp.eye(2), jnp.ones((2, 1)))
+    other = probe.run(_trained(drift), task, key=getkey())
+    assert other.metrics["attractor_fraction"] == 0.0
+    from mechscope.testing import check_probe
+
+    checked = check_probe(probe, _trained(_bistable()), task, key=getkey(), tmp_path=tmp_path)
+    assert set(checked.figures) == {"fixed_points", "flow_field"}
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="fixed_tol"):
+        FixedPointsConfig(fixed_tol=0.1, slow_tol=0.01)
+    with pytest.raises(ValueError, match="inputs"):
+        FixedPointsConfig(inputs=())
