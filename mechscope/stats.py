@@ -156,14 +156,31 @@ def correlate(table: pd.DataFrame, x: str, y: str, *, seed: int = 0) -> dict[str
         return {**result, **nan}
     spearman = stats.spearmanr(pairs[:, 0], pairs[:, 1])
     pearson = stats.pearsonr(pairs[:, 0], pairs[:, 1])
-    interval = stats.bootstrap(
-        (pairs[:, 0], pairs[:, 1]), lambda a, b: stats.spearmanr(a, b).statistic,
-        paired=True, vectorized=False, confidence_level=CONFIDENCE, n_resamples=1000,
-        method="percentile", random_state=np.random.default_rng(seed),
-    ).confidence_interval
+    low, high = _spearman_interval(pairs, seed=seed)
     return {
         **result,
         "spearman": float(spearman.statistic), "spearman_p": float(spearman.pvalue),
-        "spearman_ci_low": float(interval.low), "spearman_ci_high": float(interval.high),
+        "spearman_ci_low": low, "spearman_ci_high": high,
         "pearson": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
     }
+
+
+def _spearman_interval(
+    pairs: np.ndarray, *, seed: int, resamples: int = 1000
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of Spearman's ρ over networks (pairs resampled together).
+
+    With few networks some resamples repeat one network so often that a column is constant
+    and ρ is undefined; those resamples are skipped rather than poisoning the interval. If
+    fewer than half are usable the interval is NaN (too little data to say).
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        sample = pairs[rng.integers(0, len(pairs), len(pairs))]
+        if np.ptp(sample[:, 0]) > 0 and np.ptp(sample[:, 1]) > 0:
+            values.append(stats.spearmanr(sample[:, 0], sample[:, 1]).statistic)
+    if len(values) < resamples // 2:
+        return math.nan, math.nan
+    alpha = (1 - CONFIDENCE) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
