@@ -386,6 +386,21 @@ def _load_if_complete(directory: Path, registry: Registry) -> ExperimentResult |
         return None
 
 
+def is_complete(directory: Path) -> bool:
+    """Whether a finished run is stored in `directory` with every checksum intact.
+
+    Cheap (no model is deserialised); a corrupted run is reported and counts as missing.
+    """
+    if not directory.exists():
+        return False
+    try:
+        verify_manifest(directory)
+    except StoreError as error:
+        warnings.warn(f"recomputing run: {error}", stacklevel=3)
+        return False
+    return True
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning syntax errors into a one-line ConfigError."""
     path = Path(path)

@@ -27,7 +27,7 @@ from mechscope.executor import AbstractExecutor
 from mechscope.experiment import (
     DEFAULT_STORE,
     Experiment,
-    _load_if_complete,
+    is_complete,
     read_toml,
 )
 from mechscope.plugins import PluginManager, get_plugin_manager
@@ -258,7 +258,8 @@ class Suite:
         pending: list[PlannedRun] = []
         for planned in self.runs:
             directory = store / planned.run_id
-            if not force and _load_if_complete(directory, self.plugins.registry) is not None:
+            # Checksums only: loading every stored model just to skip it would be wasted I/O.
+            if not force and is_complete(directory):
                 outcomes[planned.run_id] = {"status": "cached"}
             else:
                 pending.append(planned)
