@@ -5,9 +5,10 @@ Networks (N = 100 tanh ctrnn on delayed_reach, trained with bptt and cached unde
 (gain 4, no rate or weight regularisation). Starts: 1,024 trajectory states plus N(0, 0.5²).
 Inputs: the 8 targets' delay inputs and the zero input.
 
-Reference (untimed, cached): every start is solved in float64 with optimistix Newton and
-Levenberg–Marquardt; the union of converged zeros (‖f‖ ≤ 1e-7 × typical speed), made unique,
-is the set of zeros an exhaustive search from these starts finds.
+Reference (untimed, cached): every start is solved in float64 with dense damped Newton (60
+iterations) and dense Levenberg–Marquardt (200 iterations); the union of converged zeros
+(‖f‖ ≤ 1e-7 × typical speed), made unique, is the set of zeros an exhaustive search from
+these starts finds.
 
 Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
 compatibility): wall time after compilation, recall of the reference zeros, precision (reported
@@ -22,11 +23,12 @@ import argparse
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from mechscope_dynamics import SolverSettings, condition_run, find_fixed_points
-from mechscope_dynamics._solver import _cast, _padded_solve, _unique_per_input
+from mechscope_dynamics._solver import _cast, _unique_per_input
 
 import mechscope
 
@@ -74,11 +76,59 @@ def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: i
     return condition, starts, inputs
 
 
+def _dense_solvers(model, x, u, newton_steps: int, lm_steps: int):
+    """Damped Newton and Levenberg–Marquardt from one start, dense, in the model's dtype."""
+
+    def residual(y):
+        return model.vector_field(0.0, y, u)
+
+    def q(y):
+        value = jnp.sum(residual(y) ** 2)
+        return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+    def newton(carry, _):
+        y, _ = carry
+        delta = jnp.linalg.solve(model.jacobian(0.0, y, u), -residual(y))
+        lengths = jnp.asarray([1.0, 0.5, 0.25, 0.1, 0.03, 0.0])
+        trials = y[None] + lengths[:, None] * delta[None]
+        qs = jax.vmap(q)(trials)
+        best = jnp.argmin(qs)
+        return (trials[best], qs[best]), None
+
+    def levenberg_marquardt(carry, _):
+        y, qy, damping = carry
+        jac, r = model.jacobian(0.0, y, u), residual(y)
+        normal = jac.T @ jac
+        eye = jnp.eye(len(y))
+        delta = jnp.linalg.solve(normal + damping * (jnp.trace(normal) / len(y) + 1e-12) * eye,
+                                 -jac.T @ r)
+        delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
+        q_new = q(y + delta)
+        ok = q_new < qy
+        return (jnp.where(ok, y + delta, y), jnp.where(ok, q_new, qy),
+                jnp.where(ok, damping * 0.3, damping * 10.0)), None
+
+    (x_newton, q_newton), _ = jax.lax.scan(newton, (x, q(x)), None, length=newton_steps)
+    (x_lm, q_lm, _), _ = jax.lax.scan(levenberg_marquardt, (x, q(x), 1e-2), None,
+                                      length=lm_steps)
+    return x_newton, jnp.sqrt(q_newton), x_lm, jnp.sqrt(q_lm)
+
+
+_solvers_jit = eqx.filter_jit(jax.vmap(_dense_solvers, in_axes=(None, 0, 0, None, None)))
+
+
 def reference(name, run, condition, starts, inputs):
+    """Zeros an exhaustive float64 search from every start finds (cached; slow: minutes).
+
+    Every (input, start) pair runs 60 damped-Newton iterations and, separately, 200
+    Levenberg–Marquardt iterations, both dense and in float64; every end point with
+    ‖f‖ ≤ 1e-7 × typical speed counts, made unique at 1e-4 × trajectory scale.
+    """
     path = CACHE / f"{name}_reference.npz"
     if path.exists():
         data = np.load(path)
         return data["points"], data["input_index"], data["stable"]
+    print(f"  building the {name} reference (float64, several minutes) ...", flush=True)
     k, s = len(inputs), len(starts)
     x0 = np.tile(starts, (k, 1))
     u = np.repeat(inputs, s, axis=0)
@@ -87,14 +137,13 @@ def reference(name, run, condition, starts, inputs):
     found_x, found_k = [], []
     with jax.enable_x64(True):
         model = _cast(run.model, jnp.float64)
-        for method, steps in (("newton", 50), ("lm", 200)):
-            for chunk in np.array_split(np.arange(len(x0)), max(1, len(x0) // 2048)):
-                x, speed = _padded_solve(model, x0[chunk], u[chunk], steps, method,
-                                         jnp.float64)
-                ok = speed <= tol
-                found_x.append(x[ok])
-                found_k.append(index[chunk][ok])
-            print(f"  reference: {method} done", flush=True)
+        for chunk in np.array_split(np.arange(len(x0)), k):
+            x_newton, speed_newton, x_lm, speed_lm = _solvers_jit(
+                model, jnp.asarray(x0[chunk]), jnp.asarray(u[chunk]), 60, 200)
+            for x, speed in ((x_newton, speed_newton), (x_lm, speed_lm)):
+                x, speed = np.asarray(x), np.asarray(speed)
+                found_x.append(x[speed <= tol])
+                found_k.append(index[chunk][speed <= tol])
         points = np.concatenate(found_x)
         input_index = np.concatenate(found_k)
         near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale

@@ -16,6 +16,7 @@ from mechscope_dynamics import (
     SolverSettings,
     find_fixed_points,
 )
+from mechscope_dynamics._solver import relaxation_step, representatives
 
 import mechscope
 
@@ -192,6 +193,53 @@ def test_slow_point_is_not_reported_as_fixed_point():
     assert np.all(fps.slow_speed > 0.01)
     np.testing.assert_allclose(fps.slow_points[0, 0], 1 / math.sqrt(3), atol=1e-3)
 
+
+
+def test_representatives_are_lowest_score_leaders_of_separated_clusters():
+    rng = np.random.default_rng(5)
+    centres = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    members = np.concatenate([c + 0.01 * rng.standard_normal((50, 3)) for c in centres])
+    points = np.concatenate([members, [[20.0, 20.0, 20.0]]])  # and one isolated point
+    score = rng.uniform(size=len(points))
+    leaders = representatives(points, score, tol=0.5)
+    assert len(leaders) == 4
+    for c in range(3):
+        rows = np.arange(50 * c, 50 * (c + 1))
+        assert rows[np.argmin(score[rows])] in leaders
+    assert len(points) - 1 in leaders
+    # Every point is within tol of a leader (nothing is lost by merging).
+    gaps = np.linalg.norm(points[:, None] - points[leaders][None], axis=-1).min(axis=1)
+    assert np.all(gaps <= 0.5)
+
+
+def test_relaxation_step_is_inverse_spectral_radius():
+    rng = np.random.default_rng(6)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    a = q @ np.diag([-0.5, -4.0, 0.3, -1.0]) @ q.T
+    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
+                       jnp.zeros((4, 1), jnp.float32))
+    step = relaxation_step(model, np.zeros(4), np.zeros(1))
+    assert step == pytest.approx(1 / 4.0, rel=1e-5)
+
+
+def test_relaxing_first_finds_the_attractors_and_only_true_zeros():
+    model, patterns, amplitude = _hopfield()
+    n = patterns.shape[1]
+    memories = np.concatenate([amplitude * patterns, -amplitude * patterns])
+    rng = np.random.default_rng(7)
+    starts = np.concatenate([memories + 0.3 * rng.standard_normal(memories.shape),
+                             rng.standard_normal((200, n))])
+    settings = SolverSettings(relax_steps=60)
+    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=amplitude * 4,
+                            speed_scale=1.0, center=np.zeros(n), settings=settings)
+    stable = fps.points[fps.stable]
+    for memory in memories:
+        assert np.min(np.linalg.norm(stable - memory, axis=1)) < 1e-6
+    speeds = np.linalg.norm(np.asarray(jax.vmap(
+        lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))), axis=1)
+    assert np.all(speeds < 1e-5)
+    # Relaxation merges the 200+ starts into few candidates before any Newton step.
+    assert fps.n_candidates < len(starts) / 4
 
 class StepTaskConfig(mechscope.Config):
     """Constant input ±level from the start; go at 3.5 s."""

@@ -36,17 +36,33 @@ class FixedPointsConfig(mechscope.Config):
     )
     mode: Literal["newton", "golub"] = Field(
         "newton",
-        description="'newton': batched matrix-free LM, merge, optimistix polish in float64; "
+        description="'newton': relax along the flow, merge, globalised Newton on distinct "
+        "candidates with merging, optimistix polish in float64; "
         "'golub': FixedPointFinder compatibility (discrete map, Adam on q, |λ| < 1).",
     )
-    descent_steps: int = Field(
-        8, ge=0, description="Matrix-free Levenberg–Marquardt steps from every start."
+    relax_steps: int = Field(
+        0, ge=0, description="Euler steps along the flow from every start before Newton: "
+        "starts that fall into the same attractor then merge cheaply (much faster), but "
+        "saddles whose basins they pass are missed. 0 = none (finds saddles)."
     )
-    cg_iterations: int = Field(
-        8, ge=1, description="Conjugate-gradient iterations per matrix-free LM step."
+    relax_step: float | None = Field(
+        None, gt=0, description="Length of those steps; None = 1 / spectral radius of the "
+        "Jacobian at the trajectories' centroid."
+    )
+    newton_steps: int = Field(
+        40, ge=1, description="Most float32 Newton iterations per distinct candidate."
+    )
+    stall_blocks: int = Field(
+        2, ge=1, description="A candidate whose ‖f‖ falls by less than 20 % in this many "
+        "consecutive blocks of two Newton iterations becomes a slow-point candidate."
+    )
+    newton_tol: float = Field(
+        1e-4, gt=0, description="A candidate has converged (and goes to the float64 polish) "
+        "when ‖f‖ ≤ newton_tol × typical speed."
     )
     merge_tol: float = Field(
-        1e-2, gt=0, description="Merge candidates closer than this × trajectory scale."
+        1e-2, gt=0, description="Merge candidates closer than this × trajectory scale, and "
+        "drop candidates this close to a converged point."
     )
     polish_steps: int = Field(
         40, ge=1, description="Newton iterations when polishing (LM ×4, BFGS ×8)."
@@ -107,8 +123,11 @@ class FixedPointsConfig(mechscope.Config):
         """The solver settings this config implies (`dt`: the task's step, for 'golub')."""
         return SolverSettings(
             mode=self.mode,
-            descent_steps=self.descent_steps,
-            cg_iterations=self.cg_iterations,
+            relax_steps=self.relax_steps,
+            relax_step=self.relax_step,
+            newton_steps=self.newton_steps,
+            newton_tol=self.newton_tol,
+            stall_blocks=self.stall_blocks,
             merge_tol=self.merge_tol,
             polish_steps=self.polish_steps,
             fixed_tol=self.fixed_tol,

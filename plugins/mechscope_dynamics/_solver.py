@@ -1,19 +1,22 @@
 """Fixed and slow points of a model's vector field: the fast solver and a FixedPointFinder mode.
 
-The fast solver (``mode = "newton"``) runs in three stages so that dense linear algebra is only
-spent where it matters:
+The fast solver (``mode = "newton"``) spends dense linear algebra only on distinct candidates:
 
-1. *Descent*: every (input, start) pair takes a few matrix-free Levenberg–Marquardt steps on
-   f(x, u) = 0 in one compiled, vmapped call. Each step solves (JᵀJ + μI)δ = −Jᵀf with a few
-   conjugate-gradient iterations that only need Jacobian–vector products, so the cost is a
-   handful of batched matrix products rather than one dense factorisation per start.
-2. *Merge*: per input, candidates closer than ``merge_tol`` × (trajectory scale) are merged;
-   the candidate with the smallest q represents its cluster.
-3. *Polish*: representatives are solved to machine precision in float64 with optimistix
+1. *Relax*: every (input, start) pair takes ``relax_steps`` Euler steps along the flow, all in
+   one compiled call (one matrix product per step). Starts in the basin of an attractor
+   collapse onto it; starts near saddles, on slow manifolds or on cycles stay apart.
+2. *Newton with merging*: per input, candidates closer than ``merge_tol`` × (trajectory
+   scale) are merged, and the distinct ones take globalised float32 Newton iterations (line
+   search with a Cauchy-step fallback) in blocks of two. After each block, converged
+   candidates (‖f‖ ≤ ``newton_tol`` × typical speed) leave, candidates that reached a converged
+   point or each other are merged, and candidates that stop making progress are set aside as
+   slow-point candidates. The batch shrinks as the search goes on.
+3. *Polish*: converged candidates are solved to machine precision in float64 with optimistix
    (Newton, then Levenberg–Marquardt for those Newton did not converge, then BFGS on
-   q = ½‖f‖² for the rest). A point is a fixed point only if ‖f‖ ≤ ``fixed_tol`` ×
-   (typical speed along trajectories); a local minimum of q above that but below
-   ``slow_tol`` × (typical speed) is a slow point and is reported separately.
+   q = ½‖f‖²); slow-point candidates with ‖f‖ ≤ ``slow_tol`` × speed minimise q with BFGS.
+   A point is a fixed point only if ‖f‖ ≤ ``fixed_tol`` × (typical speed along
+   trajectories); a local minimum of q above that but below ``slow_tol`` × (typical speed)
+   is a slow point and is reported separately.
 
 The compatibility mode (``mode = "golub"``) follows Golub & Sussillo's FixedPointFinder: the
 model is treated as the discrete map F(x) = x + dt·f(x, u), q = ½‖F(x) − x‖² of all starts is
@@ -33,8 +36,6 @@ import numpy as np
 import optax
 import optimistix as optx
 from jaxtyping import Array, Float
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 import mechscope
@@ -46,9 +47,14 @@ class SolverSettings:
 
     Attributes:
         mode: ``"newton"`` (the fast solver) or ``"golub"`` (FixedPointFinder compatibility).
-        descent_steps: matrix-free Levenberg–Marquardt steps from every start (stage 1).
-        cg_iterations: conjugate-gradient iterations per descent step.
-        merge_tol: candidates closer than this × scale are merged before polishing.
+        relax_steps: Euler steps along the flow from every start before Newton (0 = none).
+        relax_step: their length; None = 1 / (spectral radius of ∂f/∂x at the centre).
+        newton_steps: most float32 Newton iterations per candidate (stage 2).
+        newton_tol: a candidate has converged when ‖f‖ ≤ newton_tol × speed_scale.
+        stall_blocks: a candidate whose ‖f‖ has not fallen by 20 % in this many consecutive
+            blocks of two Newton iterations becomes a slow-point candidate.
+        merge_tol: candidates closer than this × scale are merged, and candidates this close
+            to an already converged point are dropped.
         polish_steps: most Newton (and LM, BFGS) iterations when polishing.
         fixed_tol: a fixed point has ‖f‖ ≤ fixed_tol × speed_scale.
         slow_tol: a slow point has ‖f‖ ≤ slow_tol × speed_scale (and is a local minimum of q).
@@ -65,8 +71,11 @@ class SolverSettings:
     """
 
     mode: str = "newton"
-    descent_steps: int = 8
-    cg_iterations: int = 8
+    relax_steps: int = 0
+    relax_step: float | None = None
+    newton_steps: int = 40
+    newton_tol: float = 1e-4
+    stall_blocks: int = 2
     merge_tol: float = 1e-2
     polish_steps: int = 40
     fixed_tol: float = 1e-7
@@ -99,7 +108,8 @@ class FixedPoints:
         slow_input_index: input of each slow point, ``[p]``.
         slow_speed: ‖f‖ at each slow point, ``[p]``.
         discrete: True in compatibility mode (eigenvalues are of the discrete map).
-        n_candidates: distinct candidates that were polished (the fast solver's work).
+        n_candidates: distinct candidates that reached the Newton stage (the fast solver's
+            work).
     """
 
     inputs: np.ndarray
@@ -134,100 +144,132 @@ def _cast(model: mechscope.AbstractModel, dtype: jnp.dtype) -> mechscope.Abstrac
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1: matrix-free Levenberg–Marquardt from every start.
+# Stage 1: relaxation along the flow (one matrix product per row and step).
 
 
-def _gmres(matvec, b, iterations: int):
-    """Fixed-iteration GMRES from zero (Arnoldi with modified Gram–Schmidt, no restart)."""
-    beta = jnp.linalg.norm(b)
-    n = b.shape[0]
-    basis = jnp.zeros((iterations + 1, n), b.dtype).at[0].set(b / jnp.maximum(beta, 1e-30))
-    hessenberg = jnp.zeros((iterations + 1, iterations), b.dtype)
-
-    def arnoldi(j, carry):
-        basis, hessenberg = carry
-        w = matvec(basis[j])
-        valid = jnp.arange(iterations + 1) <= j
-        for_each = jnp.where(valid[:, None], basis, 0.0)
-        h = for_each @ w
-        w = w - h @ for_each
-        # A second pass keeps the basis orthogonal in float32.
-        h2 = for_each @ w
-        w = w - h2 @ for_each
-        h = h + h2
-        norm = jnp.linalg.norm(w)
-        hessenberg = hessenberg.at[:, j].set(h.at[j + 1].set(norm))
-        basis = basis.at[j + 1].set(w / jnp.maximum(norm, 1e-30))
-        return basis, hessenberg
-
-    basis, hessenberg = jax.lax.fori_loop(0, iterations, arnoldi, (basis, hessenberg))
-    rhs = jnp.zeros(iterations + 1, b.dtype).at[0].set(beta)
-    # Ridge-regularised normal equations, not an SVD: LAPACK's SVD can loop forever on NaN.
-    hessenberg = jnp.nan_to_num(hessenberg, nan=0.0, posinf=0.0, neginf=0.0)
-    gram = hessenberg.T @ hessenberg
-    ridge = 1e-6 * jnp.trace(gram) / iterations + 1e-30
-    y = jnp.linalg.solve(gram + ridge * jnp.eye(iterations, dtype=b.dtype), hessenberg.T @ rhs)
-    return jnp.nan_to_num(y @ basis[:iterations])
-
-
-def _lm_descent(
+def _relax(
     model: mechscope.AbstractModel,
-    inputs: Float[Array, "k n_inputs"],
-    starts: Float[Array, "k s n"],
+    x: Float[Array, "m n"],
+    u: Float[Array, "m n_inputs"],
+    step: float,
     steps: int,
-    cg_iterations: int,
-) -> tuple[Float[Array, "k s n"], Float[Array, "k s"]]:
-    """Damped Newton–Krylov (matrix-free GMRES) steps from every start; end points and q."""
+) -> Float[Array, "m n"]:
+    """Forward-Euler steps along the flow from every row; non-finite rows stay where they were."""
+    field = jax.vmap(lambda y, v: model.vector_field(0.0, y, v))
+
+    def body(y, _):
+        moved = y + step * field(y, u)
+        return jnp.where(jnp.all(jnp.isfinite(moved), axis=1, keepdims=True), moved, y), None
+
+    return jax.lax.scan(body, x, None, length=steps)[0]
+
+
+_relax_jit = eqx.filter_jit(_relax)
+
+
+def relaxation_step(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray) -> float:
+    """Euler step that follows the flow near `x`: 1 / (spectral radius of ∂f/∂x at `x`, `u`).
+
+    Every eigenvalue λ then has |hλ| ≤ 1, so the stable modes decay (|1 + hλ| < 1) and the
+    unstable ones grow, as in the continuous flow.
+    """
+    dtype = jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
+    jac = np.asarray(model.jacobian(0.0, jnp.asarray(x, dtype), jnp.asarray(u, dtype)),
+                     np.float64)
+    radius = float(np.max(np.abs(np.linalg.eigvals(jac)))) if np.all(np.isfinite(jac)) else 0.0
+    return 1.0 / radius if radius > 0 else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: globalised dense Newton on the distinct candidates.
+
+
+def _newton(
+    model: mechscope.AbstractModel,
+    x: Float[Array, "m n"],
+    u: Float[Array, "m n_inputs"],
+    steps: int,
+) -> tuple[Float[Array, "m n"], Float[Array, " m"]]:
+    """`steps` globalised Newton iterations from every row; end points and ‖f‖ there.
+
+    Each iteration tries the Newton step at lengths 1, ½, ¼, 1/10 and the Cauchy step of the
+    Gauss–Newton model of q = ½‖f‖² (which still descends where the Jacobian is singular),
+    and keeps the trial with the smallest ‖f‖, or stays put when none improves.
+    """
 
     def one(x, u):
         def residual(y):
             return model.vector_field(0.0, y, u)
 
-        def q_of(y):
-            return 0.5 * jnp.sum(residual(y) ** 2)
+        def norm(y):
+            value = jnp.linalg.norm(residual(y))
+            return jnp.where(jnp.isfinite(value), value, jnp.inf)
 
-        def newton_step(x, _):
+        def iteration(carry, _):
+            x, fx = carry
             r = residual(x)
-            r = jnp.where(jnp.isfinite(r), r, 0.0)
-            delta = _gmres(lambda v: jax.jvp(residual, (x,), (v,))[1], -r, cg_iterations)
-            # Backtracking over a few step lengths: keep the one with the smallest q.
-            lengths = jnp.asarray([1.0, 0.5, 0.25, 0.0], x.dtype)
-            trial = x[None, :] + lengths[:, None] * delta[None, :]
-            qs = jax.vmap(q_of)(trial)
-            qs = jnp.where(jnp.isfinite(qs), qs, jnp.inf)
-            return trial[jnp.argmin(qs)], None
+            jac = model.jacobian(0.0, x, u)
+            newton = jnp.linalg.solve(jac, -r)
+            newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
+            gradient = jac.T @ r
+            curvature = jnp.sum((jac @ gradient) ** 2)
+            cauchy = -gradient * jnp.sum(gradient**2) / jnp.maximum(curvature, 1e-30)
+            cauchy = jnp.where(jnp.all(jnp.isfinite(cauchy)), cauchy, 0.0)
+            fractions = jnp.asarray([1.0, 0.5, 0.25, 0.1], x.dtype)
+            trials = jnp.concatenate(
+                [x + fractions[:, None] * newton[None, :], (x + cauchy)[None, :]]
+            )
+            norms = jax.vmap(norm)(trials)
+            best = jnp.argmin(norms)
+            better = norms[best] < fx
+            return (jnp.where(better, trials[best], x), jnp.where(better, norms[best], fx)), None
 
-        x, _ = jax.lax.scan(newton_step, x, None, length=steps)
-        return x, q_of(x)
+        (x, fx), _ = jax.lax.scan(iteration, (x, norm(x)), None, length=steps)
+        return x, fx
 
-    per_input = jax.vmap(one, in_axes=(0, None))
-    return jax.vmap(per_input, in_axes=(0, 0))(starts, inputs)
+    return jax.vmap(one)(x, u)
 
 
-_lm_descent_jit = eqx.filter_jit(_lm_descent)
+_newton_jit = eqx.filter_jit(_newton)
+
+
+def _padded(function, model, x: np.ndarray, u: np.ndarray, dtype, *args):
+    """Call a row-wise compiled `function` on rows padded to a power of two (few compilations)."""
+    m = len(x)
+    size = 1 << max(3, math.ceil(math.log2(max(m, 1))))
+    xs = np.concatenate([x, np.repeat(x[:1], size - m, axis=0)])
+    us = np.concatenate([u, np.repeat(u[:1], size - m, axis=0)])
+    out = function(model, jnp.asarray(xs, dtype), jnp.asarray(us, dtype), *args)
+    if isinstance(out, tuple):
+        return tuple(np.asarray(part, np.float64)[:m] for part in out)
+    return np.asarray(out, np.float64)[:m]
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2: merging and unique-ing.
-
-
-def cluster(points: np.ndarray, tol: float) -> np.ndarray:
-    """Cluster labels of `points` ``[m, n]``: connected components at distance ≤ `tol`."""
-    m = len(points)
-    if m == 0:
-        return np.zeros(0, dtype=int)
-    pairs = cKDTree(points).query_pairs(tol, output_type="ndarray")
-    graph = csr_array((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
-    return connected_components(graph, directed=False)[1]
+# Merging and unique-ing.
 
 
 def representatives(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
-    """Index of the lowest-`score` point of each cluster at distance `tol`, in cluster order."""
-    labels = cluster(points, tol)
-    order = np.lexsort((score, labels))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    return order[first]
+    """Leaders of a greedy clustering of `points` ``[m, n]`` at radius `tol`, sorted.
+
+    Points are visited by increasing `score`; each point not yet claimed becomes a leader and
+    claims every unclaimed point within `tol` of it. Only leaders query the tree, so a dense
+    cluster of thousands of points costs one query (all-pairs neighbour lists would cost
+    millions).
+    """
+    m = len(points)
+    if m == 0:
+        return np.zeros(0, dtype=int)
+    tree = cKDTree(points)
+    claimed = np.zeros(m, dtype=bool)
+    leaders = []
+    for i in np.argsort(score, kind="stable"):
+        if claimed[i]:
+            continue
+        leaders.append(i)
+        claimed[tree.query_ball_point(points[i], tol)] = True
+        claimed[i] = True
+    return np.sort(np.asarray(leaders, dtype=int))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,12 +314,10 @@ _solve_jit = eqx.filter_jit(_solve)
 
 def _padded_solve(model, x0, u, steps, method, dtype):
     """Run :func:`_solve` on rows padded to a power of two, so sizes reuse compilations."""
-    m = len(x0)
-    size = 1 << max(3, math.ceil(math.log2(m)))
-    xs = np.concatenate([x0, np.repeat(x0[:1], size - m, axis=0)])
-    us = np.concatenate([u, np.repeat(u[:1], size - m, axis=0)])
-    x, speed = _solve_jit(model, jnp.asarray(xs, dtype), jnp.asarray(us, dtype), steps, method)
-    return np.asarray(x, np.float64)[:m], np.asarray(speed, np.float64)[:m]
+    return _padded(_solve_jit, model, x0, u, dtype, steps, method)
+
+
+_POLISH_PLAN = (("newton", 1), ("lm", 4), ("bfgs", 8))
 
 
 def _polish(
@@ -287,11 +327,14 @@ def _polish(
     settings: SolverSettings,
     threshold: float,
     dtype: jnp.dtype,
+    plan: tuple[tuple[str, int], ...] = _POLISH_PLAN,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Newton from every candidate; LM, then BFGS on q, only where the previous one failed."""
+    """Each method of `plan` in turn (``(name, step factor)``), only where the previous failed.
+
+    The default plan is Newton from every candidate, then Levenberg–Marquardt, then BFGS on q.
+    """
     x, speed = x0.copy(), np.full(len(x0), np.inf)
     todo = np.arange(len(x0))
-    plan = (("newton", 1), ("lm", 4), ("bfgs", 8))
     for method, factor in plan:
         if len(todo) == 0:
             break
@@ -339,6 +382,49 @@ def _unique_per_input(
     return np.sort(np.asarray(keep, dtype=int))
 
 
+def _norms(model, x, u):
+    return jnp.linalg.norm(jax.vmap(lambda y, v: model.vector_field(0.0, y, v))(x, u), axis=1)
+
+
+_norms_jit = eqx.filter_jit(_norms)
+
+
+def _merge_indices(
+    x: np.ndarray, row_input: np.ndarray, score: np.ndarray, radius: float
+) -> np.ndarray:
+    """Rows that represent their cluster (radius `radius`, per input, lowest `score`), sorted.
+
+    Non-finite rows are dropped.
+    """
+    finite = np.flatnonzero(np.all(np.isfinite(x), axis=1) & np.isfinite(score))
+    if len(finite) == 0:
+        return finite
+    keep = _unique_per_input(x[finite], row_input[finite], score[finite], radius)
+    return finite[keep]
+
+
+def _merge_rows(x, row_input, score, radius):
+    keep = _merge_indices(x, row_input, score, radius)
+    return x[keep], row_input[keep], score[keep]
+
+
+def _near_known(x, row_input, known_x, known_k, radius) -> np.ndarray:
+    """Whether each row lies within `radius` of a known point of the same input."""
+    near = np.zeros(len(x), dtype=bool)
+    if len(x) == 0 or not known_x:
+        return near
+    points = np.concatenate(known_x)
+    inputs = np.concatenate(known_k)
+    for k in np.unique(row_input):
+        mine = points[inputs == k]
+        if len(mine) == 0:
+            continue
+        rows = np.flatnonzero(row_input == k)
+        distance, _ = cKDTree(mine).query(x[rows], k=1, distance_upper_bound=radius)
+        near[rows] = np.isfinite(distance)
+    return near
+
+
 def find_fixed_points(
     model: mechscope.AbstractModel,
     inputs: Float[Array, "k n_inputs"],
@@ -373,40 +459,92 @@ def find_fixed_points(
     if settings.mode == "golub":
         return _golub(model, inputs_np, starts_np, scale, center_np, settings)
 
-    # Stage 1: all inputs × all starts in one compiled call (float32 or the model's dtype).
     dtype32 = jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
-    tiled = jnp.broadcast_to(jnp.asarray(starts_np, dtype32), (k, s, starts_np.shape[1]))
-    if settings.descent_steps > 0:
-        x, q = _lm_descent_jit(
-            model,
-            jnp.asarray(inputs_np, dtype32),
-            tiled,
-            settings.descent_steps,
-            settings.cg_iterations,
+    x = np.tile(starts_np, (k, 1))
+    row_input = np.repeat(np.arange(k), s)
+    u = inputs_np[row_input]
+
+    # Stage 1: every (input, start) pair relaxes along the flow in one compiled call; starts
+    # that fall into the same attractor end up together and are merged below.
+    if settings.relax_steps > 0 and len(x):
+        step = settings.relax_step or relaxation_step(model, center_np, inputs_np[-1])
+        x = _padded(
+            _relax_jit, model, x, u, dtype32, jnp.asarray(step, dtype32), settings.relax_steps
         )
-    else:
-        x = tiled
-        q = jax.vmap(jax.vmap(model.speed, in_axes=(0, None)))(tiled, jnp.asarray(inputs_np))
-    x, q = np.asarray(x, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    merge_radius = settings.merge_tol * scale
+    converged_radius = settings.unique_tol * scale * 10
+    newton_tol = settings.newton_tol * speed_scale
+    x, row_input, norm = _merge_rows(
+        x, row_input, _padded(_norms_jit, model, x, u, dtype32), merge_radius
+    )
+    n_candidates = len(x)
 
-    # Stage 2: merge candidates that already agree.
-    cand_x, cand_k = [], []
-    for j in range(k):
-        finite = np.flatnonzero(np.all(np.isfinite(x[j]), axis=1) & np.isfinite(q[j]))
-        keep = finite[representatives(x[j][finite], q[j][finite], settings.merge_tol * scale)]
-        cand_x.append(x[j][keep])
-        cand_k.append(np.full(len(keep), j))
-    cand_x = np.concatenate(cand_x) if cand_x else np.zeros((0, starts_np.shape[1]))
-    cand_k = np.concatenate(cand_k) if cand_k else np.zeros(0, dtype=int)
+    # Stage 2: globalised float32 Newton on the distinct candidates. After every block of
+    # iterations, converged rows leave; rows that reach an already converged point, or each
+    # other, are merged; rows that stop making progress are kept as slow-point candidates.
+    found_x, found_k, slow_x, slow_k = [], [], [], []
+    stalled_blocks = np.zeros(len(x), dtype=int)
+    block = 2
+    for _ in range(0, settings.newton_steps, block):
+        if len(x) == 0:
+            break
+        new_x, new_norm = _padded(_newton_jit, model, x, inputs_np[row_input], dtype32, block)
+        finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
+        progress = finite & (new_norm < 0.8 * norm)
+        stalled_blocks = np.where(progress, 0, stalled_blocks + 1)
+        x, norm = np.where(finite[:, None], new_x, x), np.where(finite, new_norm, norm)
+        done = norm <= newton_tol
+        found_x.append(x[done])
+        found_k.append(row_input[done])
+        stuck = ~done & (stalled_blocks >= settings.stall_blocks)
+        slow_x.append(x[stuck])
+        slow_k.append(row_input[stuck])
+        going = ~done & ~stuck
+        x, row_input, norm, stalled_blocks = (
+            x[going], row_input[going], norm[going], stalled_blocks[going]
+        )
+        near = _near_known(x, row_input, found_x, found_k, merge_radius)
+        x, row_input, norm, stalled_blocks = (
+            x[~near], row_input[~near], norm[~near], stalled_blocks[~near]
+        )
+        keep = _merge_indices(x, row_input, norm, merge_radius)
+        x, row_input, norm, stalled_blocks = (
+            x[keep], row_input[keep], norm[keep], stalled_blocks[keep]
+        )
+    slow_x.append(x)
+    slow_k.append(row_input)
+    n = starts_np.shape[1]
+    found_x = np.concatenate(found_x) if found_x else np.zeros((0, n))
+    found_k = np.concatenate(found_k) if found_k else np.zeros(0, dtype=int)
+    keep = _merge_indices(found_x, found_k, np.zeros(len(found_x)), converged_radius)
+    found_x, found_k = found_x[keep], found_k[keep]
+    slow_x = np.concatenate(slow_x)
+    slow_k = np.concatenate(slow_k)
+    slow_norm = _padded(_norms_jit, model, slow_x, inputs_np[slow_k], dtype32) if len(
+        slow_x) else np.zeros(0)
+    # Only minima of q that could be slow points are worth polishing; slow regions are
+    # extended, so their candidates are merged at a coarser radius.
+    promising = slow_norm <= settings.slow_tol * speed_scale
+    slow_x, slow_k = slow_x[promising], slow_k[promising]
+    keep = _merge_indices(slow_x, slow_k, slow_norm[promising], 10 * merge_radius)
+    slow_x, slow_k = slow_x[keep], slow_k[keep]
 
-    # Stage 3: polish the distinct candidates in float64.
+    # Stage 3: polish the converged candidates (Newton, LM, BFGS) and the slow-point candidates
+    # (BFGS on q) in float64 with optimistix.
     context = jax.enable_x64(True) if settings.float64 else _nullcontext()
     with context:
         dtype = jnp.float64 if settings.float64 else dtype32
         wide = _cast(model, dtype)
-        polished, speed = _polish(
-            wide, cand_x, inputs_np[cand_k], settings, settings.fixed_tol * speed_scale, dtype
+        threshold = settings.fixed_tol * speed_scale
+        polished_found, speed_found = _polish(
+            wide, found_x, inputs_np[found_k], settings, threshold, dtype
         )
+        polished_slow, speed_slow = _polish(
+            wide, slow_x, inputs_np[slow_k], settings, threshold, dtype, plan=(("bfgs", 2),)
+        )
+        polished = np.concatenate([polished_found, polished_slow])
+        speed = np.concatenate([speed_found, speed_slow])
+        cand_k = np.concatenate([found_k, slow_k]).astype(int)
         finite = np.all(np.isfinite(polished), axis=1) & np.isfinite(speed)
         near = np.linalg.norm(polished - center_np, axis=1) <= settings.outlier_scale * scale
         is_fixed = finite & near & (speed <= settings.fixed_tol * speed_scale)
@@ -443,7 +581,7 @@ def find_fixed_points(
         slow_input_index=cand_k[slow_rows],
         slow_speed=speed[slow_rows],
         discrete=False,
-        n_candidates=len(cand_x),
+        n_candidates=n_candidates,
     )
 
 
