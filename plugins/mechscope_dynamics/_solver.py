@@ -143,6 +143,11 @@ def _cast(model: mechscope.AbstractModel, dtype: jnp.dtype) -> mechscope.Abstrac
     )
 
 
+def _model_dtype(model: mechscope.AbstractModel) -> jnp.dtype:
+    """The floating dtype of the model's parameters (the solver's working precision)."""
+    return jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage 1: relaxation along the flow (one matrix product per row and step).
 
@@ -173,7 +178,7 @@ def relaxation_step(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray
     Every eigenvalue λ then has |hλ| ≤ 1, so the stable modes decay (|1 + hλ| < 1) and the
     unstable ones grow, as in the continuous flow.
     """
-    dtype = jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
+    dtype = _model_dtype(model)
     jac = np.asarray(model.jacobian(0.0, jnp.asarray(x, dtype), jnp.asarray(u, dtype)),
                      np.float64)
     radius = float(np.max(np.abs(np.linalg.eigvals(jac)))) if np.all(np.isfinite(jac)) else 0.0
@@ -312,11 +317,6 @@ def _solve(
 _solve_jit = eqx.filter_jit(_solve)
 
 
-def _padded_solve(model, x0, u, steps, method, dtype):
-    """Run :func:`_solve` on rows padded to a power of two, so sizes reuse compilations."""
-    return _padded(_solve_jit, model, x0, u, dtype, steps, method)
-
-
 _POLISH_PLAN = (("newton", 1), ("lm", 4), ("bfgs", 8))
 
 
@@ -338,8 +338,8 @@ def _polish(
     for method, factor in plan:
         if len(todo) == 0:
             break
-        new_x, new_speed = _padded_solve(
-            model, x0[todo], u[todo], factor * settings.polish_steps, method, dtype
+        new_x, new_speed = _padded(
+            _solve_jit, model, x0[todo], u[todo], dtype, factor * settings.polish_steps, method
         )
         better = np.isfinite(new_speed) & (new_speed < speed[todo])
         x[todo[better]] = new_x[better]
@@ -403,11 +403,6 @@ def _merge_indices(
     return finite[keep]
 
 
-def _merge_rows(x, row_input, score, radius):
-    keep = _merge_indices(x, row_input, score, radius)
-    return x[keep], row_input[keep], score[keep]
-
-
 def _near_known(x, row_input, known_x, known_k, radius) -> np.ndarray:
     """Whether each row lies within `radius` of a known point of the same input."""
     near = np.zeros(len(x), dtype=bool)
@@ -459,7 +454,7 @@ def find_fixed_points(
     if settings.mode == "golub":
         return _golub(model, inputs_np, starts_np, scale, center_np, settings)
 
-    dtype32 = jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
+    dtype32 = _model_dtype(model)
     x = np.tile(starts_np, (k, 1))
     row_input = np.repeat(np.arange(k), s)
     u = inputs_np[row_input]
@@ -467,6 +462,8 @@ def find_fixed_points(
     # Stage 1: every (input, start) pair relaxes along the flow in one compiled call; starts
     # that fall into the same attractor end up together and are merged below.
     if settings.relax_steps > 0 and len(x):
+        # One step length for all inputs: the spectrum at the centroid sets the time scale
+        # (for a CT-RNN the Jacobian does not depend on the input at all).
         step = settings.relax_step or relaxation_step(model, center_np, inputs_np[-1])
         x = _padded(
             _relax_jit, model, x, u, dtype32, jnp.asarray(step, dtype32), settings.relax_steps
@@ -474,15 +471,15 @@ def find_fixed_points(
     merge_radius = settings.merge_tol * scale
     converged_radius = settings.unique_tol * scale * 10
     newton_tol = settings.newton_tol * speed_scale
-    x, row_input, norm = _merge_rows(
-        x, row_input, _padded(_norms_jit, model, x, u, dtype32), merge_radius
-    )
+    norm = _padded(_norms_jit, model, x, u, dtype32)
+    keep = _merge_indices(x, row_input, norm, merge_radius)
+    x, row_input, norm = x[keep], row_input[keep], norm[keep]
     n_candidates = len(x)
 
     # Stage 2: globalised float32 Newton on the distinct candidates. After every block of
     # iterations, converged rows leave; rows that reach an already converged point, or each
     # other, are merged; rows that stop making progress are kept as slow-point candidates.
-    found_x, found_k, slow_x, slow_k = [], [], [], []
+    found_x, found_k, slow_x, slow_k, slow_norm = [], [], [], [], []
     stalled_blocks = np.zeros(len(x), dtype=int)
     block = 2
     for _ in range(0, settings.newton_steps, block):
@@ -499,29 +496,24 @@ def find_fixed_points(
         stuck = ~done & (stalled_blocks >= settings.stall_blocks)
         slow_x.append(x[stuck])
         slow_k.append(row_input[stuck])
-        going = ~done & ~stuck
+        slow_norm.append(norm[stuck])
+        going = np.flatnonzero(~done & ~stuck)
+        going = going[~_near_known(x[going], row_input[going], found_x, found_k, merge_radius)]
+        going = going[_merge_indices(x[going], row_input[going], norm[going], merge_radius)]
         x, row_input, norm, stalled_blocks = (
             x[going], row_input[going], norm[going], stalled_blocks[going]
         )
-        near = _near_known(x, row_input, found_x, found_k, merge_radius)
-        x, row_input, norm, stalled_blocks = (
-            x[~near], row_input[~near], norm[~near], stalled_blocks[~near]
-        )
-        keep = _merge_indices(x, row_input, norm, merge_radius)
-        x, row_input, norm, stalled_blocks = (
-            x[keep], row_input[keep], norm[keep], stalled_blocks[keep]
-        )
     slow_x.append(x)
     slow_k.append(row_input)
+    slow_norm.append(norm)
     n = starts_np.shape[1]
     found_x = np.concatenate(found_x) if found_x else np.zeros((0, n))
     found_k = np.concatenate(found_k) if found_k else np.zeros(0, dtype=int)
     keep = _merge_indices(found_x, found_k, np.zeros(len(found_x)), converged_radius)
     found_x, found_k = found_x[keep], found_k[keep]
-    slow_x = np.concatenate(slow_x)
-    slow_k = np.concatenate(slow_k)
-    slow_norm = _padded(_norms_jit, model, slow_x, inputs_np[slow_k], dtype32) if len(
-        slow_x) else np.zeros(0)
+    slow_x, slow_k, slow_norm = (
+        np.concatenate(slow_x), np.concatenate(slow_k), np.concatenate(slow_norm)
+    )
     # Only minima of q that could be slow points are worth polishing; slow regions are
     # extended, so their candidates are merged at a coarser radius.
     promising = slow_norm <= settings.slow_tol * speed_scale
@@ -654,7 +646,7 @@ def _golub(
     settings: SolverSettings,
 ) -> FixedPoints:
     k, s = len(inputs), len(starts)
-    dtype = jnp.result_type(*[leaf for leaf in jax.tree.leaves(model) if eqx.is_array(leaf)])
+    dtype = _model_dtype(model)
     tiled = jnp.broadcast_to(jnp.asarray(starts, dtype), (k, s, starts.shape[1]))
     x, q = _golub_jit(
         model,
