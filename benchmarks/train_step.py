@@ -3,9 +3,12 @@
 Canonical configuration: N = 100 tanh units, batch 64, 250 steps of 10 ms, Euler, float32,
 Adam, masked MSE + rate regularisation. Every variant is timed in the same process, in
 interleaved rounds (so load from other processes hits all of them alike), and the median
-milliseconds per training step are reported, with ratios. Peak memory of the compiled
-training step at N = 512 and 1,000 steps is read from XLA's memory analysis, with and
-without gradient checkpointing.
+milliseconds per training step are reported, with ratios. mechscope's default gradient is
+the hand-written Euler adjoint; ``mechscope_autodiff_ms`` times the same model with
+``gradient = "autodiff"`` (JAX reverse mode through the scan), and ``adjoint_gradient_error``
+is the largest relative difference between the two gradients. Peak memory of the compiled
+training step at N = 512 and 1,000 steps is read from XLA's memory analysis for the adjoint,
+plain autodiff, and autodiff with gradient checkpointing (the default at that size).
 
 Usage:
     python benchmarks/train_step.py            # human-readable table
@@ -121,9 +124,7 @@ def scan_step_fn(n_units: int, batch_data):
         def body(x, u_t):
             r = jnp.tanh(x)
             z = r @ params["w_out"].T + params["b_out"]
-            x_next = x + alpha * (
-                -x + r @ params["w_rec"].T + u_t @ params["w_in"].T + params["b"]
-            )
+            x_next = x + alpha * (-x + r @ params["w_rec"].T + u_t @ params["w_in"].T + params["b"])
             return x_next, (z, r)
 
         x0 = jnp.zeros((inputs.shape[0], n_units))
@@ -182,9 +183,7 @@ def torch_step_fn(n_units: int, batch_data, threads: int | None = None):
 
     net = RNN()
     optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
-    inputs, targets, mask = (
-        torch.from_numpy(batch_data[k]) for k in ("inputs", "targets", "mask")
-    )
+    inputs, targets, mask = (torch.from_numpy(batch_data[k]) for k in ("inputs", "targets", "mask"))
 
     def run_step():
         optimiser.zero_grad()
@@ -211,26 +210,55 @@ def _block(value):
     return jax.block_until_ready(value) if not isinstance(value, float) else value
 
 
-def time_interleaved(fns: dict[str, Callable], rounds: int, warmup: int = 2):
-    """Median ms per call of each function, alternating between them every round."""
+def time_interleaved(fns: dict[str, Callable], rounds: int, warmup: int = 2, burst: int = 3):
+    """Median ms per call of each function, alternating between them every round.
+
+    Each round calls every function `burst` times in a row and keeps all but the first call:
+    a training loop runs step after step, and the first call after another framework ran
+    pays for that framework's leftovers (caches, spinning or sleeping worker threads), which
+    is not a cost of either.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             _block(fn())
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            _block(fn())
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            for call in range(burst):
+                start = time.perf_counter()
+                _block(fn())
+                if call > 0 or burst == 1:
+                    samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def compiled_memory_mb(n_units: int, n_times: int, batch: int, checkpointing: str) -> dict:
+def gradient_error(n_units: int, batch_data) -> float:
+    """Largest relative difference between the adjoint and autodiff gradients."""
+    grads = {}
+    for gradient in ("adjoint", "autodiff"):
+        config = CTRNNConfig(n_units=n_units, tau=TAU, gradient=gradient)
+        model = make_ctrnn(config, n_inputs=N_INPUTS, n_outputs=N_OUTPUTS, key=jax.random.key(0))
+        inputs, times, targets, mask = (
+            jnp.asarray(batch_data[k]) for k in ("inputs", "times", "targets", "mask")
+        )
+
+        def loss_fn(model):
+            trajectory = mechscope.simulate(model, inputs, times)
+            return masked_loss(trajectory.outputs, trajectory.rates, targets, mask)
+
+        grads[gradient] = jax.tree.leaves(
+            eqx.filter(eqx.filter_jit(eqx.filter_grad(loss_fn))(model), eqx.is_inexact_array)
+        )
+    return max(
+        float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+        for a, b in zip(grads["adjoint"], grads["autodiff"], strict=True)
+    )
+
+
+def compiled_memory_mb(n_units: int, n_times: int, batch: int, **config_overrides) -> dict:
     """XLA's memory analysis of the compiled mechscope training step."""
     data = make_batch(batch, n_times)
-    _, _, (step, model, opt_state, args) = mechscope_step_fns(
-        n_units, data, checkpointing=checkpointing
-    )
+    _, _, (step, model, opt_state, args) = mechscope_step_fns(n_units, data, **config_overrides)
     compiled = step.lower(model, opt_state, *args).compile()
     analysis = compiled.compiled.memory_analysis() if hasattr(compiled, "compiled") else None
     if analysis is None:
@@ -249,7 +277,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print a table or (with --json) one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--rounds", type=int, default=15, help="timed steps per variant")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument(
+        "--burst", type=int, default=3, help="consecutive calls per variant and round"
+    )
     parser.add_argument("--units", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--times", type=int, default=250, help="time samples per trial")
@@ -264,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     mechscope_step, mechscope_forward, _ = mechscope_step_fns(options.units, data)
     fns = {
         "mechscope_ms": mechscope_step,
+        "mechscope_autodiff_ms": mechscope_step_fns(options.units, data, gradient="autodiff")[0],
         "forward_ms": mechscope_forward,
         "scan_baseline_ms": scan_step_fn(options.units, data),
     }
@@ -272,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if torch_fn is not None:
         fns["torch_eager_ms"] = torch_fn
-    result: dict = time_interleaved(fns, options.rounds)
+    result: dict = time_interleaved(fns, options.rounds, burst=options.burst)
     result.setdefault("torch_eager_ms", None)
     ms = result["mechscope_ms"]
     result["ratios"] = {
@@ -280,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["torch_eager_ms"] / ms if result["torch_eager_ms"] else None
         ),
         "scan_baseline_over_mechscope": result["scan_baseline_ms"] / ms,
+        "autodiff_over_adjoint": result["mechscope_autodiff_ms"] / ms,
         "mechscope_over_forward": ms / result["forward_ms"],
     }
     result["config"] = {
@@ -292,12 +325,20 @@ def main(argv: list[str] | None = None) -> dict:
         "solver": "euler",
         "dtype": "float32",
         "rounds": options.rounds,
+        "burst": options.burst,
         "backend": jax.default_backend(),
         "torch_threads": _torch_threads() if torch_fn is not None else None,
     }
+    result["adjoint_gradient_error"] = gradient_error(options.units, data)
     if not options.no_memory:
+        variants = {
+            "adjoint": {"gradient": "adjoint"},
+            "autodiff": {"gradient": "autodiff", "checkpointing": "never"},
+            "autodiff_checkpointed": {"gradient": "autodiff", "checkpointing": "always"},
+        }
         result["memory_n512_t1000_batch64"] = {
-            policy: compiled_memory_mb(512, 1000, 64, policy) for policy in ("never", "auto")
+            name: compiled_memory_mb(512, 1000, 64, **overrides)
+            for name, overrides in variants.items()
         }
     if options.json:
         print(json.dumps(result))

@@ -121,8 +121,13 @@ def test_tsit5_and_small_step_euler_converge_to_the_same_trajectory(getkey):
 def test_linear_model_matches_matrix_exponential(getkey):
     n, n_in, n_times, tau = 6, 2, 30, 0.05
     config = CTRNNConfig(
-        n_units=n, activation="linear", gain=0.8, solver="tsit5", adaptive=True,
-        rtol=1e-7, atol=1e-8,
+        n_units=n,
+        activation="linear",
+        gain=0.8,
+        solver="tsit5",
+        adaptive=True,
+        rtol=1e-7,
+        atol=1e-8,
     )
     model = make_ctrnn(config, n_inputs=n_in, n_outputs=1, key=getkey())
     model = _with(model, bias=jax.random.normal(getkey(), (n,)))
@@ -212,7 +217,9 @@ def test_checkpointed_scan_gives_the_same_values_and_gradients(getkey):
     noise = mechscope.Noise(0.1, 0.1)
     results = []
     for policy in ("never", "always"):
-        config = CTRNNConfig(n_units=10, checkpointing=policy, checkpoint_chunk=5)
+        config = CTRNNConfig(
+            n_units=10, checkpointing=policy, checkpoint_chunk=5, gradient="autodiff"
+        )
         model = make_ctrnn(config, n_inputs=3, n_outputs=2, key=key)
         results.append(eqx.filter_value_and_grad(_loss)(model, u, times, noise_key, noise))
     (value_a, grad_a), (value_b, grad_b) = results
@@ -221,13 +228,78 @@ def test_checkpointed_scan_gives_the_same_values_and_gradients(getkey):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def _float64(model):
+    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
+
+
+@pytest.mark.parametrize(
+    ("factory", "config_cls", "activation", "noise"),
+    [
+        (make_ctrnn, CTRNNConfig, "tanh", None),
+        (make_ctrnn, CTRNNConfig, "softplus", mechscope.Noise(0.1, 0.2)),
+        (make_ei_ctrnn, EICTRNNConfig, "retanh", mechscope.Noise(0.05, 0.1)),
+    ],
+)
+def test_euler_adjoint_gradients_equal_autodiff(getkey, factory, config_cls, activation, noise):
+    """The hand-written adjoint is exact: it agrees with reverse-mode autodiff to rounding.
+
+    Every differentiable input is checked: weights, biases, learned x0, the inputs and the
+    noise levels, for a loss on states, rates and outputs.
+    """
+    key, noise_key = getkey(), getkey()
+    n_times = 40
+    with jax.enable_x64(True):
+        times = jnp.arange(n_times, dtype=jnp.float64) * DT
+        u = _inputs(getkey(), n_times, 3).astype(jnp.float64)
+        levels = None if noise is None else jnp.array([noise.input, noise.recurrent])
+        bias = 0.3 * jax.random.normal(getkey(), (12,), jnp.float64)
+        # Away from 0, where relu-like activations have a kink: there the adjoint uses the
+        # registered derivative and autodiff its own subgradient (jnp.maximum gives 1/2).
+        x0 = 0.5 + jax.random.uniform(getkey(), (12,), jnp.float64)
+        results = {}
+        for gradient in ("adjoint", "autodiff"):
+            config = config_cls(n_units=12, activation=activation, gradient=gradient, learn_x0=True)
+            model = _float64(factory(config, n_inputs=3, n_outputs=2, key=key))
+            model = _with(model, bias=bias, x0=x0)
+
+            def loss(model, u, levels):
+                noise_levels = None if levels is None else mechscope.Noise(*levels)
+                traj = jax.vmap(
+                    lambda trial: model(trial, times, key=noise_key, noise=noise_levels)
+                )(jnp.stack([u, -u]))
+                return (
+                    jnp.sum(jnp.sin(traj.states[:, ::3]))
+                    + jnp.sum(traj.outputs**2)
+                    + jnp.mean(traj.rates)
+                )
+
+            results[gradient] = jax.value_and_grad(loss, argnums=(0, 1, 2))(model, u, levels)
+        (value_a, grads_a), (value_b, grads_b) = results["adjoint"], results["autodiff"]
+        assert float(value_a) == float(value_b)  # the forward pass is the same code
+        leaves_a = jax.tree.leaves(eqx.filter(grads_a, eqx.is_inexact_array))
+        leaves_b = jax.tree.leaves(eqx.filter(grads_b, eqx.is_inexact_array))
+        assert len(leaves_a) == len(leaves_b) == 7 + (noise is not None)
+        for a, b in zip(leaves_a, leaves_b, strict=True):
+            scale = float(jnp.abs(b).max())
+            assert scale > 0
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * scale)
+
+
+def test_auto_gradient_uses_the_adjoint_only_where_it_applies():
+    assert CTRNNConfig().uses_adjoint(None)
+    assert not CTRNNConfig(gradient="autodiff").uses_adjoint(None)
+    assert not CTRNNConfig(solver="heun").uses_adjoint(None)
+    assert not CTRNNConfig(substeps=2).uses_adjoint(None)
+    # Where checkpointing is on, 'auto' keeps reverse mode (the adjoint stores every state).
+    assert not CTRNNConfig().uses_adjoint(10)
+    assert CTRNNConfig(gradient="adjoint").uses_adjoint(None)
+
+
 def test_x0_gets_a_gradient_only_when_learned(getkey):
     key = getkey()
     times, u = _times(10), _inputs(getkey(), 10, 2)
     for learn in (False, True):
-        model = make_ctrnn(
-            CTRNNConfig(n_units=5, learn_x0=learn), n_inputs=2, n_outputs=1, key=key
-        )
+        model = make_ctrnn(CTRNNConfig(n_units=5, learn_x0=learn), n_inputs=2, n_outputs=1, key=key)
         grad = eqx.filter_grad(_loss)(model, u, times, None, None)
         assert bool(jnp.any(grad.x0 != 0)) == learn
 
@@ -283,8 +355,9 @@ def test_registered_activation_is_usable_with_an_autodiff_derivative(getkey):
         register_activation(name, lambda x: x / (1 + jnp.abs(x)))
     with pytest.raises(ValueError, match="already registered"):
         register_activation(name, jnp.tanh)
-    model = make_ctrnn(CTRNNConfig(n_units=7, activation=name), n_inputs=2, n_outputs=1,
-                       key=getkey())
+    model = make_ctrnn(
+        CTRNNConfig(n_units=7, activation=name), n_inputs=2, n_outputs=1, key=getkey()
+    )
     x = jax.random.normal(getkey(), (7,))
     np.testing.assert_allclose(model.rates(x), x / (1 + jnp.abs(x)), rtol=1e-6)
     expected = jax.jacfwd(lambda state: model.vector_field(0.0, state, jnp.zeros(2)))(x)
@@ -336,8 +409,7 @@ def test_ei_initial_weights_are_balanced_with_spectral_radius_near_gain(getkey):
 
 
 def test_ctrnn_initial_weights_follow_gain(getkey):
-    model = make_ctrnn(CTRNNConfig(n_units=400, gain=1.5), n_inputs=3, n_outputs=2,
-                       key=getkey())
+    model = make_ctrnn(CTRNNConfig(n_units=400, gain=1.5), n_inputs=3, n_outputs=2, key=getkey())
     assert float(jnp.std(model.w_rec)) == pytest.approx(1.5 / 20, rel=0.02)
     assert float(jnp.std(model.w_in)) == pytest.approx(1 / np.sqrt(3), rel=0.1)
     radius = np.abs(np.linalg.eigvals(np.asarray(model.w_rec, np.float64))).max()
@@ -356,6 +428,9 @@ def test_ctrnn_initial_weights_follow_gain(getkey):
         ({"adaptive": True, "solver": "tsit5", "integrator": "scan"}, "fixed-step only"),
         ({"tau": 0.0}, "greater than 0"),
         ({"device": "GPU 0"}, "platform name"),
+        ({"gradient": "adjoint", "solver": "heun"}, "adjoint of fixed-step Euler"),
+        ({"gradient": "adjoint", "substeps": 2}, "adjoint of fixed-step Euler"),
+        ({"gradient": "adjoint", "checkpointing": "always"}, "checkpointing does not apply"),
     ],
 )
 def test_invalid_configs_fail_at_validation(params, message):
@@ -380,8 +455,7 @@ def test_device_option_places_parameters_without_changing_numbers(getkey):
     key = getkey()
     times, u = _times(12), _inputs(getkey(), 12, 2)
     default = make_ctrnn(CTRNNConfig(n_units=6), n_inputs=2, n_outputs=1, key=key)
-    on_cpu = make_ctrnn(CTRNNConfig(n_units=6, device="cpu:0"), n_inputs=2, n_outputs=1,
-                        key=key)
+    on_cpu = make_ctrnn(CTRNNConfig(n_units=6, device="cpu:0"), n_inputs=2, n_outputs=1, key=key)
     assert on_cpu.w_rec.devices() == {jax.devices("cpu")[0]}
     np.testing.assert_array_equal(on_cpu(u, times).states, default(u, times).states)
     with pytest.raises(ValueError, match="cpu:7"):

@@ -102,6 +102,15 @@ class _CTRNNFields(mechscope.Config):
             "RecursiveCheckpointAdjoint; 'auto': scan for fixed steps, diffeqsolve if adaptive."
         ),
     )
+    gradient: Literal["auto", "adjoint", "autodiff"] = pydantic.Field(
+        "auto",
+        description=(
+            "How training differentiates the scan integrator: 'adjoint' runs the "
+            "hand-written discrete adjoint of Euler (euler, substeps = 1; faster, same "
+            "gradients); 'autodiff' uses JAX reverse mode (any fixed-step solver, "
+            "checkpointing); 'auto': adjoint wherever it applies and checkpointing is off."
+        ),
+    )
     checkpointing: Literal["auto", "always", "never"] = pydantic.Field(
         "auto",
         description=(
@@ -167,7 +176,26 @@ class _CTRNNFields(mechscope.Config):
                 )
             if self.substeps != 1:
                 raise ValueError("substeps applies to fixed-step integration, not adaptive=True")
+        if self.gradient == "adjoint":
+            if not (self.solver == "euler" and self.substeps == 1 and self.uses_scan):
+                raise ValueError(
+                    "gradient 'adjoint' is the adjoint of fixed-step Euler with one step per "
+                    "sample interval (solver 'euler', substeps 1, the scan integrator); use "
+                    "'autodiff' or 'auto' otherwise"
+                )
+            if self.checkpointing == "always":
+                raise ValueError(
+                    "gradient 'adjoint' keeps only the states it returns, so checkpointing "
+                    "does not apply; use checkpointing 'auto' or 'never', or gradient 'autodiff'"
+                )
         return self
+
+    def uses_adjoint(self, checkpoint_chunk: int | None) -> bool:
+        """Whether the Euler adjoint runs, given the checkpoint chunk the run would use."""
+        if self.gradient == "auto":
+            applies = self.solver == "euler" and self.substeps == 1 and self.uses_scan
+            return applies and checkpoint_chunk is None
+        return self.gradient == "adjoint"
 
     @property
     def uses_scan(self) -> bool:

@@ -13,6 +13,7 @@ Precomputing them as one [time, N] array looks cheaper but makes reverse mode st
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -23,8 +24,14 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, PyTree
 
+from mechscope_ctrnn._activations import Activation
+
 #: ``drift(x, u) -> dx/dt`` at state x and (held) input u.
 Drift = Callable[[Float[Array, " n"], Float[Array, " i"]], Float[Array, " n"]]
+
+#: One step's noise for :func:`integrate_scan`: ``(increment, draws)``, where ``draws`` are
+#: arrays with a leading step axis and ``increment(*draws_j)`` is step j's state increment.
+StepNoise = tuple[Callable[..., Float[Array, " n"]], tuple[Float[Array, "steps ..."], ...]]
 
 #: 'auto' checkpointing turns on once (solver steps × units) reaches this.
 AUTO_CHECKPOINT_SIZE = 2**18
@@ -188,7 +195,7 @@ def integrate_scan(
     x0: Float[Array, " n"],
     inputs: Float[Array, "time i"],
     times: Float[Array, " time"],
-    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+    noise: StepNoise | None,
     *,
     substeps: int,
     checkpoint_chunk: int | None,
@@ -205,19 +212,20 @@ def integrate_scan(
         x0: state at ``times[0]``.
         inputs: input at each sample time; ``inputs[k]`` is held over ``[t_k, t_{k+1})``.
         times: sample times.
-        noise: the noise source and its per-step draws (ξ, η), or None.
+        noise: ``(increment, draws)``: per-step draws (arrays with a leading step axis)
+            and the function turning one step's draws into its state increment; or None.
         substeps: solver steps per sample interval.
         checkpoint_chunk: intervals per checkpointed chunk, or None for no checkpointing.
 
     """
     n_intervals = times.shape[0] - 1
-    source, draws = None, None
+    increment, draws = None, None
     if noise is not None:
-        source, xi, eta = noise
-        draws = (xi.reshape(n_intervals, substeps, -1), eta.reshape(n_intervals, substeps, -1))
+        increment, draws = noise
+        draws = jax.tree.map(lambda a: a.reshape(n_intervals, substeps, *a.shape[1:]), tuple(draws))
 
     def control(draws_j):
-        return None if draws_j is None else HeldIncrement(source.increment(*draws_j))
+        return None if draws_j is None else HeldIncrement(increment(*draws_j))
 
     first_draws = None if draws is None else jax.tree.map(lambda a: a[0, 0], draws)
     solver_state = solver.init(
@@ -259,6 +267,160 @@ def integrate_scan(
         checkpoint_chunk,
     )
     return jnp.concatenate([x0[None], states])
+
+
+def rate_drift(
+    w_rec: Float[Array, "n n"],
+    w_in: Float[Array, "n i"],
+    bias: Float[Array, " n"],
+    activation: Activation,
+    tau: float,
+) -> Drift:
+    """``drift(x, u) = (−x + W_rec·φ(x) + W_in·u + b) / tau``, the one formula every path uses."""
+
+    def drift(x, u):
+        return (-x + w_rec @ activation.fn(x) + w_in @ u + bias) / tau
+
+    return drift
+
+
+class EulerParameters(eqx.Module):
+    """What :func:`integrate_euler_adjoint` differentiates: weights, x0 and inputs."""
+
+    w_rec: Float[Array, "n n"]
+    w_in: Float[Array, "n i"]
+    bias: Float[Array, " n"]
+    x0: Float[Array, " n"]
+    inputs: Float[Array, "time i"]
+
+
+def integrate_euler_adjoint(
+    activation: Activation,
+    tau: float,
+    parameters: EulerParameters,
+    times: Float[Array, " time"],
+    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+) -> Float[Array, "time n"]:
+    """Euler integration (one step per sample interval) with a hand-written reverse pass.
+
+    The forward pass is :func:`integrate_scan` with :class:`diffrax.Euler` and the drift of
+    :func:`rate_drift`, so the states are bit for bit those of the autodiff path. The
+    reverse pass is the discrete adjoint of
+
+        x_{k+1} = x_k + a_k·(−x_k + R_k + D_k) + N_k,
+        R_k = W_rec·φ(x_k),  D_k = W_in·u_k + b,  a_k = (t_{k+1} − t_k)/tau,
+
+    (N_k the step's noise increment): a reverse scan carries λ_k = ∂L/∂x_k with one
+    matrix-vector product per step,
+
+        λ_k = ∂L/∂S_k + (1 − a_k)·λ_{k+1} + a_k·φ'(x_k) ⊙ W_rec^T·λ_{k+1},
+
+    and hands e_k = a_k·λ_{k+1} back as the cotangent of R_k and D_k and λ_{k+1} as that of
+    N_k. R, D and N are written as whole-trial products of the weights (their values are
+    never used, so XLA drops them), so JAX's own transposes of those products give
+    ∂L/∂W_rec = Σ_k e_k φ(x_k)^T, ∂L/∂W_in, ∂L/∂b and the noise-level gradients as single
+    matrix products over trials and time. Reverse-mode autodiff of the scan instead adds a
+    rank-one update to every weight gradient inside the loop and keeps its own copies of
+    φ(x_k) and φ'(x_k); ``benchmarks/train_step.py`` measures the difference. The sample
+    times get no gradient.
+
+    Args:
+        activation: φ and φ'.
+        tau: the time constant.
+        parameters: weights, initial state and inputs.
+        times: sample times; every interval is one Euler step.
+        noise: the noise source and its per-step draws (ξ, η), or None.
+
+    Returns:
+        The state at every sample time (``[0]`` is x0).
+    """
+    frozen, frozen_noise = jax.lax.stop_gradient((parameters, noise))
+    drift = rate_drift(frozen.w_rec, frozen.w_in, frozen.bias, activation, tau)
+    step_noise = None
+    if frozen_noise is not None:
+        source, xi, eta = frozen_noise
+        step_noise = (source.increment, (xi, eta))
+    states = integrate_scan(
+        drift,
+        diffrax.Euler(),
+        frozen.x0,
+        frozen.inputs,
+        times,
+        step_noise,
+        substeps=1,
+        checkpoint_chunk=None,
+    )
+    # Gradient carriers: only their cotangents are used (see above).
+    recurrent = jax.lax.stop_gradient(activation.fn(states)) @ parameters.w_rec.T
+    drives = parameters.inputs @ parameters.w_in.T + parameters.bias
+    increments = None
+    if noise is not None:
+        source, xi, eta = noise
+        increments = source.scale * (
+            source.sigma_recurrent * xi + source.sigma_input * (eta @ source.input_weights.T)
+        )
+    step_rates = jax.lax.stop_gradient(jnp.diff(times) / tau)
+    return _with_euler_adjoint(
+        activation,
+        states,
+        recurrent,
+        drives,
+        parameters.x0,
+        increments,
+        frozen.w_rec,
+        step_rates,
+    )
+
+
+def _row(array: Float[Array, "time n"], k) -> Float[Array, " n"]:
+    # lax indexing: a traced k needs no wrap-around handling for negative indices.
+    return jax.lax.dynamic_index_in_dim(array, k, 0, keepdims=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _with_euler_adjoint(activation, states, recurrent, drives, x0, increments, w_rec, step_rates):
+    """``states``, with the Euler adjoint as the reverse pass (see integrate_euler_adjoint)."""
+    del activation, recurrent, drives, x0, increments, w_rec, step_rates
+    return states
+
+
+def _with_euler_adjoint_fwd(
+    activation, states, recurrent, drives, x0, increments, w_rec, step_rates
+):
+    del activation, recurrent, drives
+    # An empty tuple (no leaves) tells the reverse pass that there is noise to differentiate.
+    noise_marker = None if increments is None else ()
+    return states, (states, x0, noise_marker, w_rec, step_rates)
+
+
+def _with_euler_adjoint_bwd(activation, residuals, states_cotangent):
+    states, x0, noise_marker, w_rec, step_rates = residuals
+    n_steps = step_rates.shape[0]
+    slopes = activation.derivative(states)  # φ'(x_k), vectorised over the whole trial
+
+    def reverse_step(later, k):
+        adjoint = later + _row(states_cotangent, k + 1)  # λ_{k+1}
+        rate = step_rates[k]
+        earlier = adjoint - rate * adjoint + rate * (adjoint @ w_rec) * _row(slopes, k)
+        return earlier, adjoint
+
+    first, adjoints = jax.lax.scan(
+        reverse_step, jnp.zeros_like(x0), jnp.arange(n_steps), reverse=True
+    )
+    # e_k = a_k·λ_{k+1} = ∂L/∂R_k = ∂L/∂D_k; no step starts at the last sample, so its row is 0.
+    drives = jnp.concatenate([step_rates[:, None] * adjoints, jnp.zeros_like(states[:1])])
+    return (
+        jnp.zeros_like(states),
+        drives,
+        drives,
+        states_cotangent[0] + first,
+        None if noise_marker is None else adjoints,
+        jnp.zeros_like(w_rec),
+        jnp.zeros_like(step_rates),
+    )
+
+
+_with_euler_adjoint.defvjp(_with_euler_adjoint_fwd, _with_euler_adjoint_bwd)
 
 
 def integrate_diffeqsolve(
@@ -353,11 +515,15 @@ def checkpoint_chunk_for(
 
 __all__ = [
     "AUTO_CHECKPOINT_SIZE",
+    "EulerParameters",
     "GridIncrements",
     "HeldIncrement",
     "HeldInputIntegral",
     "NoiseSource",
+    "StepNoise",
     "checkpoint_chunk_for",
     "integrate_diffeqsolve",
+    "integrate_euler_adjoint",
     "integrate_scan",
+    "rate_drift",
 ]

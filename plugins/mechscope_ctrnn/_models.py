@@ -14,10 +14,13 @@ import mechscope
 from mechscope_ctrnn._activations import get_activation
 from mechscope_ctrnn._config import CTRNNConfig, EICTRNNConfig, make_solver
 from mechscope_ctrnn._integrate import (
+    EulerParameters,
     NoiseSource,
     checkpoint_chunk_for,
     integrate_diffeqsolve,
+    integrate_euler_adjoint,
     integrate_scan,
+    rate_drift,
 )
 
 
@@ -154,17 +157,16 @@ class AbstractCTRNN(mechscope.AbstractModel):
         w_rec = self.recurrent_weights()
         w_in = self.input_weights()
         bias = self.bias
-        phi = get_activation(config.activation).fn
+        activation = get_activation(config.activation)
+        phi = activation.fn
         tau = config.tau
-
-        def drift(x, u):
-            return (-x + w_rec @ phi(x) + w_in @ u + bias) / tau
+        drift = rate_drift(w_rec, w_in, bias, activation, tau)
 
         n_intervals = times.shape[0] - 1
         substeps = config.substeps
         solver = make_solver(config.solver)
 
-        noise_draws = None
+        noise_draws = source = None
         if noise is not None:
             # Convention (see the docs): one ξ per unit and one η per input channel per step,
             # drawn from the two halves of jax.random.split(key).
@@ -183,21 +185,25 @@ class AbstractCTRNN(mechscope.AbstractModel):
                 jax.random.normal(key_in, (n_steps, self.n_inputs), start.dtype),
             )
 
-        if config.uses_scan:
-            chunk = checkpoint_chunk_for(
-                config.checkpointing,
-                config.checkpoint_chunk,
-                n_intervals,
-                substeps,
-                self.n_units,
+        chunk = checkpoint_chunk_for(
+            config.checkpointing, config.checkpoint_chunk, n_intervals, substeps, self.n_units
+        )
+        if config.uses_adjoint(chunk):
+            states = integrate_euler_adjoint(
+                activation,
+                tau,
+                EulerParameters(w_rec, w_in, bias, start, inputs),
+                times,
+                noise_draws,
             )
+        elif config.uses_scan:
             states = integrate_scan(
                 drift,
                 solver,
                 start,
                 inputs,
                 times,
-                noise_draws,
+                None if noise_draws is None else (source.increment, noise_draws[1:]),
                 substeps=substeps,
                 checkpoint_chunk=chunk,
             )
@@ -288,9 +294,7 @@ class EICTRNN(AbstractCTRNN):
         """W_out, with inhibitory columns zeroed when reading out from excitatory units only."""
         if not self.config.readout_from_excitatory:
             return self.w_out
-        excitatory = (jnp.arange(self.n_units) < self.config.n_excitatory).astype(
-            self.w_out.dtype
-        )
+        excitatory = (jnp.arange(self.n_units) < self.config.n_excitatory).astype(self.w_out.dtype)
         return self.w_out * excitatory[None, :]
 
 
@@ -333,9 +337,7 @@ def resolve_device(name: str) -> jax.Device:
     return devices[position]
 
 
-def make_ctrnn(
-    config: CTRNNConfig, *, n_inputs: int, n_outputs: int, key: PRNGKeyArray
-) -> CTRNN:
+def make_ctrnn(config: CTRNNConfig, *, n_inputs: int, n_outputs: int, key: PRNGKeyArray) -> CTRNN:
     """Build a ctrnn: W_rec ~ N(0, g²/N), W_in, W_out ~ N(0, 1/fan-in), biases and x0 zero.
 
     Args:
