@@ -16,7 +16,7 @@ from mechscope_dynamics import (
     SolverSettings,
     find_fixed_points,
 )
-from mechscope_dynamics._solver import relaxation_step, representatives
+from mechscope_dynamics._solver import padded_size, relaxation_step, representatives
 
 import mechscope
 
@@ -210,6 +210,19 @@ def test_representatives_are_lowest_score_leaders_of_separated_clusters():
     # Every point is within tol of a leader (nothing is lost by merging).
     gaps = np.linalg.norm(points[:, None] - points[leaders][None], axis=-1).min(axis=1)
     assert np.all(gaps <= 0.5)
+
+
+def test_padded_sizes_cover_the_rows_with_little_waste_and_few_shapes():
+    sizes = [padded_size(m) for m in range(1, 20_001)]
+    assert all(size >= m for m, size in enumerate(sizes, start=1))
+    small = sizes[:1024]
+    assert all(size & (size - 1) == 0 and size >= 8 for size in small)  # powers of two
+    # Large row counts never run more than a quarter extra (a power of two could double them).
+    assert all(size < 1.25 * m for m, size in enumerate(sizes, start=1) if m > 1024)
+    assert padded_size(9216) == 10240
+    # Few distinct shapes: four per octave above 1,024.
+    assert len(set(sizes)) == 8 + 4 * 4 + 1  # 8…1,024, four octaves, then 20,480
+
 
 
 def test_relaxation_step_is_inverse_spectral_radius():
