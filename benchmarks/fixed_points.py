@@ -8,7 +8,8 @@ Inputs: the 8 targets' delay inputs and the zero input.
 Reference (untimed, cached): every start is solved in float64 with dense damped Newton (60
 iterations) and dense Levenberg–Marquardt (200 iterations); the union of converged zeros
 (‖f‖ ≤ 1e-7 × typical speed), made unique, is the set of zeros an exhaustive search from
-these starts finds.
+these starts finds. The benchmark also prints how many of them each method's paths reach and
+how many are reached from a single start (what makes a zero hard to find).
 
 Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
 compatibility): wall time after compilation, recall of the reference zeros, precision (reported
@@ -122,40 +123,47 @@ def reference(name, run, condition, starts, inputs):
 
     Every (input, start) pair runs 60 damped-Newton iterations and, separately, 200
     Levenberg–Marquardt iterations, both dense and in float64; every end point with
-    ‖f‖ ≤ 1e-7 × typical speed counts, made unique at 1e-4 × trajectory scale.
+    ‖f‖ ≤ 1e-7 × typical speed counts, made unique at 1e-4 × trajectory scale. Also returns,
+    per zero, how many starts reach it by each method (``[zeros, 2]``: Newton, LM).
     """
     path = CACHE / f"{name}_reference.npz"
     if path.exists():
         data = np.load(path)
-        return data["points"], data["input_index"], data["stable"]
+        if "reached_by" in data:
+            return data["points"], data["input_index"], data["stable"], data["reached_by"]
     print(f"  building the {name} reference (float64, several minutes) ...", flush=True)
     k, s = len(inputs), len(starts)
     x0 = np.tile(starts, (k, 1))
     u = np.repeat(inputs, s, axis=0)
-    index = np.repeat(np.arange(k), s)
     tol = 1e-7 * condition.speed_scale
-    found_x, found_k = [], []
+    ends = {"newton": [], "lm": []}  # per method: end points and ‖f‖ there, in row order
     with jax.enable_x64(True):
         model = _cast(run.model, jnp.float64)
         for chunk in np.array_split(np.arange(len(x0)), k):
             x_newton, speed_newton, x_lm, speed_lm = _solvers_jit(
                 model, jnp.asarray(x0[chunk]), jnp.asarray(u[chunk]), 60, 200)
-            for x, speed in ((x_newton, speed_newton), (x_lm, speed_lm)):
-                x, speed = np.asarray(x), np.asarray(speed)
-                found_x.append(x[speed <= tol])
-                found_k.append(index[chunk][speed <= tol])
-        points = np.concatenate(found_x)
-        input_index = np.concatenate(found_k)
+            ends["newton"].append((np.asarray(x_newton), np.asarray(speed_newton)))
+            ends["lm"].append((np.asarray(x_lm), np.asarray(speed_lm)))
+        index = np.repeat(np.arange(k), s)
+        method_x = [np.concatenate([x for x, _ in ends[m]]) for m in ("newton", "lm")]
+        method_ok = [np.concatenate([v for _, v in ends[m]]) <= tol for m in ("newton", "lm")]
+        points = np.concatenate([x[ok] for x, ok in zip(method_x, method_ok, strict=True)])
+        input_index = np.concatenate([index[ok] for ok in method_ok])
         near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale
         points, input_index = points[near], input_index[near]
         keep = _unique_per_input(points, input_index, np.zeros(len(points)),
                                  1e-4 * condition.scale)
         points, input_index = points[keep], input_index[keep]
+        reached_by = np.zeros((len(points), 2), dtype=int)
+        for j, (point, zero_input) in enumerate(zip(points, input_index, strict=True)):
+            for m, (x, ok) in enumerate(zip(method_x, method_ok, strict=True)):
+                close = np.linalg.norm(x - point, axis=1) <= 1e-3 * condition.scale
+                reached_by[j, m] = int(np.sum(ok & close & (index == zero_input)))
         jac = jax.vmap(lambda x, v: model.jacobian(0.0, x, v))(
             jnp.asarray(points), jnp.asarray(inputs[input_index]))
         stable = np.linalg.eigvals(np.asarray(jac)).real.max(axis=1) < 0
-    np.savez(path, points=points, input_index=input_index, stable=stable)
-    return points, input_index, stable
+    np.savez(path, points=points, input_index=input_index, stable=stable, reached_by=reached_by)
+    return points, input_index, stable, reached_by
 
 
 def score(fps, ref_points, ref_index, ref_stable, run, condition):
@@ -191,9 +199,12 @@ def main() -> None:
     for name in args.networks:
         run = trained_network(name, task)
         condition, starts, inputs = problem(run, task)
-        ref_points, ref_index, ref_stable = reference(name, run, condition, starts, inputs)
+        ref_points, ref_index, ref_stable, reached_by = reference(
+            name, run, condition, starts, inputs)
         print(f"{name}: reference has {len(ref_points)} zeros "
-              f"({ref_stable.sum()} stable) over {len(inputs)} inputs", flush=True)
+              f"({ref_stable.sum()} stable) over {len(inputs)} inputs; Newton paths reach "
+              f"{np.sum(reached_by[:, 0] > 0)}, LM paths {np.sum(reached_by[:, 1] > 0)}; "
+              f"{np.sum(reached_by.sum(1) == 1)} are reached from a single start", flush=True)
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
             settings = SolverSettings(mode=mode, golub_dt=task.dt)
