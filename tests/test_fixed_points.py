@@ -224,7 +224,6 @@ def test_padded_sizes_cover_the_rows_with_little_waste_and_few_shapes():
     assert len(set(sizes)) == 8 + 4 * 4 + 1  # 8…1,024, four octaves, then 20,480
 
 
-
 def test_relaxation_step_is_inverse_spectral_radius():
     rng = np.random.default_rng(6)
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
