@@ -16,7 +16,13 @@ from mechscope_dynamics import (
     SolverSettings,
     find_fixed_points,
 )
-from mechscope_dynamics._solver import padded_size, relaxation_step, representatives
+from mechscope_dynamics._solver import (
+    _levenberg_marquardt,
+    _representatives_tree,
+    padded_size,
+    relaxation_step,
+    representatives,
+)
 
 import mechscope
 
@@ -250,8 +256,66 @@ def test_relaxing_first_finds_the_attractors_and_only_true_zeros():
     speeds = np.linalg.norm(np.asarray(jax.vmap(
         lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))), axis=1)
     assert np.all(speeds < 1e-5)
-    # Relaxation merges the 200+ starts into few candidates before any Newton step.
-    assert fps.n_candidates < len(starts) / 4
+    # Relaxation merges the 200+ starts (end points onto the memories, plus the slowest point
+    # of each path) into fewer candidates than starts before any solver step.
+    assert fps.n_candidates < len(starts) / 2
+
+
+def test_relaxation_that_merges_nothing_falls_back_on_the_raw_starts():
+    # An unstable node: the flow carries every start away from the only zero and no two
+    # relaxed points merge, so the search must start from the raw starts (and find it).
+    rng = np.random.default_rng(8)
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    a = q @ np.diag([0.5, 1.0, 1.5, 2.0, 3.0]) @ q.T
+    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
+                       jnp.ones((5, 1), jnp.float32))
+    starts = rng.standard_normal((64, 5))
+    settings = SolverSettings(relax_steps=60)
+    fps = find_fixed_points(model, np.ones((1, 1)), starts, scale=1.0, speed_scale=1.0,
+                            settings=settings)
+    assert fps.n_candidates == len(starts)
+    expected = np.linalg.solve(a, -np.ones(5))
+    assert len(fps.points) == 1
+    np.testing.assert_allclose(fps.points[0], expected, atol=1e-9)
+    assert not fps.stable[0]
+
+
+def test_matrix_free_levenberg_marquardt_step_matches_closed_form():
+    # f(x) = A x + b with A = c·Q (Q orthogonal): AᵀA = c²I, so the trace estimate is exact
+    # and the damped step is δ = −(x − x*)/(1 + μ); with n CG steps it is solved exactly.
+    n, c, mu = 6, 3.0, 0.2
+    rng = np.random.default_rng(9)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = c * q
+    b = rng.standard_normal((n, 1))
+    x0 = rng.standard_normal((3, n))
+    u = np.array([[1.0], [-2.0], [0.5]])
+    with jax.enable_x64(True):
+        model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a), jnp.asarray(b))
+        x1, speed, damping = _levenberg_marquardt(
+            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, n, jax.random.key(0)
+        )
+    solution = -np.linalg.solve(a, b @ u.T).T  # A x* + b u = 0
+    expected = solution + (x0 - solution) * mu / (1 + mu)
+    np.testing.assert_allclose(np.asarray(x1), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(speed), c * np.linalg.norm(expected - solution, axis=1),
+                               rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
+
+
+def test_dense_representatives_agree_with_the_tree_version():
+    rng = np.random.default_rng(10)
+    centres = 3.0 * rng.standard_normal((12, 20))
+    points = np.concatenate([centres[rng.integers(0, 12, 300)]
+                             + 0.05 * rng.standard_normal((300, 20)),
+                             5.0 * rng.standard_normal((100, 20))])
+    score = rng.random(len(points))
+    for tol in (0.01, 0.3, 1.0, 2.0):
+        dense = representatives(points, score, tol)
+        np.testing.assert_array_equal(dense, _representatives_tree(points, score, tol))
+    # Clusters are ≈ 0.45 across and ≥ 10 apart: at radius 1 each collapses to one leader;
+    # the 100 scattered points (≈ 30 apart) stay.
+    assert len(representatives(points, score, 1.0)) == 12 + 100
 
 class StepTaskConfig(mechscope.Config):
     """Constant input ±level from the start; go at 3.5 s."""

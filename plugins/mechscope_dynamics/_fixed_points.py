@@ -36,14 +36,35 @@ class FixedPointsConfig(mechscope.Config):
     )
     mode: Literal["newton", "golub"] = Field(
         "newton",
-        description="'newton': relax along the flow, merge, globalised Newton on distinct "
-        "candidates with merging, optimistix polish in float64; "
+        description="'newton': relax along the flow, merge, matrix-free Levenberg–Marquardt "
+        "and globalised Newton on distinct candidates with merging, optimistix polish in "
+        "float64; "
         "'golub': FixedPointFinder compatibility (discrete map, Adam on q, |λ| < 1).",
     )
     relax_steps: int = Field(
-        0, ge=0, description="Euler steps along the flow from every start before Newton: "
-        "starts that fall into the same attractor then merge cheaply (much faster), but "
-        "saddles whose basins they pass are missed. 0 = none (finds saddles)."
+        60, ge=0, description="Euler steps along the flow from every start first. Where an "
+        "input's flow collapses the starts (attractors), the search starts from the relaxed "
+        "end points and the slowest point of each path (where it passed a saddle); elsewhere "
+        "(a chaotic flow) from the raw starts. 0 = always the raw starts."
+    )
+    relaxed_fraction: float = Field(
+        0.5, gt=0, le=1, description="Use an input's relaxed points only if, merged, they "
+        "number at most this fraction of the starts."
+    )
+    search: Literal["lm", "newton"] = Field(
+        "lm", description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
+        "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
+        "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros)."
+    )
+    lm_steps: int = Field(
+        120, ge=1, description="Most Levenberg–Marquardt iterations per candidate ('lm')."
+    )
+    lm_cg_steps: int = Field(
+        20, ge=1, description="Conjugate-gradient iterations per Levenberg–Marquardt step."
+    )
+    handoff_tol: float = Field(
+        1e-2, gt=0, description="A candidate leaves Levenberg–Marquardt for dense Newton when "
+        "‖f‖ ≤ handoff_tol × typical speed."
     )
     relax_step: float | None = Field(
         None, gt=0, description="Length of those steps; None = 1 / spectral radius of the "
@@ -125,6 +146,11 @@ class FixedPointsConfig(mechscope.Config):
             mode=self.mode,
             relax_steps=self.relax_steps,
             relax_step=self.relax_step,
+            relaxed_fraction=self.relaxed_fraction,
+            search=self.search,
+            lm_steps=self.lm_steps,
+            lm_cg_steps=self.lm_cg_steps,
+            handoff_tol=self.handoff_tol,
             newton_steps=self.newton_steps,
             newton_tol=self.newton_tol,
             stall_blocks=self.stall_blocks,

@@ -47,8 +47,19 @@ class SolverSettings:
 
     Attributes:
         mode: ``"newton"`` (the fast solver) or ``"golub"`` (FixedPointFinder compatibility).
+        search: how the fast solver brings starts near zeros before dense Newton: ``"lm"``
+            (matrix-free Levenberg–Marquardt on every candidate, then dense Newton on those
+            that come close to a zero) or ``"newton"`` (dense Newton on every candidate).
+        lm_steps: most Levenberg–Marquardt iterations per candidate (``search = "lm"``).
+        lm_cg_steps: conjugate-gradient iterations per Levenberg–Marquardt step.
+        handoff_tol: a candidate leaves Levenberg–Marquardt for dense Newton when
+            ‖f‖ ≤ handoff_tol × speed_scale.
         relax_steps: Euler steps along the flow from every start before Newton (0 = none).
         relax_step: their length; None = 1 / (spectral radius of ∂f/∂x at the centre).
+        relaxed_fraction: an input is solved from its relaxed points (end points and the
+            slowest point of each path) only if, once merged, they number at most this
+            fraction of the starts; otherwise the flow did not collapse them (e.g. a chaotic
+            network) and that input is solved from the raw starts.
         newton_steps: most float32 Newton iterations per candidate (stage 2).
         newton_tol: a candidate has converged when ‖f‖ ≤ newton_tol × speed_scale.
         stall_blocks: a candidate whose ‖f‖ has not fallen by 20 % in this many consecutive
@@ -71,8 +82,13 @@ class SolverSettings:
     """
 
     mode: str = "newton"
-    relax_steps: int = 0
+    search: str = "lm"
+    lm_steps: int = 120
+    lm_cg_steps: int = 20
+    handoff_tol: float = 1e-2
+    relax_steps: int = 60
     relax_step: float | None = None
+    relaxed_fraction: float = 0.5
     newton_steps: int = 40
     newton_tol: float = 1e-4
     stall_blocks: int = 2
@@ -158,15 +174,32 @@ def _relax(
     u: Float[Array, "m n_inputs"],
     step: float,
     steps: int,
-) -> Float[Array, "m n"]:
-    """Forward-Euler steps along the flow from every row; non-finite rows stay where they were."""
+) -> tuple[Float[Array, "m n"], Float[Array, "m n"]]:
+    """Forward-Euler steps along the flow from every row; non-finite rows stay where they were.
+
+    Returns:
+        The end points and, per row, the slowest point before the speed first rose to twice
+        its running minimum: where the path passed a saddle (or a slow region) on its way.
+        Paths that pass near a saddle leave it along its unstable manifold, so their end
+        points do not show it; the speed minimum does.
+    """
     field = jax.vmap(lambda y, v: model.vector_field(0.0, y, v))
 
-    def body(y, _):
-        moved = y + step * field(y, u)
-        return jnp.where(jnp.all(jnp.isfinite(moved), axis=1, keepdims=True), moved, y), None
+    def body(carry, _):
+        y, slowest, slowest_speed, passed = carry
+        velocity = field(y, u)
+        speed = jnp.sum(velocity**2, axis=1)
+        slower = (speed < slowest_speed) & ~passed
+        slowest = jnp.where(slower[:, None], y, slowest)
+        slowest_speed = jnp.where(slower, speed, slowest_speed)
+        passed = passed | (speed > 4.0 * slowest_speed)
+        moved = y + step * velocity
+        y = jnp.where(jnp.all(jnp.isfinite(moved), axis=1, keepdims=True), moved, y)
+        return (y, slowest, slowest_speed, passed), None
 
-    return jax.lax.scan(body, x, None, length=steps)[0]
+    init = (x, x, jnp.full(x.shape[0], jnp.inf, x.dtype), jnp.zeros(x.shape[0], bool))
+    end, slowest, _, _ = jax.lax.scan(body, init, None, length=steps)[0]
+    return end, slowest
 
 
 _relax_jit = eqx.filter_jit(_relax)
@@ -186,7 +219,84 @@ def relaxation_step(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2: globalised dense Newton on the distinct candidates.
+# Stage 2a: matrix-free Levenberg–Marquardt on every candidate.
+
+
+def _levenberg_marquardt(
+    model: mechscope.AbstractModel,
+    x: Float[Array, "m n"],
+    u: Float[Array, "m n_inputs"],
+    damping: Float[Array, " m"],
+    steps: int,
+    cg_steps: int,
+    key: Array,
+) -> tuple[Float[Array, "m n"], Float[Array, " m"], Float[Array, " m"]]:
+    """`steps` Levenberg–Marquardt iterations from every row, without forming Jacobians.
+
+    Each iteration solves (JᵀJ + μ·tr(JᵀJ)/n·I) δ = −Jᵀf with `cg_steps` conjugate-gradient
+    iterations, where J·v and Jᵀ·w are the vector field's JVP and VJP over the whole batch (for
+    a recurrent network, one matrix product with the shared weights each, instead of a dense
+    factorisation per row). The step is taken if it lowers ‖f‖ (μ ← 0.3μ), else μ ← 10μ.
+    tr(JᵀJ) is estimated once per call from eight random sign vectors (E‖Jz‖² = tr(JᵀJ)).
+
+    Returns:
+        End points, ‖f‖ there, and the damping μ to continue with.
+    """
+
+    def field(y):
+        return jax.vmap(lambda row, v: model.vector_field(0.0, row, v))(y, u)
+
+    def squared_speed(y):
+        value = jnp.sum(field(y) ** 2, axis=1)
+        return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+    _, jvp = jax.linearize(field, x)
+    probes = jax.random.rademacher(key, (8, *x.shape), dtype=x.dtype)
+    trace = jnp.mean(jax.vmap(lambda z: jnp.sum(jvp(z) ** 2, axis=1))(probes), axis=0)
+    scale = trace / x.shape[1] + jnp.finfo(x.dtype).tiny
+
+    def iteration(carry, _):
+        y, q, mu = carry
+        residual, jvp = jax.linearize(field, y)
+        vjp = jax.linear_transpose(jvp, y)
+        shift = (mu * scale)[:, None]
+
+        def normal(p):
+            return vjp(jvp(p))[0] + shift * p
+
+        def conjugate_gradient(state, _):
+            delta, r, p, rr = state
+            normal_p = normal(p)
+            alpha = rr / jnp.maximum(jnp.sum(p * normal_p, axis=1), jnp.finfo(y.dtype).tiny)
+            delta = delta + alpha[:, None] * p
+            r = r - alpha[:, None] * normal_p
+            rr_next = jnp.sum(r * r, axis=1)
+            p = r + (rr_next / jnp.maximum(rr, jnp.finfo(y.dtype).tiny))[:, None] * p
+            return (delta, r, p, rr_next), None
+
+        rhs = -vjp(residual)[0]
+        init = (jnp.zeros_like(y), rhs, rhs, jnp.sum(rhs * rhs, axis=1))
+        (delta, *_), _ = jax.lax.scan(conjugate_gradient, init, None, length=cg_steps)
+        delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=1, keepdims=True), delta, 0.0)
+        q_trial = squared_speed(y + delta)
+        better = q_trial < q
+        return (
+            jnp.where(better[:, None], y + delta, y),
+            jnp.where(better, q_trial, q),
+            jnp.where(better, 0.3 * mu, jnp.minimum(10.0 * mu, 1e20)),
+        ), None
+
+    (x, q, damping), _ = jax.lax.scan(
+        iteration, (x, squared_speed(x), damping), None, length=steps
+    )
+    return x, jnp.sqrt(q), damping
+
+
+_levenberg_marquardt_jit = eqx.filter_jit(_levenberg_marquardt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2b: globalised dense Newton on the distinct candidates.
 
 
 def _newton(
@@ -268,19 +378,50 @@ def _padded(function, model, x: np.ndarray, u: np.ndarray, dtype, *args):
 # Merging and unique-ing.
 
 
+def _neighbours(points: np.ndarray, tol: float, block: int = 2048):
+    """Boolean ``[m, m]`` matrix of pairs within `tol` (dense, from matrix products).
+
+    In the state spaces here (tens to hundreds of dimensions) a k-d tree degenerates to brute
+    force in Python-level loops; one matrix product per block of rows is much faster.
+    """
+    squared = np.sum(points**2, axis=1)
+    near = np.empty((len(points), len(points)), dtype=bool)
+    for lo in range(0, len(points), block):
+        rows = points[lo : lo + block]
+        distance = squared[lo : lo + block, None] + squared[None, :] - 2.0 * rows @ points.T
+        near[lo : lo + block] = distance <= tol**2
+    return near
+
+
 def representatives(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
     """Leaders of a greedy clustering of `points` ``[m, n]`` at radius `tol`, sorted.
 
     Points are visited by increasing `score`; each point not yet claimed becomes a leader and
-    claims every unclaimed point within `tol` of it. Only leaders query the tree, so a dense
-    cluster of thousands of points costs one query (all-pairs neighbour lists would cost
-    millions).
+    claims every unclaimed point within `tol` of it. Points with no neighbour lead themselves
+    at once; only the others take the greedy pass.
     """
     m = len(points)
     if m == 0:
         return np.zeros(0, dtype=int)
+    if m > 8192:  # keep the dense neighbour matrix under 64 MB
+        return _representatives_tree(points, score, tol)
+    near = _neighbours(points, tol)
+    alone = near.sum(axis=1) <= 1
+    claimed = alone.copy()
+    leaders = list(np.flatnonzero(alone))
+    for i in np.argsort(score, kind="stable"):
+        if claimed[i]:
+            continue
+        leaders.append(i)
+        claimed |= near[i]
+        claimed[i] = True
+    return np.sort(np.asarray(leaders, dtype=int))
+
+
+def _representatives_tree(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
+    """:func:`representatives` with a k-d tree (for many points; only leaders query it)."""
     tree = cKDTree(points)
-    claimed = np.zeros(m, dtype=bool)
+    claimed = np.zeros(len(points), dtype=bool)
     leaders = []
     for i in np.argsort(score, kind="stable"):
         if claimed[i]:
@@ -434,6 +575,110 @@ def _near_known(x, row_input, known_x, known_k, radius) -> np.ndarray:
     return near
 
 
+def _prefer_relaxed(
+    model: mechscope.AbstractModel,
+    x: np.ndarray,
+    row_input: np.ndarray,
+    relaxed: np.ndarray,
+    inputs: np.ndarray,
+    merge_radius: float,
+    dtype: jnp.dtype,
+    most: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per input, the relaxed candidates where the flow merged them, else the raw starts.
+
+    Where an input's flow is dominated by attractors, relaxation collapses the starts onto a
+    few points (plus the saddles they passed) and the search need only solve from those.
+    Where it is not (a chaotic flow), relaxed points stay as many as the starts and are worse
+    starting points than the starts themselves (they sit on the attractor, far from the
+    unstable zeros), so that input keeps its raw starts.
+
+    Args:
+        model: the model.
+        x: raw starts, one row per (input, start) pair.
+        row_input: input of each row.
+        relaxed: ``[2, rows, n]``: each row's end point and slowest point after relaxation.
+        inputs: the constant inputs.
+        merge_radius: candidates closer than this are merged.
+        dtype: working dtype.
+        most: the most distinct relaxed candidates an input may have to use them.
+
+    Returns:
+        The rows to search from and their inputs.
+    """
+    relaxed_x = relaxed.reshape(-1, relaxed.shape[-1])
+    relaxed_k = np.tile(row_input, 2)
+    norm = _padded(_norms_jit, model, relaxed_x, inputs[relaxed_k], dtype)
+    keep = _merge_indices(relaxed_x, relaxed_k, norm, merge_radius)
+    use = np.bincount(relaxed_k[keep], minlength=len(inputs)) <= most
+    keep = keep[use[relaxed_k[keep]]]
+    raw = ~use[row_input]
+    return (
+        np.concatenate([x[raw], relaxed_x[keep]]),
+        np.concatenate([row_input[raw], relaxed_k[keep]]),
+    )
+
+
+def _lm_search(
+    model: mechscope.AbstractModel,
+    x: np.ndarray,
+    row_input: np.ndarray,
+    inputs: np.ndarray,
+    settings: SolverSettings,
+    handoff: float,
+    merge_radius: float,
+    dtype: jnp.dtype,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Matrix-free Levenberg–Marquardt on every row until it comes within `handoff` of a zero.
+
+    After every block of iterations, rows with ‖f‖ ≤ `handoff` leave (for dense Newton); rows
+    that come within `merge_radius` of a row that left, or of each other, are merged.
+
+    Returns:
+        ``(points, input index, ‖f‖)`` of the rows that came close, and of those that did not
+        within ``settings.lm_steps`` iterations (slow-point candidates).
+    """
+    close_x, close_k, close_norm = [], [], []
+    damping = np.full(len(x), 1e-2)
+    norm = np.full(len(x), np.inf)
+    key = jax.random.key(0)
+    done = 0
+    while done < settings.lm_steps and len(x):
+        m = len(x)
+        # Short blocks while the batch is large (rows leave and merge between blocks); long
+        # ones for the few rows left (each call has a fixed cost).
+        steps = min(4 if m > 256 else 16, settings.lm_steps - done)
+        size = padded_size(m)
+
+        def padded(a, m=m, size=size):
+            return jnp.asarray(np.concatenate([a, np.repeat(a[:1], size - m, axis=0)]), dtype)
+
+        out = _levenberg_marquardt_jit(
+            model, padded(x), padded(inputs[row_input]), padded(damping),
+            steps, settings.lm_cg_steps, jax.random.fold_in(key, done),
+        )
+        done += steps
+        new_x, new_norm, damping = (np.asarray(a, np.float64)[:m] for a in out)
+        finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
+        x, norm = np.where(finite[:, None], new_x, x), np.where(finite, new_norm, norm)
+        close = norm <= handoff
+        close_x.append(x[close])
+        close_k.append(row_input[close])
+        close_norm.append(norm[close])
+        going = np.flatnonzero(~close)
+        going = going[~_near_known(x[going], row_input[going], close_x, close_k, merge_radius)]
+        going = going[_merge_indices(x[going], row_input[going], norm[going], merge_radius)]
+        x, row_input, norm, damping = x[going], row_input[going], norm[going], damping[going]
+    n = x.shape[1]
+    close = (
+        np.concatenate(close_x) if close_x else np.zeros((0, n)),
+        np.concatenate(close_k).astype(int) if close_k else np.zeros(0, dtype=int),
+        np.concatenate(close_norm) if close_norm else np.zeros(0),
+    )
+    return close, (x, row_input, norm)
+
+
+
 def find_fixed_points(
     model: mechscope.AbstractModel,
     inputs: Float[Array, "k n_inputs"],
@@ -474,26 +719,43 @@ def find_fixed_points(
     u = inputs_np[row_input]
 
     # Stage 1: every (input, start) pair relaxes along the flow in one compiled call; starts
-    # that fall into the same attractor end up together and are merged below.
+    # that fall into the same attractor end up together and are merged.
+    merge_radius = settings.merge_tol * scale
     if settings.relax_steps > 0 and len(x):
         # One step length for all inputs: the spectrum at the centroid sets the time scale
         # (for a CT-RNN the Jacobian does not depend on the input at all).
         step = settings.relax_step or relaxation_step(model, center_np, inputs_np[-1])
-        x = _padded(
+        relaxed = _padded(
             _relax_jit, model, x, u, dtype32, jnp.asarray(step, dtype32), settings.relax_steps
         )
-    merge_radius = settings.merge_tol * scale
+        x, row_input = _prefer_relaxed(
+            model, x, row_input, np.stack(relaxed), inputs_np, merge_radius, dtype32,
+            settings.relaxed_fraction * s,
+        )
     converged_radius = settings.unique_tol * scale * 10
     newton_tol = settings.newton_tol * speed_scale
-    norm = _padded(_norms_jit, model, x, u, dtype32)
+    norm = _padded(_norms_jit, model, x, inputs_np[row_input], dtype32)
     keep = _merge_indices(x, row_input, norm, merge_radius)
     x, row_input, norm = x[keep], row_input[keep], norm[keep]
     n_candidates = len(x)
 
-    # Stage 2: globalised float32 Newton on the distinct candidates. After every block of
+    found_x, found_k, slow_x, slow_k, slow_norm = [], [], [], [], []
+    # Stage 2a: matrix-free Levenberg–Marquardt brings every candidate near a zero (or a
+    # minimum of q that is not one); only those that come close go on to dense Newton.
+    if settings.search == "lm" and len(x):
+        (x, row_input, norm), (far_x, far_k, far_norm) = _lm_search(
+            model, x, row_input, inputs_np, settings, settings.handoff_tol * speed_scale,
+            merge_radius, dtype32,
+        )
+        slow_x.append(far_x)
+        slow_k.append(far_k)
+        slow_norm.append(far_norm)
+        keep = _merge_indices(x, row_input, norm, merge_radius)
+        x, row_input, norm = x[keep], row_input[keep], norm[keep]
+
+    # Stage 2b: globalised float32 Newton on the distinct candidates. After every block of
     # iterations, converged rows leave; rows that reach an already converged point, or each
     # other, are merged; rows that stop making progress are kept as slow-point candidates.
-    found_x, found_k, slow_x, slow_k, slow_norm = [], [], [], [], []
     stalled_blocks = np.zeros(len(x), dtype=int)
     block = 2
     for _ in range(0, settings.newton_steps, block):
