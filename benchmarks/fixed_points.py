@@ -9,14 +9,17 @@ Reference (untimed, cached): every start is solved in float64 with dense damped 
 iterations) and dense Levenberg–Marquardt (200 iterations); the union of converged zeros
 (‖f‖ ≤ 1e-7 × typical speed), made unique, is the set of zeros an exhaustive search from
 these starts finds. The benchmark also prints how many of them each method's paths reach and
-how many are reached from a single start (what makes a zero hard to find).
+how many are reached from a single start (what makes a zero hard to find). With
+``--other-starts`` it builds the same reference from 1,024 other starts drawn the same way and
+prints how many of the reference's zeros that finds: how much of the reference belongs to the
+network rather than to the particular starts.
 
 Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
 compatibility): wall time after compilation, recall of the reference zeros, precision (reported
 points that are true zeros in float64) and stability-label agreement.
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
-[--repeats 3]``.
+[--repeats 3] [--other-starts]``.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.Traine
     return run
 
 
-def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: int = 1024):
+def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: int = 1024,
+            seed: int = 0):
     condition = condition_run(run.model, task)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     flat = condition.states.reshape(-1, condition.states.shape[-1])
     starts = flat[rng.integers(0, len(flat), n_starts)] + 0.5 * rng.standard_normal(
         (n_starts, flat.shape[1]))
@@ -119,7 +123,7 @@ def _dense_solvers(model, x, u, newton_steps: int, lm_steps: int):
 _solvers_jit = eqx.filter_jit(jax.vmap(_dense_solvers, in_axes=(None, 0, 0, None, None)))
 
 
-def reference(name, run, condition, starts, inputs):
+def reference(name, run, condition, starts, inputs, tag=""):
     """Zeros an exhaustive float64 search from every start finds (cached; slow: minutes).
 
     Every (input, start) pair runs 60 damped-Newton iterations and, separately, 200
@@ -127,7 +131,7 @@ def reference(name, run, condition, starts, inputs):
     ‖f‖ ≤ 1e-7 × typical speed counts, made unique at 1e-4 × trajectory scale. Also returns,
     per zero, how many starts reach it by each method (``[zeros, 2]``: Newton, LM).
     """
-    path = CACHE / f"{name}_reference.npz"
+    path = CACHE / f"{name}_reference{tag}.npz"
     if path.exists():
         data = np.load(path)
         if "reached_by" in data:
@@ -193,6 +197,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
     parser.add_argument("--no-golub", action="store_true")
+    parser.add_argument("--other-starts", action="store_true",
+                        help="also build the reference from other starts (seed 1; cached, "
+                        "minutes) and print how many reference zeros it finds")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per network (median reported; golub runs once)")
     args = parser.parse_args()
@@ -208,6 +215,20 @@ def main() -> None:
               f"({ref_stable.sum()} stable) over {len(inputs)} inputs; Newton paths reach "
               f"{np.sum(reached_by[:, 0] > 0)}, LM paths {np.sum(reached_by[:, 1] > 0)}; "
               f"{np.sum(reached_by.sum(1) == 1)} are reached from a single start", flush=True)
+        if args.other_starts:
+            # How much of the reference is a property of the network and how much of the
+            # particular starts: the same exhaustive search from 1,024 other starts drawn the
+            # same way (another seed).
+            _, other_starts, _ = problem(run, task, seed=1)
+            other_points, other_index, _, _ = reference(
+                name, run, condition, other_starts, inputs, tag="_seed1")
+            shared = sum(
+                np.any(np.linalg.norm(other_points[other_index == k] - point, axis=1)
+                       <= 1e-3 * condition.scale)
+                for point, k in zip(ref_points, ref_index, strict=True))
+            print(f"  the same search from other starts (seed 1) finds {len(other_points)} "
+                  f"zeros, {shared} of the reference's {len(ref_points)} "
+                  f"(recall {shared / max(len(ref_points), 1):.2f})", flush=True)
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
             settings = SolverSettings(mode=mode, golub_dt=task.dt)

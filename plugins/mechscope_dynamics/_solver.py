@@ -3,15 +3,21 @@
 The fast solver (``mode = "newton"``) spends dense linear algebra only on distinct candidates:
 
 1. *Relax*: every (input, start) pair takes ``relax_steps`` Euler steps along the flow, all in
-   one compiled call (one matrix product per step). Starts in the basin of an attractor
-   collapse onto it; starts near saddles, on slow manifolds or on cycles stay apart.
-2. *Newton with merging*: per input, candidates closer than ``merge_tol`` × (trajectory
-   scale) are merged, and the distinct ones take globalised float32 Newton iterations (line
-   search with a Cauchy-step fallback) in blocks of two. After each block, converged
-   candidates (‖f‖ ≤ ``newton_tol`` × typical speed) leave, candidates that reached a converged
-   point or each other are merged, and candidates that stop making progress are set aside as
-   slow-point candidates. The batch shrinks as the search goes on.
-3. *Polish*: converged candidates are solved to machine precision in float64 with optimistix
+   one compiled call (one matrix product per step); each path gives its end point and its
+   slowest point (where it passed a saddle). Per input, if these merge into few candidates
+   (an attractor-dominated flow) the search starts from them, else from the raw starts.
+2. *Matrix-free Levenberg–Marquardt* (``search = "lm"``): per input, candidates closer than
+   ``merge_tol`` × (trajectory scale) are merged, and the distinct ones take LM steps whose
+   normal equations are solved by conjugate gradients on the vector field's batched JVP and
+   VJP (for a recurrent network, matrix products with the shared weights). Candidates that
+   come within ``handoff_tol`` × (typical speed) of a zero leave for dense Newton; the others
+   merge with each other as they meet.
+3. *Newton with merging*: the candidates that came close take globalised float32 Newton
+   iterations (line search with a Cauchy-step fallback) in blocks of two. After each block,
+   converged candidates (‖f‖ ≤ ``newton_tol`` × typical speed) leave, candidates that reached
+   a converged point or each other are merged, and candidates that stop making progress are
+   set aside as slow-point candidates. The batch shrinks as the search goes on.
+4. *Polish*: converged candidates are solved to machine precision in float64 with optimistix
    (Newton, then Levenberg–Marquardt for those Newton did not converge, then BFGS on
    q = ½‖f‖²); slow-point candidates with ‖f‖ ≤ ``slow_tol`` × speed minimise q with BFGS.
    A point is a fixed point only if ‖f‖ ≤ ``fixed_tol`` × (typical speed along
@@ -384,7 +390,12 @@ def _neighbours(points: np.ndarray, tol: float, block: int = 2048):
     In the state spaces here (tens to hundreds of dimensions) a k-d tree degenerates to brute
     force in Python-level loops; one matrix product per block of rows is much faster.
     """
+    points = points - points.mean(axis=0)
     squared = np.sum(points**2, axis=1)
+    # float32 products are twice as fast; their rounding of ‖a‖² + ‖b‖² − 2a·b (≈ 1e-7 of the
+    # squared norms, ≤ 4 % of tol² here) is negligible unless `tol` is tiny next to the spread.
+    if tol**2 > 5e-6 * squared.max(initial=0.0):
+        points, squared = points.astype(np.float32), squared.astype(np.float32)
     near = np.empty((len(points), len(points)), dtype=bool)
     for lo in range(0, len(points), block):
         rows = points[lo : lo + block]
@@ -808,7 +819,7 @@ def find_fixed_points(
             wide, found_x, inputs_np[found_k], settings, threshold, dtype
         )
         polished_slow, speed_slow = _polish(
-            wide, slow_x, inputs_np[slow_k], settings, threshold, dtype, plan=(("bfgs", 2),)
+            wide, slow_x, inputs_np[slow_k], settings, threshold, dtype, plan=(("bfgs", 1),)
         )
         polished = np.concatenate([polished_found, polished_slow])
         speed = np.concatenate([speed_found, speed_slow])
