@@ -368,13 +368,16 @@ def padded_size(m: int) -> int:
     return size // 2 + quarter * math.ceil((m - size // 2) / quarter)
 
 
+def _pad_rows(a: np.ndarray, size: int, dtype) -> Array:
+    """`a` with its first row repeated up to `size` rows, as a JAX array of `dtype`."""
+    return jnp.asarray(np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)]), dtype)
+
+
 def _padded(function, model, x: np.ndarray, u: np.ndarray, dtype, *args):
     """Call a row-wise compiled `function` on rows padded to :func:`padded_size` rows."""
     m = len(x)
     size = padded_size(m)
-    xs = np.concatenate([x, np.repeat(x[:1], size - m, axis=0)])
-    us = np.concatenate([u, np.repeat(u[:1], size - m, axis=0)])
-    out = function(model, jnp.asarray(xs, dtype), jnp.asarray(us, dtype), *args)
+    out = function(model, _pad_rows(x, size, dtype), _pad_rows(u, size, dtype), *args)
     if isinstance(out, tuple):
         return tuple(np.asarray(part, np.float64)[:m] for part in out)
     return np.asarray(out, np.float64)[:m]
@@ -660,13 +663,10 @@ def _lm_search(
         # ones for the few rows left (each call has a fixed cost).
         steps = min(4 if m > 256 else 16, settings.lm_steps - done)
         size = padded_size(m)
-
-        def padded(a, m=m, size=size):
-            return jnp.asarray(np.concatenate([a, np.repeat(a[:1], size - m, axis=0)]), dtype)
-
         out = _levenberg_marquardt_jit(
-            model, padded(x), padded(inputs[row_input]), padded(damping),
-            steps, settings.lm_cg_steps, jax.random.fold_in(key, done),
+            model, _pad_rows(x, size, dtype), _pad_rows(inputs[row_input], size, dtype),
+            _pad_rows(damping, size, dtype), steps, settings.lm_cg_steps,
+            jax.random.fold_in(key, done),
         )
         done += steps
         new_x, new_norm, damping = (np.asarray(a, np.float64)[:m] for a in out)
@@ -687,7 +687,6 @@ def _lm_search(
         np.concatenate(close_norm) if close_norm else np.zeros(0),
     )
     return close, (x, row_input, norm)
-
 
 
 def find_fixed_points(
