@@ -171,18 +171,23 @@ def reference(name, run, condition, starts, inputs, tag=""):
     return points, input_index, stable, reached_by
 
 
+def match(points, input_index, point, k, tol):
+    """Row of `points` (of input `k`) nearest `point` if within `tol`, else None."""
+    rows = np.flatnonzero(input_index == k)
+    if len(rows) == 0:
+        return None
+    gaps = np.linalg.norm(points[rows] - point, axis=1)
+    j = int(np.argmin(gaps))
+    return int(rows[j]) if gaps[j] <= tol else None
+
+
 def score(fps, ref_points, ref_index, ref_stable, run, condition):
-    match_tol = 1e-3 * condition.scale
     hits, labels_right = 0, 0
     for point, k, stable in zip(ref_points, ref_index, ref_stable, strict=True):
-        rows = fps.for_input(k)
-        if len(rows) == 0:
-            continue
-        gaps = np.linalg.norm(fps.points[rows] - point, axis=1)
-        j = int(np.argmin(gaps))
-        if gaps[j] <= match_tol:
+        row = match(fps.points, fps.input_index, point, k, 1e-3 * condition.scale)
+        if row is not None:
             hits += 1
-            labels_right += int(bool(fps.stable[rows[j]]) == bool(stable))
+            labels_right += int(bool(fps.stable[row]) == bool(stable))
     with jax.enable_x64(True):
         model = _cast(run.model, jnp.float64)
         speed = np.linalg.norm(np.asarray(jax.vmap(lambda x, u: model.vector_field(0.0, x, u))(
@@ -223,8 +228,7 @@ def main() -> None:
             other_points, other_index, _, _ = reference(
                 name, run, condition, other_starts, inputs, tag="_seed1")
             shared = sum(
-                np.any(np.linalg.norm(other_points[other_index == k] - point, axis=1)
-                       <= 1e-3 * condition.scale)
+                match(other_points, other_index, point, k, 1e-3 * condition.scale) is not None
                 for point, k in zip(ref_points, ref_index, strict=True))
             print(f"  the same search from other starts (seed 1) finds {len(other_points)} "
                   f"zeros, {shared} of the reference's {len(ref_points)} "
