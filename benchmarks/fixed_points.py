@@ -12,19 +12,23 @@ these starts finds. The benchmark also prints how many of them each method's pat
 how many are reached from a single start (what makes a zero hard to find). With
 ``--other-starts`` it builds the same reference from 1,024 other starts drawn the same way and
 prints how many of the reference's zeros that finds: how much of the reference belongs to the
-network rather than to the particular starts.
+network rather than to the particular starts. With ``--branches`` it follows every reference
+zero of a target input along its branch of zeros as the input turns around the circle of
+target inputs (pseudo-arclength continuation, float64) and prints how many distinct zeros of
+the 8 target inputs those branches carry: how large the set is that the reference samples.
 
 Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
 compatibility): wall time after compilation, recall of the reference zeros, precision (reported
 points that are true zeros in float64) and stability-label agreement.
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
-[--repeats 3] [--other-starts]``.
+[--repeats 3] [--other-starts] [--branches]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -171,6 +175,101 @@ def reference(name, run, condition, starts, inputs, tag=""):
     return points, input_index, stable, reached_by
 
 
+def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 500):
+    """Zeros of the target inputs on the branches through `points` (pseudo-arclength).
+
+    The 8 target inputs lie on the unit circle u(θ) = (cos θ, sin θ, 0). Every point of a
+    target input starts two branches of zeros of f(x, u(θ)) in (x / scale, θ), one per
+    direction, followed with a tangent predictor and four Newton corrections on the
+    arclength-augmented system (so folds, where a branch turns back in θ, are passed). Where a
+    branch crosses a target angle, the interpolated state is solved by Newton at that input.
+    A branch ends when it closes on itself, its step falls below 1e-4 or it leaves the region
+    of the outlier rule (10 × scale from the centre).
+
+    Returns:
+        Unique zeros (‖f‖ ≤ 1e-7 × typical speed, at 1e-4 × scale), their input indices, and
+        how many of `points` belong to target inputs (the branches' starting points).
+    """
+    n, scale = points.shape[1], condition.scale
+    on_circle = np.isclose(np.linalg.norm(inputs[:, :2], axis=1), 1.0) & (inputs[:, 2] == 0)
+    targets = np.flatnonzero(on_circle)
+    angles = np.arctan2(inputs[targets, 1], inputs[targets, 0])
+    tol = 1e-7 * condition.speed_scale
+    with jax.enable_x64(True):
+        model = _cast(run.model, jnp.float64)
+
+        def u_of(theta):
+            return jnp.stack([jnp.cos(theta), jnp.sin(theta), jnp.zeros_like(theta)])
+
+        def field(y):  # y = (x / scale, θ)
+            return model.vector_field(0.0, y[:n] * scale, u_of(y[n]))
+
+        def bordered(y, direction):  # [∂f/∂y; direction], (n + 1) × (n + 1)
+            return jnp.concatenate([jax.jacfwd(field)(y), direction[None]], axis=0)
+
+        @jax.jit
+        @jax.vmap
+        def step(y, previous, length):
+            tangent = jnp.linalg.solve(bordered(y, previous), jnp.zeros(n + 1).at[n].set(1.0))
+            tangent = tangent / jnp.linalg.norm(tangent)
+            predicted = y + length * tangent
+
+            def correct(z, _):
+                residual = jnp.append(field(z), tangent @ (z - predicted))
+                return z - jnp.linalg.solve(bordered(z, tangent), residual), None
+
+            z, _ = jax.lax.scan(correct, predicted, None, length=4)
+            return z, tangent, jnp.linalg.norm(field(z))
+
+        @jax.jit
+        @jax.vmap
+        def newton(x, theta):
+            def iteration(x, _):
+                u = u_of(theta)
+                return x - jnp.linalg.solve(model.jacobian(0.0, x, u),
+                                            model.vector_field(0.0, x, u)), None
+
+            x, _ = jax.lax.scan(iteration, x, None, length=8)
+            return x, jnp.linalg.norm(model.vector_field(0.0, x, u_of(theta)))
+
+        rows = np.flatnonzero(np.isin(input_index, targets))
+        theta = angles[np.searchsorted(targets, input_index[rows])]
+        y = np.tile(np.concatenate([points[rows] / scale, theta[:, None]], axis=1), (2, 1))
+        previous = np.zeros_like(y)
+        previous[:, n] = np.repeat([1.0, -1.0], len(rows))
+        origin, length = y.copy(), np.full(len(y), 0.05)
+        travelled, alive = np.zeros(len(y)), np.ones(len(y), dtype=bool)
+        crossings, crossing_input = [], []
+        for _ in range(max_steps):
+            z, tangent, speed = (np.asarray(a) for a in step(y, previous, length))
+            ok = alive & np.isfinite(speed) & (speed <= 1e-6 * condition.speed_scale)
+            ok &= np.linalg.norm(z - y, axis=1) <= 3 * length
+            for b in np.flatnonzero(ok):
+                lo, hi = sorted((y[b, n], z[b, n]))
+                for j, angle in enumerate(angles):
+                    for turn in range(math.ceil((lo - angle) / (2 * np.pi)),
+                                      math.floor((hi - angle) / (2 * np.pi)) + 1):
+                        at = angle + 2 * np.pi * turn
+                        w = (at - y[b, n]) / (z[b, n] - y[b, n])
+                        crossings.append(((1 - w) * y[b, :n] + w * z[b, :n]) * scale)
+                        crossing_input.append(j)
+            travelled += np.where(ok, length, 0.0)
+            y, previous = np.where(ok[:, None], z, y), np.where(ok[:, None], tangent, previous)
+            length = np.where(ok, np.minimum(1.3 * length, 0.3), 0.5 * length)
+            closed = (np.linalg.norm(y - origin, axis=1) < 0.02) & (travelled > 0.5)
+            inside = np.linalg.norm(y[:, :n] * scale - condition.center, axis=1) <= 10 * scale
+            alive &= ~closed & (length >= 1e-4) & inside
+            if not alive.any():
+                break
+        crossing_input = np.asarray(crossing_input, dtype=int)
+        x, speed = (np.asarray(a) for a in newton(np.asarray(crossings),
+                                                  angles[crossing_input]))
+        zero = speed <= tol
+        x, k = x[zero], targets[crossing_input[zero]]
+    keep = _unique_per_input(x, k, np.zeros(len(x)), 1e-4 * scale)
+    return x[keep], k[keep], len(rows)
+
+
 def match(points, input_index, point, k, tol):
     """Row of `points` (of input `k`) nearest `point` if within `tol`, else None."""
     rows = np.flatnonzero(input_index == k)
@@ -205,6 +304,9 @@ def main() -> None:
     parser.add_argument("--other-starts", action="store_true",
                         help="also build the reference from other starts (seed 1; cached, "
                         "minutes) and print how many reference zeros it finds")
+    parser.add_argument("--branches", action="store_true",
+                        help="also follow the reference zeros along branches around the circle "
+                        "of target inputs and print how many zeros those carry (about a minute)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per network (median reported; golub runs once)")
     args = parser.parse_args()
@@ -233,6 +335,17 @@ def main() -> None:
             print(f"  the same search from other starts (seed 1) finds {len(other_points)} "
                   f"zeros, {shared} of the reference's {len(ref_points)} "
                   f"(recall {shared / max(len(ref_points), 1):.2f})", flush=True)
+        if args.branches:
+            start = time.perf_counter()
+            branch_points, branch_index, on_targets = branch_zeros(
+                run, condition, ref_points, ref_index, inputs)
+            shared = sum(
+                match(branch_points, branch_index, point, k, 1e-3 * condition.scale)
+                is not None for point, k in zip(ref_points, ref_index, strict=True))
+            print(f"  the branches through the reference's {on_targets} zeros of target inputs "
+                  f"carry {len(branch_points)} zeros of those inputs "
+                  f"({shared} of them reference zeros; "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
             settings = SolverSettings(mode=mode, golub_dt=task.dt)
