@@ -589,6 +589,25 @@ def _near_known(x, row_input, known_x, known_k, radius) -> np.ndarray:
     return near
 
 
+def _survivors(
+    x: np.ndarray,
+    row_input: np.ndarray,
+    norm: np.ndarray,
+    leaving: np.ndarray,
+    known_x: list[np.ndarray],
+    known_k: list[np.ndarray],
+    merge_radius: float,
+) -> np.ndarray:
+    """Rows that go on to the next block of a search, sorted.
+
+    These are the rows not `leaving`, minus those within `merge_radius` of a known point of
+    their input (they would find it again), one per cluster of the rest (lowest ‖f‖ leads).
+    """
+    going = np.flatnonzero(~leaving)
+    going = going[~_near_known(x[going], row_input[going], known_x, known_k, merge_radius)]
+    return going[_merge_indices(x[going], row_input[going], norm[going], merge_radius)]
+
+
 def _prefer_relaxed(
     model: mechscope.AbstractModel,
     x: np.ndarray,
@@ -598,7 +617,7 @@ def _prefer_relaxed(
     merge_radius: float,
     dtype: jnp.dtype,
     most: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per input, the relaxed candidates where the flow merged them, else the raw starts.
 
     Where an input's flow is dominated by attractors, relaxation collapses the starts onto a
@@ -618,18 +637,23 @@ def _prefer_relaxed(
         most: the most distinct relaxed candidates an input may have to use them.
 
     Returns:
-        The rows to search from and their inputs.
+        The rows to search from, their inputs and ‖f‖ there.
     """
     relaxed_x = relaxed.reshape(-1, relaxed.shape[-1])
     relaxed_k = np.tile(row_input, 2)
-    norm = _padded(_norms_jit, model, relaxed_x, inputs[relaxed_k], dtype)
-    keep = _merge_indices(relaxed_x, relaxed_k, norm, merge_radius)
+    relaxed_norm = _padded(_norms_jit, model, relaxed_x, inputs[relaxed_k], dtype)
+    keep = _merge_indices(relaxed_x, relaxed_k, relaxed_norm, merge_radius)
     use = np.bincount(relaxed_k[keep], minlength=len(inputs)) <= most
     keep = keep[use[relaxed_k[keep]]]
-    raw = ~use[row_input]
+    raw = np.flatnonzero(~use[row_input])
+    raw_norm = (
+        _padded(_norms_jit, model, x[raw], inputs[row_input[raw]], dtype)
+        if len(raw) else np.zeros(0)
+    )
     return (
         np.concatenate([x[raw], relaxed_x[keep]]),
         np.concatenate([row_input[raw], relaxed_k[keep]]),
+        np.concatenate([raw_norm, relaxed_norm[keep]]),
     )
 
 
@@ -676,9 +700,7 @@ def _lm_search(
         close_x.append(x[close])
         close_k.append(row_input[close])
         close_norm.append(norm[close])
-        going = np.flatnonzero(~close)
-        going = going[~_near_known(x[going], row_input[going], close_x, close_k, merge_radius)]
-        going = going[_merge_indices(x[going], row_input[going], norm[going], merge_radius)]
+        going = _survivors(x, row_input, norm, close, close_x, close_k, merge_radius)
         x, row_input, norm, damping = x[going], row_input[going], norm[going], damping[going]
     n = x.shape[1]
     close = (
@@ -738,13 +760,14 @@ def find_fixed_points(
         relaxed = _padded(
             _relax_jit, model, x, u, dtype32, jnp.asarray(step, dtype32), settings.relax_steps
         )
-        x, row_input = _prefer_relaxed(
+        x, row_input, norm = _prefer_relaxed(
             model, x, row_input, np.stack(relaxed), inputs_np, merge_radius, dtype32,
             settings.relaxed_fraction * s,
         )
+    else:
+        norm = _padded(_norms_jit, model, x, u, dtype32)
     converged_radius = settings.unique_tol * scale * 10
     newton_tol = settings.newton_tol * speed_scale
-    norm = _padded(_norms_jit, model, x, inputs_np[row_input], dtype32)
     keep = _merge_indices(x, row_input, norm, merge_radius)
     x, row_input, norm = x[keep], row_input[keep], norm[keep]
     n_candidates = len(x)
@@ -783,9 +806,7 @@ def find_fixed_points(
         slow_x.append(x[stuck])
         slow_k.append(row_input[stuck])
         slow_norm.append(norm[stuck])
-        going = np.flatnonzero(~done & ~stuck)
-        going = going[~_near_known(x[going], row_input[going], found_x, found_k, merge_radius)]
-        going = going[_merge_indices(x[going], row_input[going], norm[going], merge_radius)]
+        going = _survivors(x, row_input, norm, done | stuck, found_x, found_k, merge_radius)
         x, row_input, norm, stalled_blocks = (
             x[going], row_input[going], norm[going], stalled_blocks[going]
         )
