@@ -198,6 +198,11 @@ class Experiment:
             cached = _load_if_complete(directory, self.plugins.registry)
             if cached is not None:
                 return cached
+            # A damaged run whose trained network is intact keeps it: only the probes rerun.
+            salvaged = salvage_trained(directory, self.plugins.registry)
+            if salvaged is not None:
+                self.plugins.hook.mechscope_run_start(run_id=self.run_id, config=self.config)
+                return self.finish(salvaged, store=store)
         keys = self.keys()
         task = self.build_task()
         model = self.build_model(task, key=keys["model"])
@@ -384,6 +389,30 @@ def _load_if_complete(directory: Path, registry: Registry) -> ExperimentResult |
     except StoreError as error:
         warnings.warn(f"recomputing run: {error}", stacklevel=3)
         return None
+
+
+def salvage_trained(directory: Path, registry: Registry | None = None) -> TrainedRun | None:
+    """The trained network of a stored run whose other files are damaged, if it is intact.
+
+    A run's probe results are cheap to recompute next to its training, so a run that fails
+    verification elsewhere (a truncated probe file, a lost figure) is re-probed from its
+    trained network rather than retrained.
+
+    Returns:
+        The trained run if every file under ``trained/`` matches the run's manifest, else None.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    try:
+        verify_manifest(directory, under="trained")
+        trained = TrainedRun.load(directory / "trained", registry=registry)
+    except StoreError:
+        return None
+    warnings.warn(
+        f"{directory}: the trained network is intact; recomputing only the probes", stacklevel=3
+    )
+    return trained
 
 
 def is_complete(directory: Path) -> bool:

@@ -74,7 +74,7 @@ def mechscope_register_executors(register: Register) -> None:
 
 @hookspec
 def mechscope_run_start(run_id: str, config: Mapping[str, Any]) -> None:
-    """Called before an experiment run starts training.
+    """Called before an experiment run starts training (or re-probing a stored network).
 
     Args:
         run_id: the run's content hash.

@@ -41,8 +41,13 @@ def write_manifest(directory: Path) -> None:
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
 
 
-def verify_manifest(directory: Path) -> None:
-    """Check every file listed in the manifest.
+def verify_manifest(directory: Path, *, under: str | None = None) -> None:
+    """Check every file listed in the manifest (or only those in one subdirectory).
+
+    Args:
+        directory: a directory written by :func:`atomic_directory`.
+        under: check only the files below this subdirectory (e.g. ``"trained"``), of which
+            the manifest must list at least one.
 
     Raises:
         StoreError: naming the first missing or corrupted file, or a missing manifest.
@@ -52,6 +57,11 @@ def verify_manifest(directory: Path) -> None:
         listed = json.loads((directory / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError) as error:
         raise StoreError(f"{directory}: no readable {MANIFEST} ({error})") from None
+    if under is not None:
+        listed = {name: digest for name, digest in listed.items()
+                  if name.startswith(f"{under.rstrip('/')}/")}
+        if not listed:
+            raise StoreError(f"{directory}: {MANIFEST} lists no file under '{under}'")
     for name, expected in listed.items():
         path = directory / name
         if not path.is_file():

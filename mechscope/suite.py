@@ -29,9 +29,11 @@ from mechscope.experiment import (
     Experiment,
     is_complete,
     read_toml,
+    salvage_trained,
 )
 from mechscope.plugins import PluginManager, get_plugin_manager
 from mechscope.progress import HookBridge
+from mechscope.training import TrainedRun
 
 _SUITE_KEYS = (
     "name", "description", "base", "vary", "seeds", "executor", "statistics", "claims",
@@ -394,23 +396,36 @@ def _same_but_seed(experiments: Sequence[Experiment]) -> bool:
 def _run_together(
     experiments: list[Experiment], store: Path, force: bool
 ) -> list[dict[str, Any]]:
-    """Train the seeds of one variant with ``fit_many`` (vmapped where the trainer can)."""
+    """Train the seeds of one variant with ``fit_many`` (vmapped where the trainer can).
+
+    A seed whose stored run is damaged but whose trained network is intact is not retrained;
+    only its probes run again.
+    """
     first = experiments[0]
     task = first.build_task()
-    keys = [e.keys() for e in experiments]
-    models = [e.build_model(task, key=k["model"]) for e, k in zip(experiments, keys, strict=True)]
+    trained: dict[str, TrainedRun] = {}
+    if not force:
+        for experiment in experiments:
+            salvaged = salvage_trained(store / experiment.run_id, first.plugins.registry)
+            if salvaged is not None:
+                trained[experiment.run_id] = salvaged
     hook = first.plugins.hook
     for experiment in experiments:
         hook.mechscope_run_start(run_id=experiment.run_id, config=experiment.config)
-    run_ids = ",".join(e.run_id for e in experiments)
-    trained = first.build_trainer().fit_many(
-        models, task,
-        keys=[k["train"] for k in keys],
-        callbacks=[HookBridge(hook, run_ids)],
-        checkpoint_dirs=[store / ".checkpoints" / e.run_id for e in experiments],
-    )
+    fresh = [e for e in experiments if e.run_id not in trained]
+    if fresh:
+        keys = [e.keys() for e in fresh]
+        models = [e.build_model(task, key=k["model"]) for e, k in zip(fresh, keys, strict=True)]
+        runs = first.build_trainer().fit_many(
+            models, task,
+            keys=[k["train"] for k in keys],
+            callbacks=[HookBridge(hook, ",".join(e.run_id for e in fresh))],
+            checkpoint_dirs=[store / ".checkpoints" / e.run_id for e in fresh],
+        )
+        trained.update({e.run_id: run for e, run in zip(fresh, runs, strict=True)})
     statuses = []
-    for experiment, run in zip(experiments, trained, strict=True):
+    for experiment in experiments:
+        run = trained[experiment.run_id]
         run = dataclasses.replace(run, model_name=experiment.config["model"]["name"])
         result = experiment.finish(run, task=task, store=store, force=force)
         statuses.append({"status": result.status, "reason": run.reason})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -133,12 +134,32 @@ def test_run_saves_and_reuses(plugins, tmp_path):
     np.testing.assert_array_equal(again.trained.history["loss"], first.trained.history["loss"])
 
 
-def test_corrupted_run_is_recomputed(plugins, tmp_path):
+def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path):
     experiment = toy_experiment(plugins)
     first = experiment.run(store=tmp_path, progress=False)
     calls = len(FIT_CALLS)
     metrics_file = first.directory / "probes" / "toy_probe" / "metrics.json"
     metrics_file.write_text(metrics_file.read_text()[:-5])
+    with pytest.warns(UserWarning) as caught:
+        again = experiment.run(store=tmp_path, progress=False)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "corrupted" in messages and "recomputing only the probes" in messages
+    assert len(FIT_CALLS) == calls, "an intact trained network was retrained"
+    assert again.metrics() == pytest.approx(first.metrics())
+    # The stored run is whole again, with the same network.
+    reloaded = ExperimentResult.load(again.directory, registry=plugins.registry)
+    assert reloaded.metrics() == pytest.approx(first.metrics())
+    for before, after in zip(jax.tree.leaves(first.trained.model),
+                             jax.tree.leaves(reloaded.trained.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+
+
+def test_corrupted_trained_network_is_retrained(plugins, tmp_path):
+    experiment = toy_experiment(plugins)
+    first = experiment.run(store=tmp_path, progress=False)
+    calls = len(FIT_CALLS)
+    victim = first.directory / "trained" / "model.eqx"
+    victim.write_bytes(victim.read_bytes()[:-3])
     with pytest.warns(UserWarning, match="corrupted"):
         again = experiment.run(store=tmp_path, progress=False)
     assert len(FIT_CALLS) == calls + 1

@@ -65,3 +65,21 @@ def test_missing_manifest_is_an_error(tmp_path):
     (tmp_path / "x").write_text("1")
     with pytest.raises(StoreError, match="manifest"):
         verify_manifest(tmp_path)
+
+
+def test_manifest_checked_below_one_subdirectory(tmp_path):
+    with atomic_directory(tmp_path / "run") as directory:
+        (directory / "trained").mkdir()
+        (directory / "trained" / "model.bin").write_bytes(b"weights")
+        (directory / "probes").mkdir()
+        (directory / "probes" / "metrics.json").write_text("{}")
+    run = tmp_path / "run"
+    (run / "probes" / "metrics.json").write_text("{")  # damage outside "trained"
+    verify_manifest(run, under="trained")
+    with pytest.raises(StoreError, match="metrics.json"):
+        verify_manifest(run)
+    (run / "trained" / "model.bin").write_bytes(b"weight")
+    with pytest.raises(StoreError, match="model.bin"):
+        verify_manifest(run, under="trained")
+    with pytest.raises(StoreError, match="no file under 'figures'"):
+        verify_manifest(run, under="figures")

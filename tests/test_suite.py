@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from mechscope.errors import ConfigError
+from mechscope.experiment import is_complete
 from mechscope.plugins import PluginManager
 from mechscope.report import write_report
 from mechscope.suite import Suite
@@ -186,6 +187,26 @@ def test_corrupted_result_is_recomputed(plugins, tmp_path):
         again = suite.run(store=tmp_path, progress=False)
     assert len(FIT_CALLS) == calls + 1
     pd.testing.assert_frame_equal(stable(again), stable(table))
+
+
+@pytest.mark.parametrize("model_too", [False, True])
+def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path, model_too):
+    # Both seeds of one variant are damaged, so they are redone together (fit_many); with
+    # `model_too` the second seed's network is damaged as well and only it is retrained.
+    suite = Suite(base=BASE, seeds=2, plugins=plugins)
+    table = suite.run(store=tmp_path, progress=False)
+    for run_id in table["run_id"]:
+        victim = tmp_path / run_id / "probes" / "toy_probe" / "metrics.json"
+        victim.write_text(victim.read_text()[:-4])
+    if model_too:
+        victim = tmp_path / table["run_id"][1] / "trained" / "model.eqx"
+        victim.write_bytes(victim.read_bytes()[:-3])
+    calls = len(FIT_CALLS)
+    with pytest.warns(UserWarning, match="recomputing only the probes"):
+        again = suite.run(store=tmp_path, progress=False)
+    assert len(FIT_CALLS) == calls + int(model_too), "an intact trained network was retrained"
+    pd.testing.assert_frame_equal(stable(again), stable(table))
+    assert all(is_complete(tmp_path / run_id) for run_id in table["run_id"])
 
 
 def test_report_has_every_variant_figure_and_table(plugins, tmp_path):
