@@ -18,8 +18,9 @@ target inputs (pseudo-arclength continuation, float64) and prints how many disti
 the 8 target inputs those branches carry: how large the set is that the reference samples.
 
 Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
-compatibility): wall time after compilation, recall of the reference zeros, precision (reported
-points that are true zeros in float64) and stability-label agreement.
+compatibility): wall time after compilation (and of the first call, which compiles), recall
+of the reference zeros, precision (reported points that are true zeros in float64) and
+stability-label agreement.
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
 [--repeats 3] [--other-starts] [--branches]``.
@@ -351,7 +352,9 @@ def main() -> None:
             settings = SolverSettings(mode=mode, golub_dt=task.dt)
             kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
                           center=condition.center, settings=settings)
+            start = time.perf_counter()
             find_fixed_points(run.model, inputs, starts, **kwargs)  # compile
+            first_call = time.perf_counter() - start
             times = []
             for _ in range(1 if mode == "golub" else args.repeats):
                 start = time.perf_counter()
@@ -360,7 +363,8 @@ def main() -> None:
             elapsed = float(np.median(times))
             recall, precision, labels = score(fps, ref_points, ref_index, ref_stable, run,
                                               condition)
-            print(f"  {mode:7s} time {elapsed:6.2f} s (median of {len(times)})  "
+            print(f"  {mode:7s} time {elapsed:6.2f} s (median of {len(times)}; first call, "
+                  f"compiling, {first_call:.1f} s)  "
                   f"reported {len(fps.points):4d}  "
                   f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
                   f"{labels:.3f}  slow points {len(fps.slow_points)}", flush=True)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 from scipy.spatial import cKDTree
 
 import mechscope
@@ -218,8 +218,7 @@ def relaxation_step(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray
     unstable ones grow, as in the continuous flow.
     """
     dtype = _model_dtype(model)
-    jac = np.asarray(model.jacobian(0.0, jnp.asarray(x, dtype), jnp.asarray(u, dtype)),
-                     np.float64)
+    jac = _jacobians(model, np.asarray(x)[None], np.asarray(u)[None], dtype)[0]
     radius = float(np.max(np.abs(np.linalg.eigvals(jac)))) if np.all(np.isfinite(jac)) else 0.0
     return 1.0 / radius if radius > 0 else 1.0
 
@@ -233,7 +232,7 @@ def _levenberg_marquardt(
     x: Float[Array, "m n"],
     u: Float[Array, "m n_inputs"],
     damping: Float[Array, " m"],
-    steps: int,
+    steps: Int[Array, ""],
     cg_steps: int,
     key: Array,
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"], Float[Array, " m"]]:
@@ -292,8 +291,9 @@ def _levenberg_marquardt(
             jnp.where(better, 0.3 * mu, jnp.minimum(10.0 * mu, 1e20)),
         ), None
 
-    (x, q, damping), _ = jax.lax.scan(
-        iteration, (x, squared_speed(x), damping), None, length=steps
+    # `steps` is traced (a loop bound, not a shape): blocks of any length share one compile.
+    x, q, damping = jax.lax.fori_loop(
+        0, steps, lambda _, carry: iteration(carry, None)[0], (x, squared_speed(x), damping)
     )
     return x, jnp.sqrt(q), damping
 
@@ -370,7 +370,9 @@ def padded_size(m: int) -> int:
 
 def _pad_rows(a: np.ndarray, size: int, dtype) -> Array:
     """`a` with its first row repeated up to `size` rows, as a JAX array of `dtype`."""
-    return jnp.asarray(np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)]), dtype)
+    # Converted by NumPy: a conversion on the device would compile once per shape.
+    padded = np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)])
+    return jnp.asarray(padded.astype(np.dtype(dtype), copy=False))
 
 
 def _padded(function, model, x: np.ndarray, u: np.ndarray, dtype, *args):
@@ -527,11 +529,20 @@ def _eigen(
     if len(points) == 0:
         n = points.shape[1]
         return np.zeros((0, n), complex), np.zeros((0, n, n), complex)
-    jac = jax.vmap(lambda x, u: model.jacobian(0.0, x, u))(
-        jnp.asarray(points, dtype), jnp.asarray(inputs, dtype)
-    )
-    values, vectors = np.linalg.eig(np.asarray(jac, dtype=np.float64))
+    values, vectors = np.linalg.eig(_jacobians(model, points, inputs, dtype))
     return values, vectors
+
+
+_jacobians_jit = eqx.filter_jit(
+    lambda model, x, u: jax.vmap(lambda y, v: model.jacobian(0.0, y, v))(x, u)
+)
+
+
+def _jacobians(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray, dtype) -> np.ndarray:
+    """∂f/∂x at each row of `x` (inputs `u`), computed in `dtype`, as a float64 array."""
+    host = np.dtype(dtype)
+    jac = _jacobians_jit(model, jnp.asarray(np.asarray(x, host)), jnp.asarray(np.asarray(u, host)))
+    return np.asarray(jac, dtype=np.float64)
 
 
 def _sort_modes(values: np.ndarray, vectors: np.ndarray, key: np.ndarray):
@@ -686,11 +697,13 @@ def _lm_search(
         # Short blocks while the batch is large (rows leave and merge between blocks); long
         # ones for the few rows left (each call has a fixed cost).
         steps = min(4 if m > 256 else 16, settings.lm_steps - done)
-        size = padded_size(m)
+        # At least 64 rows: the few rows left at the end then share one compiled size, and
+        # padding them costs less than compiling for every power of two below.
+        size = padded_size(max(m, 64))
         out = _levenberg_marquardt_jit(
             model, _pad_rows(x, size, dtype), _pad_rows(inputs[row_input], size, dtype),
-            _pad_rows(damping, size, dtype), steps, settings.lm_cg_steps,
-            jax.random.fold_in(key, done),
+            _pad_rows(damping, size, dtype), jnp.asarray(steps, jnp.int32),
+            settings.lm_cg_steps, jax.random.fold_in(key, done),
         )
         done += steps
         new_x, new_norm, damping = (np.asarray(a, np.float64)[:m] for a in out)
