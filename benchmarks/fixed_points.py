@@ -23,7 +23,7 @@ of the reference zeros, precision (reported points that are true zeros in float6
 stability-label agreement.
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
-[--repeats 3] [--other-starts] [--branches]``.
+[--repeats 3] [--search lm|dense_lm|newton] [--other-starts] [--branches]``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ NETWORKS = {
          "eval_every": 100},
     ),
 }
+
+# Exact dense LM paths are followed further before dense Newton takes over (a handoff at
+# 1e-2 × speed sends many rows to other zeros than their LM paths reach).
+SEARCH_SETTINGS = {"lm": {}, "newton": {}, "dense_lm": {"lm_steps": 200, "handoff_tol": 1e-4}}
 
 
 def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.TrainedRun:
@@ -308,6 +312,8 @@ def main() -> None:
     parser.add_argument("--branches", action="store_true",
                         help="also follow the reference zeros along branches around the circle "
                         "of target inputs and print how many zeros those carry (about a minute)")
+    parser.add_argument("--search", choices=["lm", "dense_lm", "newton"], default="lm",
+                        help="the fast solver's search (SolverSettings.search; default lm)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per network (median reported; golub runs once)")
     args = parser.parse_args()
@@ -349,7 +355,8 @@ def main() -> None:
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
-            settings = SolverSettings(mode=mode, golub_dt=task.dt)
+            settings = SolverSettings(mode=mode, golub_dt=task.dt, search=args.search,
+                                      **SEARCH_SETTINGS[args.search])
             kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
                           center=condition.center, settings=settings)
             start = time.perf_counter()

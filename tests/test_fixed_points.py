@@ -127,7 +127,8 @@ def _hopfield(n=16, n_patterns=3, gain=2.0):
 import scipy.linalg  # noqa: E402
 
 
-def test_hopfield_patterns_are_stable_fixed_points(getkey):
+@pytest.mark.parametrize("search", ["lm", "dense_lm"])
+def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
     model, patterns, amplitude = _hopfield()
     n = patterns.shape[1]
     memories = np.concatenate([amplitude * patterns, -amplitude * patterns])
@@ -135,7 +136,8 @@ def test_hopfield_patterns_are_stable_fixed_points(getkey):
     starts = np.concatenate([memories + 0.3 * rng.standard_normal(memories.shape),
                              rng.standard_normal((40, n))])
     fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=amplitude * 4,
-                            speed_scale=1.0, center=np.zeros(n))
+                            speed_scale=1.0, center=np.zeros(n),
+                            settings=SolverSettings(search=search))
     for memory in memories:
         gaps = np.linalg.norm(fps.points - memory, axis=1)
         i = int(np.argmin(gaps))
@@ -280,9 +282,11 @@ def test_relaxation_that_merges_nothing_falls_back_on_the_raw_starts():
     assert not fps.stable[0]
 
 
-def test_matrix_free_levenberg_marquardt_step_matches_closed_form():
+@pytest.mark.parametrize("dense", [False, True])
+def test_levenberg_marquardt_step_matches_closed_form(dense):
     # f(x) = A x + b with A = c·Q (Q orthogonal): AᵀA = c²I, so the trace estimate is exact
-    # and the damped step is δ = −(x − x*)/(1 + μ); with n CG steps it is solved exactly.
+    # and the damped step is δ = −(x − x*)/(1 + μ); with n CG steps it is solved exactly, and
+    # the dense step solves it directly.
     n, c, mu = 6, 3.0, 0.2
     rng = np.random.default_rng(9)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -293,7 +297,8 @@ def test_matrix_free_levenberg_marquardt_step_matches_closed_form():
     with jax.enable_x64(True):
         model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a), jnp.asarray(b))
         x1, speed, damping = _levenberg_marquardt(
-            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, n, jax.random.key(0)
+            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, n, jax.random.key(0),
+            dense,
         )
     solution = -np.linalg.solve(a, b @ u.T).T  # A x* + b u = 0
     expected = solution + (x0 - solution) * mu / (1 + mu)
@@ -301,6 +306,42 @@ def test_matrix_free_levenberg_marquardt_step_matches_closed_form():
     np.testing.assert_allclose(np.asarray(speed), c * np.linalg.norm(expected - solution, axis=1),
                                rtol=1e-9)
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
+
+
+def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
+    # Five LM iterations on −x + W tanh(x), against the same iterations written out in NumPy
+    # with the closed-form Jacobian −I + W diag(1 − tanh²x) and a direct solve.
+    model, patterns, _ = _hopfield()
+    n = patterns.shape[1]
+    rng = np.random.default_rng(4)
+    x0 = rng.standard_normal((4, n)) * 2.0
+    w = np.asarray(model.a, np.float64)
+
+    def field(x):
+        return -x + np.tanh(x) @ w.T
+
+    x, q, mu = x0.copy(), np.sum(field(x0) ** 2, axis=1), np.full(len(x0), 1e-2)
+    for _ in range(5):
+        for i in range(len(x)):
+            jac = -np.eye(n) + w * (1 - np.tanh(x[i]) ** 2)[None, :]
+            normal = jac.T @ jac
+            delta = np.linalg.solve(normal + mu[i] * np.trace(normal) / n * np.eye(n),
+                                    -jac.T @ field(x[i]))
+            trial = np.sum(field(x[i] + delta) ** 2)
+            if trial < q[i]:
+                x[i], q[i], mu[i] = x[i] + delta, trial, 0.3 * mu[i]
+            else:
+                mu[i] = 10.0 * mu[i]
+    with jax.enable_x64(True):
+        wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model)
+        x1, speed, damping = _levenberg_marquardt(
+            wide, jnp.asarray(x0), jnp.zeros((len(x0), 1)), jnp.full(len(x0), 1e-2), 5, 1,
+            jax.random.key(0), True,
+        )
+    np.testing.assert_allclose(np.asarray(x1), x, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(speed), np.sqrt(q), rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(damping), mu, rtol=1e-12)
+    assert np.all(np.sqrt(q) < np.linalg.norm(field(x0), axis=1)), "the paths must descend"
 
 
 def test_dense_representatives_agree_with_the_tree_version():

@@ -51,9 +51,12 @@ class FixedPointsConfig(mechscope.Config):
         0.5, gt=0, le=1, description="Use an input's relaxed points only if, merged, they "
         "number at most this fraction of the starts."
     )
-    search: Literal["lm", "newton"] = Field(
+    search: Literal["lm", "dense_lm", "newton"] = Field(
         "lm", description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
         "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
+        "'dense_lm': the same with exact dense LM steps (follows the exact LM paths; a "
+        "factorisation per candidate and iteration, meant for accelerators; use it with "
+        "lm_steps = 200 and handoff_tol = 1e-4); "
         "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros)."
     )
     lm_steps: int = Field(

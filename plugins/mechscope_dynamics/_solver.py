@@ -55,7 +55,9 @@ class SolverSettings:
         mode: ``"newton"`` (the fast solver) or ``"golub"`` (FixedPointFinder compatibility).
         search: how the fast solver brings starts near zeros before dense Newton: ``"lm"``
             (matrix-free Levenberg–Marquardt on every candidate, then dense Newton on those
-            that come close to a zero) or ``"newton"`` (dense Newton on every candidate).
+            that come close to a zero), ``"dense_lm"`` (the same with exact dense LM steps:
+            the exact LM paths, a factorisation per candidate and iteration, for
+            accelerators) or ``"newton"`` (dense Newton on every candidate).
         lm_steps: most Levenberg–Marquardt iterations per candidate (``search = "lm"``).
         lm_cg_steps: conjugate-gradient iterations per Levenberg–Marquardt step.
         handoff_tol: a candidate leaves Levenberg–Marquardt for dense Newton when
@@ -235,6 +237,7 @@ def _levenberg_marquardt(
     steps: Int[Array, ""],
     cg_steps: int,
     key: Array,
+    dense: bool = False,
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"], Float[Array, " m"]]:
     """`steps` Levenberg–Marquardt iterations from every row, without forming Jacobians.
 
@@ -243,6 +246,10 @@ def _levenberg_marquardt(
     a recurrent network, one matrix product with the shared weights each, instead of a dense
     factorisation per row). The step is taken if it lowers ‖f‖ (μ ← 0.3μ), else μ ← 10μ.
     tr(JᵀJ) is estimated once per call from eight random sign vectors (E‖Jz‖² = tr(JᵀJ)).
+
+    With `dense`, each row's Jacobian is formed instead and the same equations are solved
+    exactly (Cholesky, tr(JᵀJ) exact at every iteration): the exact LM path, at the cost of a
+    dense factorisation per row and iteration (for accelerators).
 
     Returns:
         End points, ‖f‖ there, and the damping μ to continue with.
@@ -255,13 +262,22 @@ def _levenberg_marquardt(
         value = jnp.sum(field(y) ** 2, axis=1)
         return jnp.where(jnp.isfinite(value), value, jnp.inf)
 
-    _, jvp = jax.linearize(field, x)
-    probes = jax.random.rademacher(key, (8, *x.shape), dtype=x.dtype)
-    trace = jnp.mean(jax.vmap(lambda z: jnp.sum(jvp(z) ** 2, axis=1))(probes), axis=0)
-    scale = trace / x.shape[1] + jnp.finfo(x.dtype).tiny
+    n, tiny = x.shape[1], jnp.finfo(x.dtype).tiny
+    if not dense:
+        _, jvp = jax.linearize(field, x)
+        probes = jax.random.rademacher(key, (8, *x.shape), dtype=x.dtype)
+        trace = jnp.mean(jax.vmap(lambda z: jnp.sum(jvp(z) ** 2, axis=1))(probes), axis=0)
+        scale = trace / n + tiny
 
-    def iteration(carry, _):
-        y, q, mu = carry
+    def dense_step(y, mu):
+        jac = jax.vmap(lambda row, v: model.jacobian(0.0, row, v))(y, u)
+        normal = jnp.einsum("mki,mkj->mij", jac, jac)
+        shift = mu * (jnp.trace(normal, axis1=1, axis2=2) / n + tiny)
+        factor = jnp.linalg.cholesky(normal + shift[:, None, None] * jnp.eye(n, dtype=y.dtype))
+        rhs = -jnp.einsum("mki,mk->mi", jac, field(y))
+        return jax.scipy.linalg.cho_solve((factor, True), rhs[..., None])[..., 0]
+
+    def matrix_free_step(y, mu):
         residual, jvp = jax.linearize(field, y)
         vjp = jax.linear_transpose(jvp, y)
         shift = (mu * scale)[:, None]
@@ -272,16 +288,21 @@ def _levenberg_marquardt(
         def conjugate_gradient(state, _):
             delta, r, p, rr = state
             normal_p = normal(p)
-            alpha = rr / jnp.maximum(jnp.sum(p * normal_p, axis=1), jnp.finfo(y.dtype).tiny)
+            alpha = rr / jnp.maximum(jnp.sum(p * normal_p, axis=1), tiny)
             delta = delta + alpha[:, None] * p
             r = r - alpha[:, None] * normal_p
             rr_next = jnp.sum(r * r, axis=1)
-            p = r + (rr_next / jnp.maximum(rr, jnp.finfo(y.dtype).tiny))[:, None] * p
+            p = r + (rr_next / jnp.maximum(rr, tiny))[:, None] * p
             return (delta, r, p, rr_next), None
 
         rhs = -vjp(residual)[0]
         init = (jnp.zeros_like(y), rhs, rhs, jnp.sum(rhs * rhs, axis=1))
         (delta, *_), _ = jax.lax.scan(conjugate_gradient, init, None, length=cg_steps)
+        return delta
+
+    def iteration(_, carry):
+        y, q, mu = carry
+        delta = dense_step(y, mu) if dense else matrix_free_step(y, mu)
         delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=1, keepdims=True), delta, 0.0)
         q_trial = squared_speed(y + delta)
         better = q_trial < q
@@ -289,12 +310,10 @@ def _levenberg_marquardt(
             jnp.where(better[:, None], y + delta, y),
             jnp.where(better, q_trial, q),
             jnp.where(better, 0.3 * mu, jnp.minimum(10.0 * mu, 1e20)),
-        ), None
+        )
 
     # `steps` is traced (a loop bound, not a shape): blocks of any length share one compile.
-    x, q, damping = jax.lax.fori_loop(
-        0, steps, lambda _, carry: iteration(carry, None)[0], (x, squared_speed(x), damping)
-    )
+    x, q, damping = jax.lax.fori_loop(0, steps, iteration, (x, squared_speed(x), damping))
     return x, jnp.sqrt(q), damping
 
 
@@ -703,7 +722,7 @@ def _lm_search(
         out = _levenberg_marquardt_jit(
             model, _pad_rows(x, size, dtype), _pad_rows(inputs[row_input], size, dtype),
             _pad_rows(damping, size, dtype), jnp.asarray(steps, jnp.int32),
-            settings.lm_cg_steps, jax.random.fold_in(key, done),
+            settings.lm_cg_steps, jax.random.fold_in(key, done), settings.search == "dense_lm",
         )
         done += steps
         new_x, new_norm, damping = (np.asarray(a, np.float64)[:m] for a in out)
@@ -750,6 +769,27 @@ def find_fixed_points(
         The fixed points (unique per input, outliers removed, with Jacobian eigen-decomposition
         and stability) and, separately, the slow points.
     """
+    # On GPUs, JAX's default float32 matrix products use TF32 (a 10-bit mantissa), too coarse
+    # for Newton to converge to the tolerances here; the solver asks for full float32 (or
+    # float64) products. CPUs compute them in full precision either way.
+    with jax.default_matmul_precision("highest"):
+        return _find_fixed_points(
+            model, inputs, starts, scale=scale, speed_scale=speed_scale, center=center,
+            settings=settings,
+        )
+
+
+def _find_fixed_points(
+    model: mechscope.AbstractModel,
+    inputs: Float[Array, "k n_inputs"],
+    starts: Float[Array, "s n_units"],
+    *,
+    scale: float,
+    speed_scale: float,
+    center: Float[Array, " n_units"] | None = None,
+    settings: SolverSettings | None = None,
+) -> FixedPoints:
+    """The body of :func:`find_fixed_points`, which sets the matmul precision."""
     settings = settings or SolverSettings()
     inputs_np = np.asarray(inputs, dtype=np.float64).reshape(-1, model.n_inputs)
     starts_np = np.asarray(starts, dtype=np.float64)
@@ -788,7 +828,7 @@ def find_fixed_points(
     found_x, found_k, slow_x, slow_k, slow_norm = [], [], [], [], []
     # Stage 2a: matrix-free Levenberg–Marquardt brings every candidate near a zero (or a
     # minimum of q that is not one); only those that come close go on to dense Newton.
-    if settings.search == "lm" and len(x):
+    if settings.search in ("lm", "dense_lm") and len(x):
         (x, row_input, norm), (far_x, far_k, far_norm) = _lm_search(
             model, x, row_input, inputs_np, settings, settings.handoff_tol * speed_scale,
             merge_radius, dtype32,
