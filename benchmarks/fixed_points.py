@@ -1,8 +1,10 @@
 """Benchmark of the fixed_points solver: time, recall and precision on two trained networks.
 
-Networks (N = 100 tanh ctrnn on delayed_reach, trained with bptt and cached under
-``benchmarks/.cache/``): "regularised" (gain 1.5, rate_reg 1e-2, weight_reg 1e-4) and "chaotic"
-(gain 4, no rate or weight regularisation). Starts: 1,024 trajectory states plus N(0, 0.5²).
+Networks (N = 100 tanh ctrnn on delayed_reach, trained with bptt): "regularised" (gain 1.5,
+rate_reg 1e-2, weight_reg 1e-4) and "chaotic" (gain 4, no rate or weight regularisation). They
+and their references are stored in ``benchmarks/data/fixed_points/`` (300 kB, committed, so
+every machine benchmarks the same networks against the same references; delete a file to
+rebuild it: about 15 minutes). Starts: 1,024 trajectory states plus N(0, 0.5²).
 Inputs: the 8 targets' delay inputs and the zero input.
 
 Reference (untimed, cached): every start is solved in float64 with dense damped Newton (60
@@ -42,7 +44,7 @@ from mechscope_dynamics._solver import _cast, _unique_per_input
 
 import mechscope
 
-CACHE = Path(__file__).parent / ".cache"
+CACHE = Path(__file__).parent / "data" / "fixed_points"
 NETWORKS = {
     "regularised": (
         {"n_units": 100, "gain": 1.5},
