@@ -7,9 +7,14 @@ Run on a machine with a GPU (it exits with a message when JAX sees none). It
 2. trains the same network (delayed_reach, bptt, canonical N = 100) for ``--steps`` steps on each
    device from the same key and compares the loss curves;
 3. times the canonical training step of ``benchmarks/train_step.py`` (N = 100, batch 64,
-   250 steps) on each device, and a larger one (N = 512, 1,000 steps) on the GPU.
+   250 steps) on each device, and a larger one (N = 512, 1,000 steps) on the GPU;
+4. with ``--fixed-points``, runs the fixed-point benchmark's problems
+   (``benchmarks/fixed_points.py``: its committed networks and references) on the GPU, with
+   the default search and with ``search = "dense_lm"``: time after compilation (median of
+   ``--fp-repeats``), recall, precision and stability labels.
 
-Usage: ``python benchmarks/gpu_check.py [--steps 200] [--json]``.
+Usage: ``python benchmarks/gpu_check.py [--steps 200] [--json] [--fixed-points
+[--fp-networks regularised chaotic] [--fp-repeats 2]]``.
 """
 
 from __future__ import annotations
@@ -65,10 +70,51 @@ def step_ms(device, n_units: int, n_times: int, rounds: int = 30) -> float:
         return statistics.median(times)
 
 
+def fixed_points_on(device, networks, repeats: int) -> dict:
+    """The fixed-point benchmark's problems solved on `device`: time, recall, precision."""
+    import fixed_points as bench
+    from mechscope_dynamics import SolverSettings, find_fixed_points
+
+    registry = mechscope.get_registry()
+    entry = registry.get("task", "delayed_reach")
+    task = entry.build(entry.validate({}))
+    out = {}
+    for name in networks:
+        run = bench.trained_network(name, task)
+        condition, starts, inputs = bench.problem(run, task)
+        ref_points, ref_index, ref_stable, _ = bench.reference(
+            name, run, condition, starts, inputs)
+        for search in ("lm", "dense_lm"):
+            settings = SolverSettings(search=search, **bench.SEARCH_SETTINGS[search])
+            kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
+                          center=condition.center, settings=settings)
+            with jax.default_device(device):
+                model = jax.device_put(run.model, device)
+                find_fixed_points(model, inputs, starts, **kwargs)  # compile
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fps = find_fixed_points(model, inputs, starts, **kwargs)
+                    times.append(time.perf_counter() - start)
+            recall, precision, labels = bench.score(fps, ref_points, ref_index, ref_stable,
+                                                    run, condition)
+            out[f"fixed_points_{name}_{search}"] = {
+                "time_s": statistics.median(times), "recall": round(recall, 3),
+                "precision": round(precision, 3), "labels": round(labels, 3),
+                "reported": len(fps.points)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--fixed-points", action="store_true",
+                        help="also time the fixed-point benchmark's problems on the GPU")
+    parser.add_argument("--fp-networks", nargs="+", default=["regularised", "chaotic"])
+    parser.add_argument("--fp-repeats", type=int, default=2)
+    parser.add_argument("--skip-training", action="store_true",
+                        help="skip the simulation, training and step checks (1–3)")
     parser.add_argument("--self-test", action="store_true",
                         help="compare the CPU with itself (checks this script without a GPU)")
     args = parser.parse_args()
@@ -85,6 +131,20 @@ def main() -> None:
     result: dict = {"cpu": str(cpu.device_kind), "gpu": str(gpu.device_kind),
                     "jax": jax.__version__}
 
+    if not args.skip_training:
+        result.update(training_checks(cpu, gpu, registry, task, trials, args.steps))
+    if args.fixed_points:
+        result.update(fixed_points_on(gpu, args.fp_networks, args.fp_repeats))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:34s} {value}")
+
+
+def training_checks(cpu, gpu, registry, task, trials, steps: int) -> dict:
+    """Checks 1–3: forward agreement, training agreement, step timings."""
+    result: dict = {}
     model = build(registry, task)
     reference = outputs_on(cpu, model, trials, "float32")
     scale = float(np.sqrt(np.mean(reference**2)))
@@ -96,8 +156,8 @@ def main() -> None:
     runs = {}
     for name, device in (("cpu", cpu), ("gpu", gpu)):
         train(device, task, 2)  # compile outside the timing
-        runs[name] = train(device, task, args.steps)
-        result[f"train_{args.steps}_steps_s_{name}"] = runs[name][1]
+        runs[name] = train(device, task, steps)
+        result[f"train_{steps}_steps_s_{name}"] = runs[name][1]
     loss_cpu = np.asarray(runs["cpu"][0].history["loss"])
     loss_gpu = np.asarray(runs["gpu"][0].history["loss"])
     result["loss_cpu"] = loss_cpu.round(6).tolist()
@@ -112,11 +172,7 @@ def main() -> None:
     result["step_ms_cpu_n100"] = step_ms(cpu, 100, 250, rounds=10)
     result["step_ms_gpu_n100"] = step_ms(gpu, 100, 250)
     result["step_ms_gpu_n512_t1000"] = step_ms(gpu, 512, 1000, rounds=10)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:34s} {value}")
+    return result
 
 
 if __name__ == "__main__":
