@@ -33,6 +33,7 @@ reported with its q, stable when every |λ(∂F/∂x)| < 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -743,6 +744,23 @@ def _lm_search(
     return close, (x, row_input, norm)
 
 
+def _full_precision(function):
+    """Run `function` with full-precision matrix products.
+
+    On GPUs, JAX's default float32 matrix products use TF32 (a 10-bit mantissa), too coarse
+    for Newton to converge to the tolerances here. CPUs compute them in full precision either
+    way.
+    """
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+@_full_precision
 def find_fixed_points(
     model: mechscope.AbstractModel,
     inputs: Float[Array, "k n_inputs"],
@@ -769,27 +787,6 @@ def find_fixed_points(
         The fixed points (unique per input, outliers removed, with Jacobian eigen-decomposition
         and stability) and, separately, the slow points.
     """
-    # On GPUs, JAX's default float32 matrix products use TF32 (a 10-bit mantissa), too coarse
-    # for Newton to converge to the tolerances here; the solver asks for full float32 (or
-    # float64) products. CPUs compute them in full precision either way.
-    with jax.default_matmul_precision("highest"):
-        return _find_fixed_points(
-            model, inputs, starts, scale=scale, speed_scale=speed_scale, center=center,
-            settings=settings,
-        )
-
-
-def _find_fixed_points(
-    model: mechscope.AbstractModel,
-    inputs: Float[Array, "k n_inputs"],
-    starts: Float[Array, "s n_units"],
-    *,
-    scale: float,
-    speed_scale: float,
-    center: Float[Array, " n_units"] | None = None,
-    settings: SolverSettings | None = None,
-) -> FixedPoints:
-    """The body of :func:`find_fixed_points`, which sets the matmul precision."""
     settings = settings or SolverSettings()
     inputs_np = np.asarray(inputs, dtype=np.float64).reshape(-1, model.n_inputs)
     starts_np = np.asarray(starts, dtype=np.float64)
