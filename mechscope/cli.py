@@ -6,11 +6,12 @@ Every error is one line on stderr with exit code 2; ``--debug`` shows the traceb
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from mechscope.errors import MechscopeError
 
@@ -49,8 +50,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", action="store_true", help="write the report afterwards")
     run.set_defaults(handler=_run)
 
-    runs = commands.add_parser("runs", help="list the runs in a store")
+    runs = commands.add_parser(
+        "runs", help="list the runs in a store: what tells them apart, and their training fit"
+    )
     runs.add_argument("store", type=Path, nargs="?", default=Path("mechscope-runs"))
+    runs.add_argument("--columns", nargs="+", default=[], metavar="PATTERN",
+                      help="also show these columns (shell patterns, e.g. 'jpca.*' "
+                      "'fixed_points.attractor_fraction')")
+    runs.add_argument("--all", action="store_true", help="show every column")
     runs.set_defaults(handler=_runs)
 
     report = commands.add_parser("report", help="write an HTML report and tables for a store")
@@ -139,8 +146,36 @@ def _runs(arguments: argparse.Namespace) -> int:
     if table.empty:
         print(f"no runs in {arguments.store}")
         return 0
-    print(table.to_string(index=False, max_colwidth=30))
+    if arguments.all:
+        print(table.to_string(index=False, max_colwidth=30))
+        return 0
+    columns = _summary_columns(table, arguments.columns)
+    print(table[columns].to_string(index=False, max_colwidth=40))
+    hidden = len(table.columns) - len(columns)
+    if hidden:
+        print(f"({hidden} more columns: --columns PATTERN shows some, --all shows every one)")
     return 0
+
+
+_CONFIG_PREFIXES = ("task.", "model.", "trainer.")
+
+
+def _summary_columns(table: Any, patterns: Sequence[str]) -> list[str]:
+    """The columns `mechscope runs` shows by default, plus those matching `patterns`.
+
+    Those are the run id and status (and the reason, where a run did not complete), the
+    component names, every config value that differs between the runs, the seed, the final
+    training loss and R², then any column matching one of the shell-style `patterns`.
+    """
+    config = [c for c in table.columns if c.startswith(_CONFIG_PREFIXES)]
+    varying = [c for c in config if table[c].astype(str).nunique() > 1]
+    names = [f"{part}.name" for part in ("task", "model", "trainer")]
+    incomplete = "status" in table and bool((table["status"] != "completed").any())
+    shown = ["run_id", "status", *(["reason"] if incomplete else [])]
+    shown += [c for c in names if c not in varying] + varying
+    shown += ["seed", "train.loss", "train.r2"]
+    shown += [c for c in table.columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    return list(dict.fromkeys(c for c in shown if c in table.columns))
 
 
 def _report(arguments: argparse.Namespace) -> int:

@@ -102,8 +102,26 @@ def test_run_runs_report(tmp_path, capsys, toys):
     assert "toy_probe.mse" in output
     assert main(["runs", str(store)]) == 0
     assert run_id in capsys.readouterr().out
+    # A second run that differs in one setting: the default listing shows that setting, the
+    # component names and the training fit, and hides the rest until asked.
+    path.write_text(path.read_text().replace("steps = 3", "steps = 4"))
+    assert main(["run", str(path), "--out", str(store), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(store)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    # (the toy trainer records a loss but no R²)
+    assert header.split() == ["run_id", "status", "task.name", "model.name", "trainer.name",
+                              "trainer.steps", "seed", "train.loss"]
+    assert sorted(row.split()[5] for row in rows[:2]) == ["3", "4"]
+    assert "more columns" in rows[2]
+    assert main(["runs", str(store), "--columns", "toy_probe.*"]) == 0
+    chosen = capsys.readouterr().out.splitlines()[0].split()[len(header.split()):]
+    assert chosen and all(c.startswith("toy_probe.") for c in chosen) and "toy_probe.mse" in chosen
+    assert main(["runs", str(store), "--all"]) == 0
+    full_header = capsys.readouterr().out.splitlines()[0].split()
+    assert {"toy_probe.mse", "trainer.learning_rate", "time.train_s"} <= set(full_header)
     assert main(["report", str(store)]) == 0
     html = (store / "report" / "report.html").read_text()
     assert run_id in html and "data:image/png;base64," in html
     csv = (store / "report" / "runs.csv").read_text().splitlines()
-    assert len(csv) == 2 and "toy_probe.mse" in csv[0]
+    assert len(csv) == 3 and "toy_probe.mse" in csv[0]  # header and the two runs
