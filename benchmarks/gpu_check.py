@@ -81,11 +81,12 @@ def fixed_points_on(device, networks, repeats: int) -> dict:
     out = {}
     for name in networks:
         run = bench.trained_network(name, task)
-        condition, starts, inputs = bench.problem(run, task)
+        with jax.default_device(jax.devices("cpu")[0]):  # the problem the references are for
+            condition, starts, inputs = bench.problem(run, task)
         ref_points, ref_index, ref_stable, _ = bench.reference(
             name, run, condition, starts, inputs)
         for search in ("lm", "dense_lm"):
-            settings = SolverSettings(search=search, **bench.SEARCH_SETTINGS[search])
+            settings = SolverSettings(search=search)
             kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
                           center=condition.center, settings=settings)
             with jax.default_device(device):

@@ -54,9 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "runs", help="list the runs in a store: what tells them apart, and their training fit"
     )
     runs.add_argument("store", type=Path, nargs="?", default=Path("mechscope-runs"))
-    runs.add_argument("--columns", nargs="+", default=[], metavar="PATTERN",
-                      help="also show these columns (shell patterns, e.g. 'jpca.*' "
-                      "'fixed_points.attractor_fraction')")
+    runs.add_argument("--columns", action="append", default=[], metavar="PATTERNS",
+                      help="also show the columns matching these comma-separated shell "
+                      "patterns, e.g. 'jpca.*,fixed_points.attractor_fraction' (repeatable)")
     runs.add_argument("--all", action="store_true", help="show every column")
     runs.set_defaults(handler=_runs)
 
@@ -149,7 +149,8 @@ def _runs(arguments: argparse.Namespace) -> int:
     if arguments.all:
         print(table.to_string(index=False, max_colwidth=30))
         return 0
-    columns = _summary_columns(table, arguments.columns)
+    patterns = [p.strip() for value in arguments.columns for p in value.split(",") if p.strip()]
+    columns = _summary_columns(table, patterns)
     print(table[columns].to_string(index=False, max_colwidth=40))
     hidden = len(table.columns) - len(columns)
     if hidden:
@@ -164,10 +165,11 @@ def _summary_columns(table: Any, patterns: Sequence[str]) -> list[str]:
     """The columns `mechscope runs` shows by default, plus those matching `patterns`.
 
     Those are the run id and status (and the reason, where a run did not complete), the
-    component names, every config value that differs between the runs, the seed, the final
-    training loss and R², then any column matching one of the shell-style `patterns`.
+    component names, every task, model and trainer setting that differs between the runs, the
+    probe list where it differs, the seed, the final training loss and R², then any column
+    matching one of the shell-style `patterns`.
     """
-    config = [c for c in table.columns if c.startswith(_CONFIG_PREFIXES)]
+    config = [c for c in table.columns if c.startswith(_CONFIG_PREFIXES) or c == "probes"]
     varying = [c for c in config if table[c].astype(str).nunique() > 1]
     names = [f"{part}.name" for part in ("task", "model", "trainer")]
     incomplete = "status" in table and bool((table["status"] != "completed").any())

@@ -407,7 +407,7 @@ def salvage_trained(directory: Path, registry: Registry | None = None) -> Traine
     try:
         verify_manifest(directory, under="trained")
         trained = TrainedRun.load(directory / "trained", registry=registry)
-    except StoreError:
+    except Exception:  # noqa: BLE001 - anything that stops the reload means: retrain
         return None
     warnings.warn(
         f"{directory}: the trained network is intact; recomputing only the probes", stacklevel=3

@@ -114,7 +114,7 @@ def test_run_runs_report(tmp_path, capsys, toys):
                               "trainer.steps", "seed", "train.loss"]
     assert sorted(row.split()[5] for row in rows[:2]) == ["3", "4"]
     assert "more columns" in rows[2]
-    assert main(["runs", str(store), "--columns", "toy_probe.*"]) == 0
+    assert main(["runs", "--columns", "toy_probe.*,nothing.*", str(store)]) == 0
     chosen = capsys.readouterr().out.splitlines()[0].split()[len(header.split()):]
     assert chosen and all(c.startswith("toy_probe.") for c in chosen) and "toy_probe.mse" in chosen
     assert main(["runs", str(store), "--all"]) == 0

@@ -308,6 +308,19 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
 
 
+def test_search_dependent_defaults_and_explicit_values():
+    assert (SolverSettings().lm_steps, SolverSettings().handoff_tol) == (120, 1e-2)
+    dense = SolverSettings(search="dense_lm")
+    assert (dense.lm_steps, dense.handoff_tol) == (200, 1e-4)
+    chosen = SolverSettings(search="dense_lm", lm_steps=50, handoff_tol=3e-3)
+    assert (chosen.lm_steps, chosen.handoff_tol) == (50, 3e-3)
+    # The probe config leaves them unset unless given, and passes them through.
+    config = FixedPointsConfig(search="dense_lm")
+    assert (config.lm_steps, config.handoff_tol) == (None, None)
+    assert config.settings(0.01).lm_steps == 200
+    assert FixedPointsConfig(lm_steps=7).settings(0.01).lm_steps == 7
+
+
 def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
     # Five LM iterations on −x + W tanh(x), against the same iterations written out in NumPy
     # with the closed-form Jacobian −I + W diag(1 − tanh²x) and a direct solve.

@@ -55,19 +55,22 @@ class FixedPointsConfig(mechscope.Config):
         "lm", description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
         "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
         "'dense_lm': the same with exact dense LM steps (follows the exact LM paths; a "
-        "factorisation per candidate and iteration, meant for accelerators; use it with "
-        "lm_steps = 200 and handoff_tol = 1e-4); "
+        "factorisation per candidate and iteration, meant for accelerators; memory grows as "
+        "candidates × n_units²); "
         "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros)."
     )
-    lm_steps: int = Field(
-        120, ge=1, description="Most Levenberg–Marquardt iterations per candidate ('lm')."
+    lm_steps: int | None = Field(
+        None, ge=1, description="Most Levenberg–Marquardt iterations per candidate ('lm', "
+        "'dense_lm'); None = 120 for 'lm', 200 for 'dense_lm'."
     )
     lm_cg_steps: int = Field(
-        20, ge=1, description="Conjugate-gradient iterations per Levenberg–Marquardt step."
+        20, ge=1, description="Conjugate-gradient iterations per Levenberg–Marquardt step "
+        "('lm' only)."
     )
-    handoff_tol: float = Field(
-        1e-2, gt=0, description="A candidate leaves Levenberg–Marquardt for dense Newton when "
-        "‖f‖ ≤ handoff_tol × typical speed."
+    handoff_tol: float | None = Field(
+        None, gt=0, description="A candidate leaves Levenberg–Marquardt for dense Newton when "
+        "‖f‖ ≤ handoff_tol × typical speed; None = 1e-2 for 'lm', 1e-4 for 'dense_lm' "
+        "(exact paths are worth following closer to the zero; inexact ones are not)."
     )
     relax_step: float | None = Field(
         None, gt=0, description="Length of those steps; None = 1 / spectral radius of the "

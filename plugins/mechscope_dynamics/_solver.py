@@ -6,12 +6,13 @@ The fast solver (``mode = "newton"``) spends dense linear algebra only on distin
    one compiled call (one matrix product per step); each path gives its end point and its
    slowest point (where it passed a saddle). Per input, if these merge into few candidates
    (an attractor-dominated flow) the search starts from them, else from the raw starts.
-2. *Matrix-free Levenberg–Marquardt* (``search = "lm"``): per input, candidates closer than
+2. *Levenberg–Marquardt* (``search = "lm"``, matrix-free): per input, candidates closer than
    ``merge_tol`` × (trajectory scale) are merged, and the distinct ones take LM steps whose
    normal equations are solved by conjugate gradients on the vector field's batched JVP and
-   VJP (for a recurrent network, matrix products with the shared weights). Candidates that
-   come within ``handoff_tol`` × (typical speed) of a zero leave for dense Newton; the others
-   merge with each other as they meet.
+   VJP (for a recurrent network, matrix products with the shared weights); with
+   ``search = "dense_lm"`` they are solved exactly (a Cholesky factorisation per candidate).
+   Candidates that come within ``handoff_tol`` × (typical speed) of a zero leave for dense
+   Newton; the others merge with each other as they meet.
 3. *Newton with merging*: the candidates that came close take globalised float32 Newton
    iterations (line search with a Cauchy-step fallback) in blocks of two. After each block,
    converged candidates (‖f‖ ≤ ``newton_tol`` × typical speed) leave, candidates that reached
@@ -59,10 +60,12 @@ class SolverSettings:
             that come close to a zero), ``"dense_lm"`` (the same with exact dense LM steps:
             the exact LM paths, a factorisation per candidate and iteration, for
             accelerators) or ``"newton"`` (dense Newton on every candidate).
-        lm_steps: most Levenberg–Marquardt iterations per candidate (``search = "lm"``).
-        lm_cg_steps: conjugate-gradient iterations per Levenberg–Marquardt step.
+        lm_steps: most Levenberg–Marquardt iterations per candidate (``"lm"``,
+            ``"dense_lm"``); None = 120 for ``"lm"``, 200 for ``"dense_lm"``.
+        lm_cg_steps: conjugate-gradient iterations per Levenberg–Marquardt step (``"lm"``).
         handoff_tol: a candidate leaves Levenberg–Marquardt for dense Newton when
-            ‖f‖ ≤ handoff_tol × speed_scale.
+            ‖f‖ ≤ handoff_tol × speed_scale; None = 1e-2 for ``"lm"``, 1e-4 for
+            ``"dense_lm"`` (exact paths are worth following closer to the zero).
         relax_steps: Euler steps along the flow from every start before Newton (0 = none).
         relax_step: their length; None = 1 / (spectral radius of ∂f/∂x at the centre).
         relaxed_fraction: an input is solved from its relaxed points (end points and the
@@ -92,9 +95,9 @@ class SolverSettings:
 
     mode: str = "newton"
     search: str = "lm"
-    lm_steps: int = 120
+    lm_steps: int | None = None
     lm_cg_steps: int = 20
-    handoff_tol: float = 1e-2
+    handoff_tol: float | None = None
     relax_steps: int = 60
     relax_step: float | None = None
     relaxed_fraction: float = 0.5
@@ -114,6 +117,14 @@ class SolverSettings:
     golub_tol_dq: float = 1e-20
     golub_learning_rate: float = 1.0
     golub_unique_tol: float = 1e-3
+
+    def __post_init__(self):
+        # Defaults that depend on the search (the dataclass is frozen, hence object.__setattr__).
+        exact = self.search == "dense_lm"
+        if self.lm_steps is None:
+            object.__setattr__(self, "lm_steps", 200 if exact else 120)
+        if self.handoff_tol is None:
+            object.__setattr__(self, "handoff_tol", 1e-4 if exact else 1e-2)
 
 
 @dataclasses.dataclass
@@ -227,7 +238,7 @@ def relaxation_step(model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2a: matrix-free Levenberg–Marquardt on every candidate.
+# Stage 2a: Levenberg–Marquardt on every candidate (matrix-free, or dense for accelerators).
 
 
 def _levenberg_marquardt(
@@ -698,7 +709,9 @@ def _lm_search(
     merge_radius: float,
     dtype: jnp.dtype,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Matrix-free Levenberg–Marquardt on every row until it comes within `handoff` of a zero.
+    """Levenberg–Marquardt on every row until it comes within `handoff` of a zero.
+
+    Matrix-free steps, or exact dense ones with ``settings.search == "dense_lm"``.
 
     After every block of iterations, rows with ‖f‖ ≤ `handoff` leave (for dense Newton); rows
     that come within `merge_radius` of a row that left, or of each other, are merged.
@@ -823,8 +836,8 @@ def find_fixed_points(
     n_candidates = len(x)
 
     found_x, found_k, slow_x, slow_k, slow_norm = [], [], [], [], []
-    # Stage 2a: matrix-free Levenberg–Marquardt brings every candidate near a zero (or a
-    # minimum of q that is not one); only those that come close go on to dense Newton.
+    # Stage 2a: Levenberg–Marquardt (matrix-free or dense) brings every candidate near a zero
+    # (or a minimum of q that is not one); only those that come close go on to dense Newton.
     if settings.search in ("lm", "dense_lm") and len(x):
         (x, row_input, norm), (far_x, far_k, far_norm) = _lm_search(
             model, x, row_input, inputs_np, settings, settings.handoff_tol * speed_scale,
