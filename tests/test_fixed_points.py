@@ -308,6 +308,38 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
 
 
+def test_dense_steps_in_chunks_give_the_same_rows(monkeypatch):
+    # Dense LM runs on bounded chunks of rows; rows are independent, so chunking must change
+    # nothing, row for row. 64-row chunks (the smallest) split 240 rows four ways.
+    import mechscope_dynamics._solver as solver
+
+    model, patterns, _ = _hopfield()
+    n = patterns.shape[1]
+    rng = np.random.default_rng(3)
+    x = 2.0 * rng.standard_normal((240, n))
+    damping = 10.0 ** rng.uniform(-4, 0, 240)
+    settings = SolverSettings(search="dense_lm")
+
+    def block():
+        with jax.enable_x64(True):
+            wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model)
+            return solver._lm_block(wide, x, np.zeros((240, 1)), damping, 4, settings,
+                                    jax.random.key(0), jnp.float64)
+
+    whole = block()
+    calls = []
+    original = solver._levenberg_marquardt_jit
+    monkeypatch.setattr(solver, "_DENSE_ELEMENTS", 64 * n * n)
+    monkeypatch.setattr(solver, "_levenberg_marquardt_jit",
+                        lambda model, x, *rest: calls.append(len(x)) or original(model, x, *rest))
+    chunked = block()
+    assert calls == [64, 64, 64, 64]
+    assert not np.allclose(whole[0], x), "the rows must have moved"
+    for expected, actual in zip(whole, chunked, strict=True):
+        assert actual.shape == expected.shape == (240, *expected.shape[1:])
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_search_dependent_defaults_and_explicit_values():
     assert (SolverSettings().lm_steps, SolverSettings().handoff_tol) == (120, 1e-2)
     dense = SolverSettings(search="dense_lm")

@@ -55,8 +55,8 @@ class FixedPointsConfig(mechscope.Config):
         "lm", description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
         "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
         "'dense_lm': the same with exact dense LM steps (follows the exact LM paths; a "
-        "factorisation per candidate and iteration, meant for accelerators; memory grows as "
-        "candidates × n_units²); "
+        "factorisation per candidate and iteration, meant for accelerators; candidates run in "
+        "chunks of at most 2^26 / n_units² rows to bound memory); "
         "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros)."
     )
     lm_steps: int | None = Field(

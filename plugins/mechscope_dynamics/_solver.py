@@ -699,6 +699,43 @@ def _prefer_relaxed(
     )
 
 
+#: Most elements of one [rows, n, n] array in a dense LM call (2^26 float32 = 256 MB).
+_DENSE_ELEMENTS = 1 << 26
+
+
+def _lm_block(
+    model: mechscope.AbstractModel,
+    x: np.ndarray,
+    u: np.ndarray,
+    damping: np.ndarray,
+    steps: int,
+    settings: SolverSettings,
+    key: Array,
+    dtype: jnp.dtype,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`steps` LM iterations from every row: end points, ‖f‖ there and the damping.
+
+    Rows are padded to a compiled size (at least 64: the few rows left at the end of a search
+    then share one program, and padding them costs less than compiling for every power of two
+    below). Dense steps hold a few [rows, n, n] arrays at once, so they run on chunks of at
+    most ``_DENSE_ELEMENTS`` / n² rows.
+    """
+    dense = settings.search == "dense_lm"
+    m = len(x)
+    chunk = max(64, _DENSE_ELEMENTS // x.shape[1] ** 2) if dense else max(m, 1)
+    parts = []
+    for lo in range(0, m, chunk):
+        rows = slice(lo, lo + chunk)
+        size = padded_size(max(len(x[rows]), 64))
+        out = _levenberg_marquardt_jit(
+            model, _pad_rows(x[rows], size, dtype), _pad_rows(u[rows], size, dtype),
+            _pad_rows(damping[rows], size, dtype), jnp.asarray(steps, jnp.int32),
+            settings.lm_cg_steps, key, dense,
+        )
+        parts.append([np.asarray(a, np.float64)[: len(x[rows])] for a in out])
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+
 def _lm_search(
     model: mechscope.AbstractModel,
     x: np.ndarray,
@@ -730,16 +767,11 @@ def _lm_search(
         # Short blocks while the batch is large (rows leave and merge between blocks); long
         # ones for the few rows left (each call has a fixed cost).
         steps = min(4 if m > 256 else 16, settings.lm_steps - done)
-        # At least 64 rows: the few rows left at the end then share one compiled size, and
-        # padding them costs less than compiling for every power of two below.
-        size = padded_size(max(m, 64))
-        out = _levenberg_marquardt_jit(
-            model, _pad_rows(x, size, dtype), _pad_rows(inputs[row_input], size, dtype),
-            _pad_rows(damping, size, dtype), jnp.asarray(steps, jnp.int32),
-            settings.lm_cg_steps, jax.random.fold_in(key, done), settings.search == "dense_lm",
+        new_x, new_norm, damping = _lm_block(
+            model, x, inputs[row_input], damping, steps, settings,
+            jax.random.fold_in(key, done), dtype,
         )
         done += steps
-        new_x, new_norm, damping = (np.asarray(a, np.float64)[:m] for a in out)
         finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
         x, norm = np.where(finite[:, None], new_x, x), np.where(finite, new_norm, norm)
         close = norm <= handoff
