@@ -251,7 +251,7 @@ def _levenberg_marquardt(
     key: Array,
     dense: bool = False,
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"], Float[Array, " m"]]:
-    """`steps` Levenberg–Marquardt iterations from every row, without forming Jacobians.
+    """`steps` Levenberg–Marquardt iterations from every row (matrix-free unless `dense`).
 
     Each iteration solves (JᵀJ + μ·tr(JᵀJ)/n·I) δ = −Jᵀf with `cg_steps` conjugate-gradient
     iterations, where J·v and Jᵀ·w are the vector field's JVP and VJP over the whole batch (for
