@@ -188,7 +188,8 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
     target input starts two branches of zeros of f(x, u(θ)) in (x / scale, θ), one per
     direction, followed with a tangent predictor and four Newton corrections on the
     arclength-augmented system (so folds, where a branch turns back in θ, are passed). Where a
-    branch crosses a target angle, the interpolated state is solved by Newton at that input.
+    branch crosses a target angle, the interpolated state is solved at that input by the
+    reference's damped Newton.
     A branch ends when it closes on itself, its step falls below 1e-4 or it leaves the region
     of the outlier rule (10 × scale from the centre).
 
@@ -227,17 +228,6 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
             z, _ = jax.lax.scan(correct, predicted, None, length=4)
             return z, tangent, jnp.linalg.norm(field(z))
 
-        @jax.jit
-        @jax.vmap
-        def newton(x, theta):
-            def iteration(x, _):
-                u = u_of(theta)
-                return x - jnp.linalg.solve(model.jacobian(0.0, x, u),
-                                            model.vector_field(0.0, x, u)), None
-
-            x, _ = jax.lax.scan(iteration, x, None, length=8)
-            return x, jnp.linalg.norm(model.vector_field(0.0, x, u_of(theta)))
-
         rows = np.flatnonzero(np.isin(input_index, targets))
         theta = angles[np.searchsorted(targets, input_index[rows])]
         y = np.tile(np.concatenate([points[rows] / scale, theta[:, None]], axis=1), (2, 1))
@@ -272,11 +262,12 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
                 break
         if not crossings:
             return np.zeros((0, n)), np.zeros(0, dtype=int), len(rows)
-        crossing_input = np.asarray(crossing_input, dtype=int)
-        x, speed = (np.asarray(a) for a in newton(np.asarray(crossings),
-                                                  angles[crossing_input]))
+        k = targets[np.asarray(crossing_input, dtype=int)]
+        # The reference's damped Newton (8 iterations, no LM) at the target inputs themselves.
+        x, speed, _, _ = (np.asarray(a) for a in _solvers_jit(
+            model, jnp.asarray(np.asarray(crossings)), jnp.asarray(inputs[k]), 8, 0))
         zero = speed <= tol
-        x, k = x[zero], targets[crossing_input[zero]]
+        x, k = x[zero], k[zero]
     keep = _unique_per_input(x, k, np.zeros(len(x)), 1e-4 * scale)
     return x[keep], k[keep], len(rows)
 
@@ -289,6 +280,25 @@ def match(points, input_index, point, k, tol):
     gaps = np.linalg.norm(points[rows] - point, axis=1)
     j = int(np.argmin(gaps))
     return int(rows[j]) if gaps[j] <= tol else None
+
+
+def timed_solve(model, condition, starts, inputs, settings, repeats: int):
+    """Solve once (compiling), then `repeats` more times.
+
+    Returns:
+        The last result, the median time of the repeats and the time of the first call.
+    """
+    kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
+                  center=condition.center, settings=settings)
+    start = time.perf_counter()
+    find_fixed_points(model, inputs, starts, **kwargs)
+    first_call = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fps = find_fixed_points(model, inputs, starts, **kwargs)
+        times.append(time.perf_counter() - start)
+    return fps, float(np.median(times)), first_call
 
 
 def score(fps, ref_points, ref_index, ref_stable, run, condition):
@@ -363,23 +373,15 @@ def main() -> None:
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
             settings = SolverSettings(mode=mode, golub_dt=task.dt, search=args.search)
-            kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
-                          center=condition.center, settings=settings)
-            start = time.perf_counter()
-            find_fixed_points(run.model, inputs, starts, **kwargs)  # compile
-            first_call = time.perf_counter() - start
-            times = []
-            for _ in range(1 if mode == "golub" else args.repeats):
-                start = time.perf_counter()
-                fps = find_fixed_points(run.model, inputs, starts, **kwargs)
-                times.append(time.perf_counter() - start)
-            elapsed = float(np.median(times))
+            repeats = 1 if mode == "golub" else args.repeats
+            fps, elapsed, first_call = timed_solve(run.model, condition, starts, inputs,
+                                                   settings, repeats)
             recall, precision, labels = score(fps, ref_points, ref_index, ref_stable, run,
                                               condition)
             # Only the process's first solve compiles everything; later ones reuse most of it.
             compiled = f"; first call, compiling, {first_call:.1f} s" if first else ""
             first = False
-            print(f"  {mode:7s} time {elapsed:6.2f} s (median of {len(times)}{compiled})  "
+            print(f"  {mode:7s} time {elapsed:6.2f} s (median of {repeats}{compiled})  "
                   f"reported {len(fps.points):4d}  "
                   f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
                   f"{labels:.3f}  slow points {len(fps.slow_points)}", flush=True)

@@ -73,7 +73,7 @@ def step_ms(device, n_units: int, n_times: int, rounds: int = 30) -> float:
 def fixed_points_on(device, networks, repeats: int) -> dict:
     """The fixed-point benchmark's problems solved on `device`: time, recall, precision."""
     import fixed_points as bench
-    from mechscope_dynamics import SolverSettings, find_fixed_points
+    from mechscope_dynamics import SolverSettings
 
     registry = mechscope.get_registry()
     entry = registry.get("task", "delayed_reach")
@@ -86,21 +86,14 @@ def fixed_points_on(device, networks, repeats: int) -> dict:
         ref_points, ref_index, ref_stable, _ = bench.reference(
             name, run, condition, starts, inputs)
         for search in ("lm", "dense_lm"):
-            settings = SolverSettings(search=search)
-            kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
-                          center=condition.center, settings=settings)
             with jax.default_device(device):
-                model = jax.device_put(run.model, device)
-                find_fixed_points(model, inputs, starts, **kwargs)  # compile
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    fps = find_fixed_points(model, inputs, starts, **kwargs)
-                    times.append(time.perf_counter() - start)
+                fps, elapsed, _ = bench.timed_solve(
+                    jax.device_put(run.model, device), condition, starts, inputs,
+                    SolverSettings(search=search), repeats)
             recall, precision, labels = bench.score(fps, ref_points, ref_index, ref_stable,
                                                     run, condition)
             out[f"fixed_points_{name}_{search}"] = {
-                "time_s": statistics.median(times), "recall": round(recall, 3),
+                "time_s": elapsed, "recall": round(recall, 3),
                 "precision": round(precision, 3), "labels": round(labels, 3),
                 "reported": len(fps.points)}
     return out
