@@ -17,6 +17,7 @@ from mechscope_dynamics import (
     find_fixed_points,
 )
 from mechscope_dynamics._solver import (
+    _cast,
     _levenberg_marquardt,
     _representatives_tree,
     padded_size,
@@ -322,7 +323,7 @@ def test_dense_steps_in_chunks_give_the_same_rows(monkeypatch):
 
     def block():
         with jax.enable_x64(True):
-            wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model)
+            wide = _cast(model, jnp.float64)
             return solver._lm_block(wide, x, np.zeros((240, 1)), damping, 4, settings,
                                     jax.random.key(0), jnp.float64)
 
@@ -378,7 +379,7 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
             else:
                 mu[i] = 10.0 * mu[i]
     with jax.enable_x64(True):
-        wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model)
+        wide = _cast(model, jnp.float64)
         x1, speed, damping = _levenberg_marquardt(
             wide, jnp.asarray(x0), jnp.zeros((len(x0), 1)), jnp.full(len(x0), 1e-2), 5, 1,
             jax.random.key(0), True,
