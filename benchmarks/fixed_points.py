@@ -48,13 +48,23 @@ CACHE = Path(__file__).parent / "data" / "fixed_points"
 NETWORKS = {
     "regularised": (
         {"n_units": 100, "gain": 1.5},
-        {"steps": 1500, "learning_rate": 3e-3, "rate_reg": 1e-2, "weight_reg": 1e-4,
-         "eval_every": 100},
+        {
+            "steps": 1500,
+            "learning_rate": 3e-3,
+            "rate_reg": 1e-2,
+            "weight_reg": 1e-4,
+            "eval_every": 100,
+        },
     ),
     "chaotic": (
         {"n_units": 100, "gain": 4.0},
-        {"steps": 1500, "learning_rate": 1e-3, "rate_reg": 0.0, "weight_reg": 0.0,
-         "eval_every": 100},
+        {
+            "steps": 1500,
+            "learning_rate": 1e-3,
+            "rate_reg": 0.0,
+            "weight_reg": 0.0,
+            "eval_every": 100,
+        },
     ),
 }
 
@@ -66,8 +76,12 @@ def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.Traine
     registry = mechscope.get_registry()
     model_params, trainer_params = NETWORKS[name]
     model_entry = registry.get("model", "ctrnn")
-    model = model_entry.build(model_entry.validate(model_params), n_inputs=task.n_inputs,
-                              n_outputs=task.n_outputs, key=jax.random.key(0))
+    model = model_entry.build(
+        model_entry.validate(model_params),
+        n_inputs=task.n_inputs,
+        n_outputs=task.n_outputs,
+        key=jax.random.key(0),
+    )
     trainer_entry = registry.get("trainer", "bptt")
     trainer = trainer_entry.build(trainer_entry.validate(trainer_params))
     run = trainer.fit(model, task, key=jax.random.key(1))
@@ -75,8 +89,9 @@ def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.Traine
     return run
 
 
-def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: int = 1024,
-            seed: int = 0):
+def problem(
+    run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: int = 1024, seed: int = 0
+):
     # Full-precision products: on a GPU the default (TF32) would give other trajectories, hence
     # other starts and scales than those the committed references were built from.
     with jax.default_matmul_precision("highest"):
@@ -84,7 +99,8 @@ def problem(run: mechscope.TrainedRun, task: mechscope.AbstractTask, n_starts: i
     rng = np.random.default_rng(seed)
     flat = condition.states.reshape(-1, condition.states.shape[-1])
     starts = flat[rng.integers(0, len(flat), n_starts)] + 0.5 * rng.standard_normal(
-        (n_starts, flat.shape[1]))
+        (n_starts, flat.shape[1])
+    )
     trials = condition.trials
     go = np.asarray(trials.event_index("go"))
     inputs = np.asarray(trials.inputs, np.float64)[np.arange(len(go)), go - 1]
@@ -116,17 +132,20 @@ def _dense_solvers(model, x, u, newton_steps: int, lm_steps: int):
         jac, r = model.jacobian(0.0, y, u), residual(y)
         normal = jac.T @ jac
         eye = jnp.eye(len(y))
-        delta = jnp.linalg.solve(normal + damping * (jnp.trace(normal) / len(y) + 1e-12) * eye,
-                                 -jac.T @ r)
+        delta = jnp.linalg.solve(
+            normal + damping * (jnp.trace(normal) / len(y) + 1e-12) * eye, -jac.T @ r
+        )
         delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
         q_new = q(y + delta)
         ok = q_new < qy
-        return (jnp.where(ok, y + delta, y), jnp.where(ok, q_new, qy),
-                jnp.where(ok, damping * 0.3, damping * 10.0)), None
+        return (
+            jnp.where(ok, y + delta, y),
+            jnp.where(ok, q_new, qy),
+            jnp.where(ok, damping * 0.3, damping * 10.0),
+        ), None
 
     (x_newton, q_newton), _ = jax.lax.scan(newton, (x, q(x)), None, length=newton_steps)
-    (x_lm, q_lm, _), _ = jax.lax.scan(levenberg_marquardt, (x, q(x), 1e-2), None,
-                                      length=lm_steps)
+    (x_lm, q_lm, _), _ = jax.lax.scan(levenberg_marquardt, (x, q(x), 1e-2), None, length=lm_steps)
     return x_newton, jnp.sqrt(q_newton), x_lm, jnp.sqrt(q_lm)
 
 
@@ -156,7 +175,8 @@ def reference(name, run, condition, starts, inputs, tag=""):
         model = _cast(run.model, jnp.float64)
         for chunk in np.array_split(np.arange(len(x0)), k):
             x_newton, speed_newton, x_lm, speed_lm = _solvers_jit(
-                model, jnp.asarray(x0[chunk]), jnp.asarray(u[chunk]), 60, 200)
+                model, jnp.asarray(x0[chunk]), jnp.asarray(u[chunk]), 60, 200
+            )
             ends["newton"].append((np.asarray(x_newton), np.asarray(speed_newton)))
             ends["lm"].append((np.asarray(x_lm), np.asarray(speed_lm)))
         index = np.repeat(np.arange(k), s)
@@ -166,8 +186,7 @@ def reference(name, run, condition, starts, inputs, tag=""):
         input_index = np.concatenate([index[ok] for ok in method_ok])
         near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale
         points, input_index = points[near], input_index[near]
-        keep = _unique_per_input(points, input_index, np.zeros(len(points)),
-                                 1e-4 * condition.scale)
+        keep = _unique_per_input(points, input_index, np.zeros(len(points)), 1e-4 * condition.scale)
         points, input_index = points[keep], input_index[keep]
         reached_by = np.zeros((len(points), 2), dtype=int)
         for j, (point, zero_input) in enumerate(zip(points, input_index, strict=True)):
@@ -175,7 +194,8 @@ def reference(name, run, condition, starts, inputs, tag=""):
                 close = np.linalg.norm(x - point, axis=1) <= 1e-3 * condition.scale
                 reached_by[j, m] = int(np.sum(ok & close & (index == zero_input)))
         jac = jax.vmap(lambda x, v: model.jacobian(0.0, x, v))(
-            jnp.asarray(points), jnp.asarray(inputs[input_index]))
+            jnp.asarray(points), jnp.asarray(inputs[input_index])
+        )
         stable = np.linalg.eigvals(np.asarray(jac)).real.max(axis=1) < 0
     np.savez(path, points=points, input_index=input_index, stable=stable, reached_by=reached_by)
     return points, input_index, stable, reached_by
@@ -243,8 +263,10 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
             for b in np.flatnonzero(ok):
                 lo, hi = sorted((y[b, n], z[b, n]))
                 for j, angle in enumerate(angles):
-                    for turn in range(math.ceil((lo - angle) / (2 * np.pi)),
-                                      math.floor((hi - angle) / (2 * np.pi)) + 1):
+                    for turn in range(
+                        math.ceil((lo - angle) / (2 * np.pi)),
+                        math.floor((hi - angle) / (2 * np.pi)) + 1,
+                    ):
                         at = angle + 2 * np.pi * turn
                         w = (at - y[b, n]) / (z[b, n] - y[b, n])
                         crossings.append(((1 - w) * y[b, :n] + w * z[b, :n]) * scale)
@@ -264,8 +286,12 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
             return np.zeros((0, n)), np.zeros(0, dtype=int), len(rows)
         k = targets[np.asarray(crossing_input, dtype=int)]
         # The reference's damped Newton (8 iterations, no LM) at the target inputs themselves.
-        x, speed, _, _ = (np.asarray(a) for a in _solvers_jit(
-            model, jnp.asarray(np.asarray(crossings)), jnp.asarray(inputs[k]), 8, 0))
+        x, speed, _, _ = (
+            np.asarray(a)
+            for a in _solvers_jit(
+                model, jnp.asarray(np.asarray(crossings)), jnp.asarray(inputs[k]), 8, 0
+            )
+        )
         zero = speed <= tol
         x, k = x[zero], k[zero]
     keep = _unique_per_input(x, k, np.zeros(len(x)), 1e-4 * scale)
@@ -288,8 +314,12 @@ def timed_solve(model, condition, starts, inputs, settings, repeats: int):
     Returns:
         The last result, the median time of the repeats and the time of the first call.
     """
-    kwargs = dict(scale=condition.scale, speed_scale=condition.speed_scale,
-                  center=condition.center, settings=settings)
+    kwargs = dict(
+        scale=condition.scale,
+        speed_scale=condition.speed_scale,
+        center=condition.center,
+        settings=settings,
+    )
     start = time.perf_counter()
     find_fixed_points(model, inputs, starts, **kwargs)
     first_call = time.perf_counter() - start
@@ -310,8 +340,14 @@ def score(fps, ref_points, ref_index, ref_stable, run, condition):
             labels_right += int(bool(fps.stable[row]) == bool(stable))
     with jax.enable_x64(True):
         model = _cast(run.model, jnp.float64)
-        speed = np.linalg.norm(np.asarray(jax.vmap(lambda x, u: model.vector_field(0.0, x, u))(
-            jnp.asarray(fps.points), jnp.asarray(fps.inputs[fps.input_index]))), axis=1)
+        speed = np.linalg.norm(
+            np.asarray(
+                jax.vmap(lambda x, u: model.vector_field(0.0, x, u))(
+                    jnp.asarray(fps.points), jnp.asarray(fps.inputs[fps.input_index])
+                )
+            ),
+            axis=1,
+        )
     true_zero = speed <= 1e-6 * condition.speed_scale
     recall = hits / max(len(ref_points), 1)
     precision = float(true_zero.mean()) if len(true_zero) else float("nan")
@@ -322,16 +358,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
     parser.add_argument("--no-golub", action="store_true")
-    parser.add_argument("--other-starts", action="store_true",
-                        help="also build the reference from other starts (seed 1; cached, "
-                        "minutes) and print how many reference zeros it finds")
-    parser.add_argument("--branches", action="store_true",
-                        help="also follow the reference zeros along branches around the circle "
-                        "of target inputs and print how many zeros those carry (about a minute)")
-    parser.add_argument("--search", choices=["lm", "dense_lm", "newton"], default="lm",
-                        help="the fast solver's search (SolverSettings.search; default lm)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs per network (median reported; golub runs once)")
+    parser.add_argument(
+        "--other-starts",
+        action="store_true",
+        help="also build the reference from other starts (seed 1; cached, "
+        "minutes) and print how many reference zeros it finds",
+    )
+    parser.add_argument(
+        "--branches",
+        action="store_true",
+        help="also follow the reference zeros along branches around the circle "
+        "of target inputs and print how many zeros those carry (about a minute)",
+    )
+    parser.add_argument(
+        "--search",
+        choices=["lm", "dense_lm", "newton"],
+        default="lm",
+        help="the fast solver's search (SolverSettings.search; default lm)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per network (median reported; golub runs once)",
+    )
     args = parser.parse_args()
     registry = mechscope.get_registry()
     entry = registry.get("task", "delayed_reach")
@@ -341,50 +391,69 @@ def main() -> None:
         run = trained_network(name, task)
         condition, starts, inputs = problem(run, task)
         ref_points, ref_index, ref_stable, reached_by = reference(
-            name, run, condition, starts, inputs)
-        print(f"{name}: reference has {len(ref_points)} zeros "
-              f"({ref_stable.sum()} stable) over {len(inputs)} inputs; Newton paths reach "
-              f"{np.sum(reached_by[:, 0] > 0)}, LM paths {np.sum(reached_by[:, 1] > 0)}; "
-              f"{np.sum(reached_by.sum(1) == 1)} are reached from a single start", flush=True)
+            name, run, condition, starts, inputs
+        )
+        print(
+            f"{name}: reference has {len(ref_points)} zeros "
+            f"({ref_stable.sum()} stable) over {len(inputs)} inputs; Newton paths reach "
+            f"{np.sum(reached_by[:, 0] > 0)}, LM paths {np.sum(reached_by[:, 1] > 0)}; "
+            f"{np.sum(reached_by.sum(1) == 1)} are reached from a single start",
+            flush=True,
+        )
         if args.other_starts:
             # How much of the reference is a property of the network and how much of the
             # particular starts: the same exhaustive search from 1,024 other starts drawn the
             # same way (another seed).
             _, other_starts, _ = problem(run, task, seed=1)
             other_points, other_index, _, _ = reference(
-                name, run, condition, other_starts, inputs, tag="_seed1")
+                name, run, condition, other_starts, inputs, tag="_seed1"
+            )
             shared = sum(
                 match(other_points, other_index, point, k, 1e-3 * condition.scale) is not None
-                for point, k in zip(ref_points, ref_index, strict=True))
-            print(f"  the same search from other starts (seed 1) finds {len(other_points)} "
-                  f"zeros, {shared} of the reference's {len(ref_points)} "
-                  f"(recall {shared / max(len(ref_points), 1):.2f})", flush=True)
+                for point, k in zip(ref_points, ref_index, strict=True)
+            )
+            print(
+                f"  the same search from other starts (seed 1) finds {len(other_points)} "
+                f"zeros, {shared} of the reference's {len(ref_points)} "
+                f"(recall {shared / max(len(ref_points), 1):.2f})",
+                flush=True,
+            )
         if args.branches:
             start = time.perf_counter()
             branch_points, branch_index, on_targets = branch_zeros(
-                run, condition, ref_points, ref_index, inputs)
+                run, condition, ref_points, ref_index, inputs
+            )
             shared = sum(
-                match(branch_points, branch_index, point, k, 1e-3 * condition.scale)
-                is not None for point, k in zip(ref_points, ref_index, strict=True))
-            print(f"  the branches through the reference's {on_targets} zeros of target inputs "
-                  f"carry {len(branch_points)} zeros of those inputs "
-                  f"({shared} of them reference zeros; "
-                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+                match(branch_points, branch_index, point, k, 1e-3 * condition.scale) is not None
+                for point, k in zip(ref_points, ref_index, strict=True)
+            )
+            print(
+                f"  the branches through the reference's {on_targets} zeros of target inputs "
+                f"carry {len(branch_points)} zeros of those inputs "
+                f"({shared} of them reference zeros; "
+                f"{time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
         modes = ["newton"] if args.no_golub else ["newton", "golub"]
         for mode in modes:
             settings = SolverSettings(mode=mode, golub_dt=task.dt, search=args.search)
             repeats = 1 if mode == "golub" else args.repeats
-            fps, elapsed, first_call = timed_solve(run.model, condition, starts, inputs,
-                                                   settings, repeats)
-            recall, precision, labels = score(fps, ref_points, ref_index, ref_stable, run,
-                                              condition)
+            fps, elapsed, first_call = timed_solve(
+                run.model, condition, starts, inputs, settings, repeats
+            )
+            recall, precision, labels = score(
+                fps, ref_points, ref_index, ref_stable, run, condition
+            )
             # Only the process's first solve compiles everything; later ones reuse most of it.
             compiled = f"; first call, compiling, {first_call:.1f} s" if first else ""
             first = False
-            print(f"  {mode:7s} time {elapsed:6.2f} s (median of {repeats}{compiled})  "
-                  f"reported {len(fps.points):4d}  "
-                  f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
-                  f"{labels:.3f}  slow points {len(fps.slow_points)}", flush=True)
+            print(
+                f"  {mode:7s} time {elapsed:6.2f} s (median of {repeats}{compiled})  "
+                f"reported {len(fps.points):4d}  "
+                f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
+                f"{labels:.3f}  slow points {len(fps.slow_points)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

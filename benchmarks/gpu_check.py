@@ -34,8 +34,12 @@ import mechscope
 
 def build(registry, task, *, n_units: int = 100):
     entry = registry.get("model", "ctrnn")
-    return entry.build(entry.validate({"n_units": n_units}), n_inputs=task.n_inputs,
-                       n_outputs=task.n_outputs, key=jax.random.key(0))
+    return entry.build(
+        entry.validate({"n_units": n_units}),
+        n_inputs=task.n_inputs,
+        n_outputs=task.n_outputs,
+        key=jax.random.key(0),
+    )
 
 
 def train(device, task, steps: int) -> tuple[mechscope.TrainedRun, float]:
@@ -83,19 +87,27 @@ def fixed_points_on(device, networks, repeats: int) -> dict:
         run = bench.trained_network(name, task)
         with jax.default_device(jax.devices("cpu")[0]):  # the problem the references are for
             condition, starts, inputs = bench.problem(run, task)
-        ref_points, ref_index, ref_stable, _ = bench.reference(
-            name, run, condition, starts, inputs)
+        ref_points, ref_index, ref_stable, _ = bench.reference(name, run, condition, starts, inputs)
         for search in ("lm", "dense_lm"):
             with jax.default_device(device):
                 fps, elapsed, _ = bench.timed_solve(
-                    jax.device_put(run.model, device), condition, starts, inputs,
-                    SolverSettings(search=search), repeats)
-            recall, precision, labels = bench.score(fps, ref_points, ref_index, ref_stable,
-                                                    run, condition)
+                    jax.device_put(run.model, device),
+                    condition,
+                    starts,
+                    inputs,
+                    SolverSettings(search=search),
+                    repeats,
+                )
+            recall, precision, labels = bench.score(
+                fps, ref_points, ref_index, ref_stable, run, condition
+            )
             out[f"fixed_points_{name}_{search}"] = {
-                "time_s": elapsed, "recall": round(recall, 3),
-                "precision": round(precision, 3), "labels": round(labels, 3),
-                "reported": len(fps.points)}
+                "time_s": elapsed,
+                "recall": round(recall, 3),
+                "precision": round(precision, 3),
+                "labels": round(labels, 3),
+                "reported": len(fps.points),
+            }
     return out
 
 
@@ -103,14 +115,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--fixed-points", action="store_true",
-                        help="also time the fixed-point benchmark's problems on the GPU")
+    parser.add_argument(
+        "--fixed-points",
+        action="store_true",
+        help="also time the fixed-point benchmark's problems on the GPU",
+    )
     parser.add_argument("--fp-networks", nargs="+", default=["regularised", "chaotic"])
     parser.add_argument("--fp-repeats", type=int, default=2)
-    parser.add_argument("--skip-training", action="store_true",
-                        help="skip the simulation, training and step checks (1–3)")
-    parser.add_argument("--self-test", action="store_true",
-                        help="compare the CPU with itself (checks this script without a GPU)")
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="skip the simulation, training and step checks (1–3)",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="compare the CPU with itself (checks this script without a GPU)",
+    )
     args = parser.parse_args()
     accelerators = [d for d in jax.devices() if d.platform != "cpu"]
     if args.self_test:
@@ -122,8 +143,11 @@ def main() -> None:
     task_entry = registry.get("task", "delayed_reach")
     task = task_entry.build(task_entry.validate({}))
     trials = task.conditions()
-    result: dict = {"cpu": str(cpu.device_kind), "gpu": str(gpu.device_kind),
-                    "jax": jax.__version__}
+    result: dict = {
+        "cpu": str(cpu.device_kind),
+        "gpu": str(gpu.device_kind),
+        "jax": jax.__version__,
+    }
 
     if not args.skip_training:
         result.update(training_checks(cpu, gpu, registry, task, trials, args.steps))

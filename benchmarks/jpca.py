@@ -58,20 +58,25 @@ def main() -> None:
     t_iter = median_time(lambda: mp.jpca_analysis(data, iterative), args.repeats)
     r_exact = mp.jpca_analysis(data, exact)
     r_iter = mp.jpca_analysis(data, iterative)
-    print(f"data: {data.n_conditions} conditions x {data.n_times} times x {data.n_neurons} "
-          "neurons")
+    print(f"data: {data.n_conditions} conditions x {data.n_times} times x {data.n_neurons} neurons")
     print(f"jpca (exact skew solve):     median {1e3 * t_exact:8.2f} ms")
-    print(f"jpca (iterative skew solve): median {1e3 * t_iter:8.2f} ms  "
-          f"({t_iter / t_exact:.1f}x slower)")
+    print(
+        f"jpca (iterative skew solve): median {1e3 * t_iter:8.2f} ms  "
+        f"({t_iter / t_exact:.1f}x slower)"
+    )
     states = r_exact.pc_projection[:, :-1].reshape(-1, 6)
     deltas = np.diff(r_exact.pc_projection, axis=1).reshape(-1, 6)
     s_exact = median_time(lambda: mp.fit_skew_symmetric(states, deltas), args.repeats)
     s_iter = median_time(lambda: mp.fit_skew_symmetric_iterative(states, deltas), args.repeats)
-    print(f"skew fit alone: exact {1e6 * s_exact:8.1f} us, iterative {1e6 * s_iter:8.1f} us "
-          f"({s_iter / s_exact:.0f}x slower)")
-    print(f"max |M_skew exact - iterative| = "
-          f"{np.abs(r_exact.m_skew - r_iter.m_skew).max():.2e}; "
-          f"R2_skew {r_exact.r2_skew:.4f} vs {r_iter.r2_skew:.4f}")
+    print(
+        f"skew fit alone: exact {1e6 * s_exact:8.1f} us, iterative {1e6 * s_iter:8.1f} us "
+        f"({s_iter / s_exact:.0f}x slower)"
+    )
+    print(
+        f"max |M_skew exact - iterative| = "
+        f"{np.abs(r_exact.m_skew - r_iter.m_skew).max():.2e}; "
+        f"R2_skew {r_exact.r2_skew:.4f} vs {r_iter.r2_skew:.4f}"
+    )
 
 
 if __name__ == "__main__":

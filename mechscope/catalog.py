@@ -31,11 +31,7 @@ class CatalogPlugin(_Strict):
 
     def components(self) -> set[tuple[str, str]]:
         """The ``(kind, name)`` pairs this plugin declares."""
-        return {
-            (kind, name)
-            for kind in COMPONENT_KINDS
-            for name in getattr(self, f"{kind}s")
-        }
+        return {(kind, name) for kind in COMPONENT_KINDS for name in getattr(self, f"{kind}s")}
 
 
 class Preset(_Strict):

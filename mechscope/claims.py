@@ -118,8 +118,11 @@ def _difference_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan
     result = scipy_stats.bootstrap(
-        (a, b), lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
-        n_resamples=RESAMPLES, confidence_level=0.95, method="percentile",
+        (a, b),
+        lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        n_resamples=RESAMPLES,
+        confidence_level=0.95,
+        method="percentile",
         random_state=np.random.default_rng(0),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -132,19 +135,31 @@ def evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
         ``title``, ``statement``, ``measured`` (what was computed, in words), ``effect``,
         ``ci_low``, ``ci_high``, ``p_value``, ``n`` and ``verdict``.
     """
-    out: dict[str, Any] = {"title": claim.title, "statement": claim.statement,
-                           "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                           "p_value": math.nan, "n": 0}
+    out: dict[str, Any] = {
+        "title": claim.title,
+        "statement": claim.statement,
+        "effect": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "p_value": math.nan,
+        "n": 0,
+    }
     for column, value in claim.where.items():
         if column not in table:
-            return {**out, "measured": f"column '{column}' (in where) is not in the table",
-                    "verdict": "inconclusive"}
+            return {
+                **out,
+                "measured": f"column '{column}' (in where) is not in the table",
+                "verdict": "inconclusive",
+            }
         table = table[[_matches(cell, value) for cell in table[column]]]
     try:
         return {**out, **_evaluate(claim, table)}
     except KeyError as missing:
-        return {**out, "measured": f"column {missing} is not in the table",
-                "verdict": "inconclusive"}
+        return {
+            **out,
+            "measured": f"column {missing} is not in the table",
+            "verdict": "inconclusive",
+        }
 
 
 def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
@@ -153,11 +168,21 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
         values = values[np.isfinite(values)]
         low, high = bootstrap_ci(values)
         mean = float(values.mean()) if len(values) else math.nan
-        verdict = ("inconclusive" if not math.isfinite(low)
-                   else "held" if low > claim.threshold else "did not hold")
-        return {"measured": f"mean {claim.metric} vs threshold {claim.threshold:g}",
-                "effect": mean, "ci_low": low, "ci_high": high, "n": len(values),
-                "verdict": verdict}
+        verdict = (
+            "inconclusive"
+            if not math.isfinite(low)
+            else "held"
+            if low > claim.threshold
+            else "did not hold"
+        )
+        return {
+            "measured": f"mean {claim.metric} vs threshold {claim.threshold:g}",
+            "effect": mean,
+            "ci_low": low,
+            "ci_high": high,
+            "n": len(values),
+            "verdict": verdict,
+        }
     if isinstance(claim, Correlates):
         from mechscope.stats import correlate
 
@@ -169,44 +194,69 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             verdict = "held" if low > 0 else "did not hold"
         else:
             verdict = "held" if high < 0 else "did not hold"
-        return {"measured": f"Spearman ρ({claim.x}, {claim.y}) across networks",
-                "effect": result["spearman"], "ci_low": low, "ci_high": high,
-                "p_value": result["spearman_p"], "n": result["n"], "verdict": verdict}
+        return {
+            "measured": f"Spearman ρ({claim.x}, {claim.y}) across networks",
+            "effect": result["spearman"],
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": result["spearman_p"],
+            "n": result["n"],
+            "verdict": verdict,
+        }
     groups = _groups(table, claim.metric, claim.by)
     n = int(sum(len(v) for v in groups.values()))
     if isinstance(claim, Differs):
         usable = [v for v in groups.values() if len(v) >= 2]
         if len(usable) < 2:
-            return {"measured": f"{claim.metric} across {claim.by}", "n": n,
-                    "verdict": "inconclusive"}
+            return {
+                "measured": f"{claim.metric} across {claim.by}",
+                "n": n,
+                "verdict": "inconclusive",
+            }
         pooled = np.concatenate(usable)
         if np.ptp(pooled) == 0:
-            return {"measured": f"{claim.metric} across {claim.by} (all values equal)",
-                    "n": n, "effect": 0.0, "p_value": 1.0, "verdict": "did not hold"}
+            return {
+                "measured": f"{claim.metric} across {claim.by} (all values equal)",
+                "n": n,
+                "effect": 0.0,
+                "p_value": 1.0,
+                "verdict": "did not hold",
+            }
         test = scipy_stats.kruskal(*usable)
         # ε² = H / (n − 1): the share of rank variance explained by the grouping.
         effect = float(test.statistic / (len(pooled) - 1))
         means = ", ".join(f"{k}: {np.mean(v):.3g}" for k, v in groups.items() if len(v))
-        return {"measured": f"{claim.metric} across {claim.by} (Kruskal–Wallis; ε²; "
-                            f"means {means})",
-                "effect": effect, "p_value": float(test.pvalue), "n": n,
-                "verdict": "held" if test.pvalue < claim.alpha else "did not hold"}
+        return {
+            "measured": f"{claim.metric} across {claim.by} (Kruskal–Wallis; ε²; means {means})",
+            "effect": effect,
+            "p_value": float(test.pvalue),
+            "n": n,
+            "verdict": "held" if test.pvalue < claim.alpha else "did not hold",
+        }
     if isinstance(claim, Greater):
         a = next((v for k, v in groups.items() if _matches(k, claim.a)), np.array([]))
         b = next((v for k, v in groups.items() if _matches(k, claim.b)), np.array([]))
         low, high = _difference_ci(a, b)
         effect = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-        verdict = ("inconclusive" if not math.isfinite(low)
-                   else "held" if low > 0 else "did not hold")
-        return {"measured": f"mean {claim.metric}: {claim.by}={claim.a} minus "
-                            f"{claim.by}={claim.b}",
-                "effect": effect, "ci_low": low, "ci_high": high, "n": len(a) + len(b),
-                "verdict": verdict}
+        verdict = (
+            "inconclusive" if not math.isfinite(low) else "held" if low > 0 else "did not hold"
+        )
+        return {
+            "measured": f"mean {claim.metric}: {claim.by}={claim.a} minus {claim.by}={claim.b}",
+            "effect": effect,
+            "ci_low": low,
+            "ci_high": high,
+            "n": len(a) + len(b),
+            "verdict": verdict,
+        }
     if isinstance(claim, Similar):
         usable = {k: v for k, v in groups.items() if len(v) >= 2}
         if len(usable) < 2:
-            return {"measured": f"{claim.metric} across {claim.by}", "n": n,
-                    "verdict": "inconclusive"}
+            return {
+                "measured": f"{claim.metric} across {claim.by}",
+                "n": n,
+                "verdict": "inconclusive",
+            }
         rng = np.random.default_rng(0)
         spreads = []
         for _ in range(RESAMPLES):
@@ -214,18 +264,31 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             spreads.append(max(means) - min(means))
         means = [v.mean() for v in usable.values()]
         high = float(np.quantile(spreads, 0.95))
-        return {"measured": f"range of {claim.metric} group means across {claim.by} "
-                            f"(upper 95% bound vs margin {claim.margin:g})",
-                "effect": float(max(means) - min(means)), "ci_low": math.nan,
-                "ci_high": high, "n": n,
-                "verdict": "held" if high < claim.margin else "did not hold"}
+        return {
+            "measured": f"range of {claim.metric} group means across {claim.by} "
+            f"(upper 95% bound vs margin {claim.margin:g})",
+            "effect": float(max(means) - min(means)),
+            "ci_low": math.nan,
+            "ci_high": high,
+            "n": n,
+            "verdict": "held" if high < claim.margin else "did not hold",
+        }
     raise ConfigError(f"unknown claim kind {type(claim).__name__}")
 
 
 def evaluate_all(claims: Sequence[Any], table: pd.DataFrame) -> pd.DataFrame:
     """Evaluate every claim; one row each."""
-    columns = ["title", "statement", "measured", "effect", "ci_low", "ci_high", "p_value", "n",
-               "verdict"]
+    columns = [
+        "title",
+        "statement",
+        "measured",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n",
+        "verdict",
+    ]
     return pd.DataFrame([evaluate(c, table) for c in claims], columns=columns)
 
 

@@ -54,9 +54,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "runs", help="list the runs in a store: what tells them apart, and their training fit"
     )
     runs.add_argument("store", type=Path, nargs="?", default=Path("mechscope-runs"))
-    runs.add_argument("--columns", action="append", default=[], metavar="PATTERNS",
-                      help="also show the columns matching these comma-separated shell "
-                      "patterns, e.g. 'jpca.*,fixed_points.attractor_fraction' (repeatable)")
+    runs.add_argument(
+        "--columns",
+        action="append",
+        default=[],
+        metavar="PATTERNS",
+        help="also show the columns matching these comma-separated shell "
+        "patterns, e.g. 'jpca.*,fixed_points.attractor_fraction' (repeatable)",
+    )
     runs.add_argument("--all", action="store_true", help="show every column")
     runs.set_defaults(handler=_runs)
 
@@ -105,15 +110,23 @@ def _run(arguments: argparse.Namespace) -> int:
         if arguments.address is not None:
             executor = {"name": executor or "dask", "address": arguments.address}
         variants = len({run.variant.label for run in job.runs})
-        print(f"suite '{job.name}': {variants} variants × {len(job.seeds)} seeds "
-              f"= {len(job.runs)} runs -> {arguments.out}", file=sys.stderr)
-        table = job.run(executor=executor, store=arguments.out, force=arguments.force,
-                        progress=not arguments.quiet)
+        print(
+            f"suite '{job.name}': {variants} variants × {len(job.seeds)} seeds "
+            f"= {len(job.runs)} runs -> {arguments.out}",
+            file=sys.stderr,
+        )
+        table = job.run(
+            executor=executor,
+            store=arguments.out,
+            force=arguments.force,
+            progress=not arguments.quiet,
+        )
         counts = table["status"].value_counts().to_dict()
         print(f"suite '{job.name}': " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         for _, row in table[table["status"] == "failed"].iterrows():
-            print(f"  failed: [{row['variant']}] seed {row['seed']}: {row['reason']}",
-                  file=sys.stderr)
+            print(
+                f"  failed: [{row['variant']}] seed {row['seed']}: {row['reason']}", file=sys.stderr
+            )
         if arguments.report:
             _report_path(arguments.out)
         return 0
@@ -197,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if arguments.debug:
             raise
-        message = str(error) if isinstance(error, MechscopeError) else (
-            f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        message = (
+            str(error)
+            if isinstance(error, MechscopeError)
+            else (f"{type(error).__name__}: {error} (rerun with --debug for the traceback)")
         )
         print(f"mechscope: error: {' '.join(message.split())}", file=sys.stderr)
         return 2

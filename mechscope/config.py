@@ -103,9 +103,7 @@ def check_keys(data: Mapping[str, Any], allowed: Sequence[str], *, where: str) -
         )
 
 
-def validate_config(
-    config_cls: type[Config], params: Mapping[str, Any], *, where: str
-) -> Config:
+def validate_config(config_cls: type[Config], params: Mapping[str, Any], *, where: str) -> Config:
     """Validate `params` against a component's config class, raising a one-line ConfigError.
 
     Args:
@@ -130,9 +128,7 @@ def format_validation_error(
         value = detail.get("input")
         if detail["type"] == "extra_forbidden":
             hint = close_matches(str(detail["loc"][-1]), fields)
-            parts.append(
-                f"unknown field '{location}'{hint}; valid fields: {', '.join(fields)}"
-            )
+            parts.append(f"unknown field '{location}'{hint}; valid fields: {', '.join(fields)}")
         elif detail["type"] == "missing":
             parts.append(f"field '{location}' is required")
         else:

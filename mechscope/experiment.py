@@ -207,7 +207,11 @@ class Experiment:
         task = self.build_task()
         model = self.build_model(task, key=keys["model"])
         trained = self.train(
-            task, model, key=keys["train"], progress=progress, callbacks=callbacks,
+            task,
+            model,
+            key=keys["train"],
+            progress=progress,
+            callbacks=callbacks,
             checkpoint_dir=None if store is None else Path(store) / ".checkpoints" / self.run_id,
         )
         return self.finish(trained, task=task, store=store, force=force)
@@ -234,7 +238,9 @@ class Experiment:
             )
         except BaseException as error:
             hook.mechscope_run_end(
-                run_id=self.run_id, config=self.config, status="failed",
+                run_id=self.run_id,
+                config=self.config,
+                status="failed",
                 reason=f"{type(error).__name__}: {error}",
             )
             raise
@@ -263,7 +269,9 @@ class Experiment:
             key = jax.random.fold_in(probe_key, zlib.crc32(name.encode()))
             try:
                 results[name] = probe.run(
-                    trained, task, key=key,
+                    trained,
+                    task,
+                    key=key,
                     dependencies={r: results[r] for r in probe.requires},
                 )
             except Exception as error:  # noqa: BLE001 - one failing probe must not lose the run

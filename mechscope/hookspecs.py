@@ -83,9 +83,7 @@ def mechscope_run_start(run_id: str, config: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def mechscope_run_end(
-    run_id: str, config: Mapping[str, Any], status: str, reason: str
-) -> None:
+def mechscope_run_end(run_id: str, config: Mapping[str, Any], status: str, reason: str) -> None:
     """Called when an experiment run has finished, failed or diverged.
 
     Args:

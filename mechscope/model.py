@@ -119,9 +119,7 @@ class AbstractModel(eqx.Module):
         """∂f/∂x at (t, x, u). Forward-mode autodiff by default; models may override."""
         return jax.jacfwd(lambda state: self.vector_field(t, state, u))(x)
 
-    def speed(
-        self, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]
-    ) -> Scalar:
+    def speed(self, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]) -> Scalar:
         """q(x) = ½‖f(x, u)‖², the kinetic energy minimised to find fixed and slow points."""
         velocity = self.vector_field(0.0, x, u)
         return 0.5 * jnp.sum(velocity**2)

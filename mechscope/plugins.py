@@ -179,8 +179,7 @@ class Registry:
                 )
             if not name.startswith("<preset") and name != preset.component:
                 raise ConfigError(
-                    f"preset '{spec.preset}' is for {spec.kind} '{preset.component}', "
-                    f"not '{name}'"
+                    f"preset '{spec.preset}' is for {spec.kind} '{preset.component}', not '{name}'"
                 )
             name, params = preset.component, {**preset.params, **params}
         entry = self.get(spec.kind, name)
@@ -246,9 +245,7 @@ class PluginManager:
             self._sources[entry_point.name] = (distribution, version)
             self._collect(entry_point.name)
 
-    def register(
-        self, plugin: object, *, name: str, distribution: str | None = None
-    ) -> None:
+    def register(self, plugin: object, *, name: str, distribution: str | None = None) -> None:
         """Register a plugin object directly (e.g. from a notebook or a test).
 
         Raises:

@@ -24,8 +24,12 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self._bar = tqdm(
-            total=n_steps, desc=self.description, leave=self.leave, file=sys.stderr,
-            unit="step", dynamic_ncols=True,
+            total=n_steps,
+            desc=self.description,
+            leave=self.leave,
+            file=sys.stderr,
+            unit="step",
+            dynamic_ncols=True,
         )
 
     def on_evaluation(self, *, step: int, metrics: Mapping[str, float]) -> None:

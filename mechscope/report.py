@@ -57,7 +57,9 @@ def read_run_row(directory: Path) -> dict[str, Any] | None:
         verify_manifest(directory)
         header = json.loads((directory / "experiment.json").read_text())
         row: dict[str, Any] = {
-            "run_id": header["run_id"], "status": header["status"], "reason": header["reason"],
+            "run_id": header["run_id"],
+            "status": header["status"],
+            "reason": header["reason"],
         }
         config = dict(header["config"])
         probes = config.pop("probes", [])
@@ -85,7 +87,8 @@ def stored_runs(store: str | Path) -> list[Path]:
     if not store.is_dir():
         raise StoreError(f"{store}: no such run store")
     return [
-        d for d in sorted(store.iterdir())
+        d
+        for d in sorted(store.iterdir())
         if d.is_dir() and not d.name.startswith(".") and (d / "experiment.json").exists()
     ]
 
@@ -113,11 +116,18 @@ def suite_table(store: str | Path, record: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for run in record["runs"]:
         row: dict[str, Any] = {"variant": run["variant"], "seed": run["seed"]}
-        row.update({k: json.dumps(v) if isinstance(v, list | dict) else v
-                    for k, v in run["values"].items()})
+        row.update(
+            {
+                k: json.dumps(v) if isinstance(v, list | dict) else v
+                for k, v in run["values"].items()
+            }
+        )
         stored = read_run_row(Path(store) / run["run_id"])
-        row.update(stored if stored is not None else {"run_id": run["run_id"],
-                                                        "status": "missing", "reason": ""})
+        row.update(
+            stored
+            if stored is not None
+            else {"run_id": run["run_id"], "status": "missing", "reason": ""}
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -154,24 +164,24 @@ def write_report(store: str | Path, out: str | Path | None = None) -> Path:
         body.append("<h2>Runs outside suites</h2>")
         body.append(_html_table(loose))
         for _, row in loose.iterrows():
-            body.append(_figures_html(store / row["run_id"], f"run {row['run_id']}", out,
-                                      row["run_id"]))
+            body.append(
+                _figures_html(store / row["run_id"], f"run {row['run_id']}", out, row["run_id"])
+            )
     if not len(all_runs) and not suite_records(store):
         body.append(f"<p>No runs in {html.escape(str(store))}.</p>")
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>mechscope report</title><style>{_STYLE}</style></head><body>"
-        + "".join(body) + "</body></html>"
+        + "".join(body)
+        + "</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
     return path
 
 
-def _suite_section(
-    record: Mapping[str, Any], table: pd.DataFrame, store: Path, out: Path
-) -> str:
+def _suite_section(record: Mapping[str, Any], table: pd.DataFrame, store: Path, out: Path) -> str:
     name = str(record["name"])
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     table.to_csv(out / f"{safe}_runs.csv", index=False)
@@ -186,7 +196,8 @@ def _suite_section(
         f"<p class=note>{len(table)} runs ("
         + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items())
         + f"); {table['variant'].nunique()} variants × {len(record['seeds'])} seeds"
-        + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "") + ".</p>"
+        + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "")
+        + ".</p>"
     )
     claims = record.get("claims") or []
     if claims:
@@ -194,9 +205,11 @@ def _suite_section(
 
         verdicts = evaluate_all(parse_claims(claims), table)
         verdicts.to_csv(out / f"{safe}_claims.csv", index=False)
-        parts.append("<h3>Claims</h3><p class=note>Each claim is a hypothesis stated in the "
-                     "suite file and tested here on the completed runs; the verdict is what "
-                     "this suite measured, not what the literature says.</p>")
+        parts.append(
+            "<h3>Claims</h3><p class=note>Each claim is a hypothesis stated in the "
+            "suite file and tested here on the completed runs; the verdict is what "
+            "this suite measured, not what the literature says.</p>"
+        )
         parts.append(_claims_html(verdicts))
     summary = stats.summarize(table, metrics)
     summary.to_csv(out / f"{safe}_summary.csv", index=False)
@@ -210,21 +223,24 @@ def _suite_section(
         plotted = chosen + [m for m in metrics if m not in chosen and not m.startswith("time.")]
         figure = _summary_figure(table, plotted[:16], out / "figures" / f"{safe}_summary")
         if figure:
-            parts.append(_img(figure, "each dot is one network; black: mean and 95% CI",
-                              wide=True))
+            parts.append(_img(figure, "each dot is one network; black: mean and 95% CI", wide=True))
     compared = [m for m in options.get("compare", metrics) if m in table]
     if table["variant"].nunique() > 1 and compared:
         comparisons = stats.compare(table, compared)
         comparisons.to_csv(out / f"{safe}_comparisons.csv", index=False)
-        parts.append("<h3>Between variants</h3><p class=note>Two-sided permutation test of the "
-                     "difference in means, Holm-corrected per metric; effect size Hedges' g.</p>")
+        parts.append(
+            "<h3>Between variants</h3><p class=note>Two-sided permutation test of the "
+            "difference in means, Holm-corrected per metric; effect size Hedges' g.</p>"
+        )
         parts.append(_html_table(comparisons))
     pairs = [tuple(p) for p in options.get("correlate", []) if p[0] in table and p[1] in table]
     if pairs:
         correlations = pd.DataFrame([stats.correlate(table, x, y) for x, y in pairs])
         correlations.to_csv(out / f"{safe}_correlations.csv", index=False)
-        parts.append("<h3>Across networks</h3><p class=note>Spearman correlation with a "
-                     "bootstrap 95% CI over networks.</p>")
+        parts.append(
+            "<h3>Across networks</h3><p class=note>Spearman correlation with a "
+            "bootstrap 95% CI over networks.</p>"
+        )
         parts.append(_html_table(correlations))
     parts.append("<h3>Figures per variant</h3>")
     for variant, frame in table.groupby("variant", sort=False):
@@ -233,16 +249,19 @@ def _suite_section(
             continue
         first = done.iloc[0]
         parts.append(f"<h4>{html.escape(str(variant))} (seed {first['seed']})</h4>")
-        parts.append(_figures_html(store / first["run_id"], str(variant), out,
-                                   f"{safe}_{first['run_id']}"))
+        parts.append(
+            _figures_html(store / first["run_id"], str(variant), out, f"{safe}_{first['run_id']}")
+        )
     failed = table[table["status"] != "completed"]
     if len(failed):
         parts.append("<h3 class=failed>Runs not completed</h3>")
         parts.append(_html_table(failed[["variant", "seed", "run_id", "status", "reason"]]))
     parts.append("<h3>All runs</h3>" + _html_table(table))
     definition = {k: record[k] for k in ("base", "vary", "seeds", "statistics") if k in record}
-    parts.append("<details><summary>Suite configuration</summary><pre>"
-                 f"{html.escape(json.dumps(definition, indent=1))}</pre></details>")
+    parts.append(
+        "<details><summary>Suite configuration</summary><pre>"
+        f"{html.escape(json.dumps(definition, indent=1))}</pre></details>"
+    )
     return "".join(parts)
 
 
@@ -250,9 +269,11 @@ def _claims_html(verdicts: pd.DataFrame) -> str:
     colours = {"held": "#1b7f3b", "did not hold": "#b00020", "inconclusive": "#8a6d00"}
     rows = []
     for _, claim in verdicts.iterrows():
-        interval = (f"[{claim['ci_low']:.3g}, {claim['ci_high']:.3g}]"
-                    if math.isfinite(claim["ci_low"]) or math.isfinite(claim["ci_high"])
-                    else "–")
+        interval = (
+            f"[{claim['ci_low']:.3g}, {claim['ci_high']:.3g}]"
+            if math.isfinite(claim["ci_low"]) or math.isfinite(claim["ci_high"])
+            else "–"
+        )
         p_value = f"{claim['p_value']:.3g}" if math.isfinite(claim["p_value"]) else "–"
         effect = f"{claim['effect']:.3g}" if math.isfinite(claim["effect"]) else "–"
         colour = colours.get(claim["verdict"], "#222")
@@ -264,23 +285,29 @@ def _claims_html(verdicts: pd.DataFrame) -> str:
             f"<td style='color:{colour};font-weight:bold'>{html.escape(claim['verdict'])}</td>"
             "</tr>"
         )
-    return ("<div class=scroll><table><tr><th>claim</th><th>measured</th><th>effect</th>"
-            "<th>95% CI</th><th>p</th><th>n</th><th>verdict</th></tr>" + "".join(rows)
-            + "</table></div>")
+    return (
+        "<div class=scroll><table><tr><th>claim</th><th>measured</th><th>effect</th>"
+        "<th>95% CI</th><th>p</th><th>n</th><th>verdict</th></tr>"
+        + "".join(rows)
+        + "</table></div>"
+    )
 
 
 def _summary_pivot(summary: pd.DataFrame) -> str:
     def cell(row: pd.Series) -> str:
         if row["n"] == 0:
             return "–"
-        interval = (f" [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
-                    if math.isfinite(row["ci_low"]) else "")
+        interval = (
+            f" [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" if math.isfinite(row["ci_low"]) else ""
+        )
         return f"{row['mean']:.3g}{interval} ({row['n']})"
 
     frame = summary.assign(cell=summary.apply(cell, axis=1))
     pivot = frame.pivot(index="metric", columns="variant", values="cell")
-    pivot = pivot.reindex(index=list(dict.fromkeys(summary["metric"])),
-                          columns=list(dict.fromkeys(summary["variant"])))
+    pivot = pivot.reindex(
+        index=list(dict.fromkeys(summary["metric"])),
+        columns=list(dict.fromkeys(summary["variant"])),
+    )
     return "<div class=scroll>" + pivot.to_html(escape=True) + "</div>"
 
 
@@ -298,8 +325,7 @@ def _summary_figure(table: pd.DataFrame, metrics: list[str], stem: Path) -> Path
     variants = list(dict.fromkeys(table["variant"]))
     columns = min(4, len(shown))
     rows = math.ceil(len(shown) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows),
-                                squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
     for axis, metric in zip(axes.flat, shown, strict=False):
         for position, variant in enumerate(variants):
             values = done.loc[done["variant"] == variant, metric].to_numpy(dtype=float)
@@ -308,14 +334,21 @@ def _summary_figure(table: pd.DataFrame, metrics: list[str], stem: Path) -> Path
             axis.scatter(position + np.asarray(jitter), values, s=14, alpha=0.7)
             if len(values):
                 low, high = stats.bootstrap_ci(values)
-                axis.errorbar(position + 0.3, values.mean(), fmt="o", color="k", ms=4,
-                              yerr=[[values.mean() - low], [high - values.mean()]]
-                              if math.isfinite(low) else None)
+                axis.errorbar(
+                    position + 0.3,
+                    values.mean(),
+                    fmt="o",
+                    color="k",
+                    ms=4,
+                    yerr=[[values.mean() - low], [high - values.mean()]]
+                    if math.isfinite(low)
+                    else None,
+                )
         axis.set_title(metric, fontsize=9)
         axis.set_xticks(range(len(variants)))
         axis.set_xticklabels([_short(v) for v in variants], fontsize=7, rotation=20, ha="right")
         axis.tick_params(axis="y", labelsize=7)
-    for axis in list(axes.flat)[len(shown):]:
+    for axis in list(axes.flat)[len(shown) :]:
         axis.axis("off")
     figure.tight_layout()
     for extension in ("png", "svg"):
@@ -346,14 +379,18 @@ def _img(path: Path, caption: str, *, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     text = html.escape(caption)
     opening = "<figure class=wide>" if wide else "<figure>"
-    return (f'{opening}<img src="data:image/png;base64,{data}" alt="{text}">'
-            f"<figcaption>{text}</figcaption></figure>")
+    return (
+        f'{opening}<img src="data:image/png;base64,{data}" alt="{text}">'
+        f"<figcaption>{text}</figcaption></figure>"
+    )
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    return "<div class=scroll>" + frame.to_html(
-        index=False, na_rep="", float_format=lambda v: f"{v:.4g}", escape=True
-    ) + "</div>"
+    return (
+        "<div class=scroll>"
+        + frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", escape=True)
+        + "</div>"
+    )
 
 
 def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -362,7 +399,13 @@ def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
     safe = frame.copy()
     for column in safe.columns:
         if safe[column].dtype == object:
-            safe[column] = safe[column].map(lambda v: v if v is None or isinstance(v, str)
-                                            else json.dumps(v) if isinstance(v, list | dict)
-                                            else str(v))
+            safe[column] = safe[column].map(
+                lambda v: (
+                    v
+                    if v is None or isinstance(v, str)
+                    else json.dumps(v)
+                    if isinstance(v, list | dict)
+                    else str(v)
+                )
+            )
     safe.to_parquet(path, index=False)

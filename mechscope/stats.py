@@ -38,8 +38,12 @@ def bootstrap_ci(values: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
         return float(values[0]), float(values[0])
     for method in ("BCa", "percentile"):
         result = stats.bootstrap(
-            (values,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-            method=method, random_state=np.random.default_rng(seed),
+            (values,),
+            np.mean,
+            confidence_level=CONFIDENCE,
+            n_resamples=RESAMPLES,
+            method=method,
+            random_state=np.random.default_rng(seed),
         )
         low, high = result.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
@@ -62,15 +66,17 @@ def summarize(
             values = frame[metric].to_numpy(dtype=float) if metric in frame else np.array([])
             finite = values[np.isfinite(values)]
             low, high = bootstrap_ci(finite)
-            rows.append({
-                by: group,
-                "metric": metric,
-                "n": int(finite.size),
-                "mean": float(finite.mean()) if finite.size else math.nan,
-                "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
-                "ci_low": low,
-                "ci_high": high,
-            })
+            rows.append(
+                {
+                    by: group,
+                    "metric": metric,
+                    "n": int(finite.size),
+                    "mean": float(finite.mean()) if finite.size else math.nan,
+                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     return pd.DataFrame(rows, columns=[by, "metric", "n", "mean", "sd", "ci_low", "ci_high"])
 
 
@@ -79,17 +85,16 @@ def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
     n_a, n_b = len(a), len(b)
     if n_a < 2 or n_b < 2:
         return math.nan
-    pooled = math.sqrt(((n_a - 1) * np.var(a, ddof=1) + (n_b - 1) * np.var(b, ddof=1))
-                       / (n_a + n_b - 2))
+    pooled = math.sqrt(
+        ((n_a - 1) * np.var(a, ddof=1) + (n_b - 1) * np.var(b, ddof=1)) / (n_a + n_b - 2)
+    )
     if pooled == 0:
         return math.nan
     correction = 1 - 3 / (4 * (n_a + n_b) - 9)
     return float(correction * (np.mean(a) - np.mean(b)) / pooled)
 
 
-def compare(
-    table: pd.DataFrame, metrics: Sequence[str], *, by: str = "variant"
-) -> pd.DataFrame:
+def compare(table: pd.DataFrame, metrics: Sequence[str], *, by: str = "variant") -> pd.DataFrame:
     """Every pair of groups, per metric: difference of means, permutation p-value, Hedges' g.
 
     The p-value is a two-sided permutation test of the difference in means (exact when the
@@ -107,23 +112,44 @@ def compare(
             p_value = math.nan
             if len(a) >= 2 and len(b) >= 2 and np.ptp(np.concatenate([a, b])) > 0:
                 test = stats.permutation_test(
-                    (a, b), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
-                    alternative="two-sided", n_resamples=9999,
+                    (a, b),
+                    lambda x, y: np.mean(x) - np.mean(y),
+                    permutation_type="independent",
+                    alternative="two-sided",
+                    n_resamples=9999,
                     random_state=np.random.default_rng(0),
                 )
                 p_value = float(test.pvalue)
-            block.append({
-                "metric": metric, "a": first, "b": second, "n_a": len(a), "n_b": len(b),
-                "mean_a": float(a.mean()) if len(a) else math.nan,
-                "mean_b": float(b.mean()) if len(b) else math.nan,
-                "difference": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan,
-                "hedges_g": hedges_g(a, b), "p_value": p_value,
-            })
+            block.append(
+                {
+                    "metric": metric,
+                    "a": first,
+                    "b": second,
+                    "n_a": len(a),
+                    "n_b": len(b),
+                    "mean_a": float(a.mean()) if len(a) else math.nan,
+                    "mean_b": float(b.mean()) if len(b) else math.nan,
+                    "difference": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan,
+                    "hedges_g": hedges_g(a, b),
+                    "p_value": p_value,
+                }
+            )
         for row, adjusted in zip(block, holm([r["p_value"] for r in block]), strict=True):
             row["p_holm"] = adjusted
         rows.extend(block)
-    columns = ["metric", "a", "b", "n_a", "n_b", "mean_a", "mean_b", "difference", "hedges_g",
-               "p_value", "p_holm"]
+    columns = [
+        "metric",
+        "a",
+        "b",
+        "n_a",
+        "n_b",
+        "mean_a",
+        "mean_b",
+        "difference",
+        "hedges_g",
+        "p_value",
+        "p_holm",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -150,8 +176,17 @@ def correlate(table: pd.DataFrame, x: str, y: str, *, seed: int = 0) -> dict[str
     pairs = usable[[x, y]].to_numpy(dtype=float)
     pairs = pairs[np.all(np.isfinite(pairs), axis=1)]
     result = {"x": x, "y": y, "n": len(pairs)}
-    nan = {k: math.nan for k in ("spearman", "spearman_p", "spearman_ci_low", "spearman_ci_high",
-                                 "pearson", "pearson_p")}
+    nan = {
+        k: math.nan
+        for k in (
+            "spearman",
+            "spearman_p",
+            "spearman_ci_low",
+            "spearman_ci_high",
+            "pearson",
+            "pearson_p",
+        )
+    }
     if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
         return {**result, **nan}
     spearman = stats.spearmanr(pairs[:, 0], pairs[:, 1])
@@ -159,9 +194,12 @@ def correlate(table: pd.DataFrame, x: str, y: str, *, seed: int = 0) -> dict[str
     low, high = _spearman_interval(pairs, seed=seed)
     return {
         **result,
-        "spearman": float(spearman.statistic), "spearman_p": float(spearman.pvalue),
-        "spearman_ci_low": low, "spearman_ci_high": high,
-        "pearson": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
+        "spearman": float(spearman.statistic),
+        "spearman_p": float(spearman.pvalue),
+        "spearman_ci_low": low,
+        "spearman_ci_high": high,
+        "pearson": float(pearson.statistic),
+        "pearson_p": float(pearson.pvalue),
     }
 
 

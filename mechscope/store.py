@@ -58,8 +58,11 @@ def verify_manifest(directory: Path, *, under: str | None = None) -> None:
     except (OSError, ValueError, KeyError) as error:
         raise StoreError(f"{directory}: no readable {MANIFEST} ({error})") from None
     if under is not None:
-        listed = {name: digest for name, digest in listed.items()
-                  if name.startswith(f"{under.rstrip('/')}/")}
+        listed = {
+            name: digest
+            for name, digest in listed.items()
+            if name.startswith(f"{under.rstrip('/')}/")
+        }
         if not listed:
             raise StoreError(f"{directory}: {MANIFEST} lists no file under '{under}'")
     for name, expected in listed.items():

@@ -36,7 +36,14 @@ from mechscope.progress import HookBridge
 from mechscope.training import TrainedRun
 
 _SUITE_KEYS = (
-    "name", "description", "base", "vary", "seeds", "executor", "statistics", "claims",
+    "name",
+    "description",
+    "base",
+    "vary",
+    "seeds",
+    "executor",
+    "statistics",
+    "claims",
 )
 _COMPONENTS = ("task", "model", "trainer")
 
@@ -133,9 +140,7 @@ class Suite:
         self.runs = self._plan()
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any
-    ) -> Suite:
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:
         """Build from the mapping a suite TOML file holds."""
         check_keys(data, _SUITE_KEYS, where=source)
         if "base" not in data:
@@ -298,8 +303,12 @@ class Suite:
         record = store / "suites" / f"{self.name}.json"
         record.parent.mkdir(parents=True, exist_ok=True)
         runs = [
-            {"run_id": p.run_id, "variant": p.variant.label, "seed": p.seed,
-             "values": p.variant.values}
+            {
+                "run_id": p.run_id,
+                "variant": p.variant.label,
+                "seed": p.seed,
+                "values": p.variant.values,
+            }
             for p in self.runs
         ]
         payload = {**self.definition, "runs": runs, "wall_time_s": wall_time_s}
@@ -393,9 +402,7 @@ def _same_but_seed(experiments: Sequence[Experiment]) -> bool:
     return len({without_seed(e) for e in experiments}) == 1
 
 
-def _run_together(
-    experiments: list[Experiment], store: Path, force: bool
-) -> list[dict[str, Any]]:
+def _run_together(experiments: list[Experiment], store: Path, force: bool) -> list[dict[str, Any]]:
     """Train the seeds of one variant with ``fit_many`` (vmapped where the trainer can).
 
     A seed whose stored run is damaged but whose trained network is intact is not retrained;
@@ -417,7 +424,8 @@ def _run_together(
         keys = [e.keys() for e in fresh]
         models = [e.build_model(task, key=k["model"]) for e, k in zip(fresh, keys, strict=True)]
         runs = first.build_trainer().fit_many(
-            models, task,
+            models,
+            task,
             keys=[k["train"] for k in keys],
             callbacks=[HookBridge(hook, ",".join(e.run_id for e in fresh))],
             checkpoint_dirs=[store / ".checkpoints" / e.run_id for e in fresh],
@@ -439,8 +447,9 @@ def _overall_bar(total: int, done: int, enabled: bool) -> Any:
 
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="suite", unit="run", file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=done, desc="suite", unit="run", file=sys.stderr, dynamic_ncols=True
+    )
 
 
 def _seeds(seeds: int | Sequence[int]) -> list[int]:
@@ -499,4 +508,3 @@ def suite_or_experiment(path: str | Path) -> Suite | Experiment:
     if "base" in data or "vary" in data:
         return Suite.from_dict(data, source=str(path))
     return Experiment.from_dict(data, source=str(path))
-

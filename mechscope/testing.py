@@ -139,9 +139,7 @@ def check_model(
     x0 = model.initial_state()
     assert x0.shape == (model.n_units,), f"initial_state shape {x0.shape} != ({model.n_units},)"
 
-    counter = _TraceCounter(
-        lambda m, u, t, k, noise: m(u, t, key=k, noise=noise)
-    )
+    counter = _TraceCounter(lambda m, u, t, k, noise: m(u, t, key=k, noise=noise))
     forward = eqx.filter_jit(counter)
     quiet = Noise(input=0.0, recurrent=0.0)
     noisy = Noise(input=0.1, recurrent=0.1)
@@ -152,7 +150,10 @@ def check_model(
     assert clean.outputs.shape == (n_times, model.n_outputs), f"outputs shape {clean.outputs.shape}"
     assert bool(jnp.all(jnp.isfinite(clean.outputs))), "outputs contain NaN/Inf"
     np.testing.assert_allclose(
-        np.asarray(clean.states[0]), np.asarray(x0), rtol=1e-6, atol=1e-6,
+        np.asarray(clean.states[0]),
+        np.asarray(x0),
+        rtol=1e-6,
+        atol=1e-6,
         err_msg="states[0] must be the initial state",
     )
     first = forward(model, inputs, times, noise_key, noisy)
@@ -169,12 +170,18 @@ def check_model(
         "different keys/noise levels gave identical trajectories"
     )
     np.testing.assert_allclose(
-        np.asarray(clean.rates), np.asarray(jax.vmap(model.rates)(clean.states)),
-        rtol=1e-5, atol=1e-6, err_msg="rates must equal model.rates(states)",
+        np.asarray(clean.rates),
+        np.asarray(jax.vmap(model.rates)(clean.states)),
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg="rates must equal model.rates(states)",
     )
     np.testing.assert_allclose(
-        np.asarray(clean.outputs), np.asarray(jax.vmap(model.readout)(clean.rates)),
-        rtol=1e-5, atol=1e-5, err_msg="outputs must equal model.readout(rates)",
+        np.asarray(clean.outputs),
+        np.asarray(jax.vmap(model.readout)(clean.rates)),
+        rtol=1e-5,
+        atol=1e-5,
+        err_msg="outputs must equal model.readout(rates)",
     )
     state = jax.random.normal(state_key, (model.n_units,))
     velocity = model.vector_field(0.0, state, inputs[0])
@@ -182,12 +189,18 @@ def check_model(
     jacobian = model.jacobian(0.0, state, inputs[0])
     reference = jax.jacfwd(lambda x: model.vector_field(0.0, x, inputs[0]))(state)
     np.testing.assert_allclose(
-        np.asarray(jacobian), np.asarray(reference), rtol=1e-4, atol=1e-5,
+        np.asarray(jacobian),
+        np.asarray(reference),
+        rtol=1e-4,
+        atol=1e-5,
         err_msg="jacobian must equal jacfwd of vector_field",
     )
     shifted = eqx.filter_jit(lambda m, u, t, x: m(u, t, x0=x))(model, inputs, times, state)
     np.testing.assert_allclose(
-        np.asarray(shifted.states[0]), np.asarray(state), rtol=1e-6, atol=1e-6,
+        np.asarray(shifted.states[0]),
+        np.asarray(state),
+        rtol=1e-6,
+        atol=1e-6,
         err_msg="x0= must set the first state",
     )
 
@@ -219,7 +232,10 @@ def check_trainer(
         strict=True,
     ):
         np.testing.assert_allclose(
-            np.asarray(left), np.asarray(right), rtol=1e-5, atol=1e-6,
+            np.asarray(left),
+            np.asarray(right),
+            rtol=1e-5,
+            atol=1e-6,
             err_msg="the same key must give the same trained weights",
         )
     return first

@@ -323,8 +323,12 @@ def test_regulariser_gradients_match_finite_differences(getkey):
         model = to64(tiny_model(getkey(), n_units=8))
         trials = to64(TASK.sample(4, key=getkey()))
         hyper = Hyperparameters(
-            learning_rate=1.0, rate_reg=0.7, weight_reg=0.3, simple_dynamics_reg=0.5,
-            input_noise=0.0, recurrent_noise=0.0,
+            learning_rate=1.0,
+            rate_reg=0.7,
+            weight_reg=0.3,
+            simple_dynamics_reg=0.5,
+            input_noise=0.0,
+            recurrent_noise=0.0,
         )
         params, static = eqx.partition(model, eqx.is_inexact_array)
         key = getkey()
@@ -384,9 +388,7 @@ def test_tiny_network_learns_tiny_reach(getkey):
 
 
 def test_target_r2_stops_early(getkey):
-    run = trainer(steps=1000, target_r2=0.8, **QUIET).fit(
-        tiny_model(getkey()), TASK, key=getkey()
-    )
+    run = trainer(steps=1000, target_r2=0.8, **QUIET).fit(tiny_model(getkey()), TASK, key=getkey())
     assert run.status == "completed" and "target" in run.reason
     assert run.history["r2"][-1] >= 0.8
     assert np.all(run.history["r2"][:-1] < 0.8)
@@ -409,8 +411,11 @@ def test_larger_rate_regularisation_lowers_rates(getkey):
 
 def test_schedule_is_followed_and_recorded(getkey):
     run = trainer(
-        steps=50, eval_every=10, schedule="linear_schedule",
-        schedule_args={"end_value": 0.0, "transition_steps": 50}, **QUIET,
+        steps=50,
+        eval_every=10,
+        schedule="linear_schedule",
+        schedule_args={"end_value": 0.0, "transition_steps": 50},
+        **QUIET,
     ).fit(tiny_model(getkey()), TASK, key=getkey())
     # The update that produced step k used the rate at count k - 1.
     np.testing.assert_allclose(
@@ -568,9 +573,7 @@ def test_check_trainer_contract(getkey):
     testing = pytest.importorskip("mechscope.testing")
     if not hasattr(testing, "check_trainer"):
         pytest.skip("mechscope.testing.check_trainer is not written yet")
-    testing.check_trainer(
-        trainer(steps=5, eval_every=5), tiny_model(getkey()), TASK, key=getkey()
-    )
+    testing.check_trainer(trainer(steps=5, eval_every=5), tiny_model(getkey()), TASK, key=getkey())
 
 
 def test_make_train_step_is_the_step_fit_uses(getkey):
@@ -594,15 +597,22 @@ def test_real_ctrnn_learns_short_delayed_reach(getkey):
     task = task_entry.build(
         task_entry.validate(
             {
-                "dt": 0.02, "n_targets": 4, "delays": (0.2,), "condition_delays": (0.2,),
-                "fixation_duration": 0.1, "reach_duration": 0.3, "hold_duration": 0.1,
+                "dt": 0.02,
+                "n_targets": 4,
+                "delays": (0.2,),
+                "condition_delays": (0.2,),
+                "fixation_duration": 0.1,
+                "reach_duration": 0.3,
+                "hold_duration": 0.1,
                 "velocity": "peak_normalized",
             }
         )
     )
     model = model_entry.build(
         model_entry.validate({"n_units": 32}),
-        n_inputs=task.n_inputs, n_outputs=task.n_outputs, key=getkey(),
+        n_inputs=task.n_inputs,
+        n_outputs=task.n_outputs,
+        key=getkey(),
     )
     # Default training noise and penalties; stop at a modest R².
     run = trainer(steps=400, eval_every=50, target_r2=0.8).fit(model, task, key=getkey())

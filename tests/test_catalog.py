@@ -42,9 +42,7 @@ def test_catalog_components_match_registrations():
     assert not [f for f in manager.failures if f.distribution == "mechscope"]
     for name, plugin in load_catalog().plugins.items():
         registered = {
-            (entry.kind, entry.name)
-            for entry in manager.registry.entries()
-            if entry.plugin == name
+            (entry.kind, entry.name) for entry in manager.registry.entries() if entry.plugin == name
         }
         assert registered == plugin.components(), f"registry.toml is out of date for '{name}'"
 

@@ -11,8 +11,11 @@ from mechscope.errors import ConfigError
 
 
 def table_with(groups: dict[str, np.ndarray], metric="m", by="g") -> pd.DataFrame:
-    rows = [{by: name, metric: value, "status": "completed"}
-            for name, values in groups.items() for value in values]
+    rows = [
+        {by: name, metric: value, "status": "completed"}
+        for name, values in groups.items()
+        for value in values
+    ]
     return pd.DataFrame(rows)
 
 
@@ -43,17 +46,21 @@ def test_greater_reports_difference_and_ci():
     reverse = evaluate(claim(kind="greater", metric="m", by="g", a="b", b="a"), data)
     assert reverse["verdict"] == "did not hold"
     tiny = table_with({"a": HIGH[:1], "b": LOW[:1]})
-    assert evaluate(claim(kind="greater", metric="m", by="g", a="a", b="b"),
-                    tiny)["verdict"] == "inconclusive"
+    assert (
+        evaluate(claim(kind="greater", metric="m", by="g", a="a", b="b"), tiny)["verdict"]
+        == "inconclusive"
+    )
 
 
 def test_similar_uses_margin():
     data = table_with({"a": LOW, "b": LOW + 0.02})
     assert evaluate(claim(kind="similar", metric="m", by="g", margin=0.5), data)["verdict"] == (
-        "held")
+        "held"
+    )
     far = table_with({"a": LOW, "b": HIGH})
     assert evaluate(claim(kind="similar", metric="m", by="g", margin=0.5), far)["verdict"] == (
-        "did not hold")
+        "did not hold"
+    )
 
 
 def test_correlates_checks_sign():
@@ -66,12 +73,14 @@ def test_correlates_checks_sign():
 
 
 def test_exceeds_and_failed_runs_do_not_count():
-    data = pd.DataFrame({"m": [0.95, 0.96, 0.97, 0.94, 0.0],
-                         "status": ["completed"] * 4 + ["failed"]})
+    data = pd.DataFrame(
+        {"m": [0.95, 0.96, 0.97, 0.94, 0.0], "status": ["completed"] * 4 + ["failed"]}
+    )
     result = evaluate(claim(kind="exceeds", metric="m", threshold=0.9), data)
     assert result["verdict"] == "held" and result["n"] == 4
     assert evaluate(claim(kind="exceeds", metric="m", threshold=0.99), data)["verdict"] == (
-        "did not hold")
+        "did not hold"
+    )
 
 
 def test_missing_column_is_inconclusive():
@@ -88,10 +97,12 @@ def test_bad_claims_are_one_line_errors():
 
 
 def test_where_restricts_rows():
-    data = pd.concat([
-        table_with({"a": HIGH, "b": LOW}).assign(arm="x"),
-        table_with({"a": LOW, "b": HIGH}).assign(arm="y"),
-    ])
+    data = pd.concat(
+        [
+            table_with({"a": HIGH, "b": LOW}).assign(arm="x"),
+            table_with({"a": LOW, "b": HIGH}).assign(arm="y"),
+        ]
+    )
     only_x = claim(kind="greater", metric="m", by="g", a="a", b="b", where={"arm": "x"})
     only_y = claim(kind="greater", metric="m", by="g", a="a", b="b", where={"arm": "y"})
     assert evaluate(only_x, data)["verdict"] == "held"

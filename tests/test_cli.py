@@ -110,12 +110,20 @@ def test_run_runs_report(tmp_path, capsys, toys):
     assert main(["runs", str(store)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     # (the toy trainer records a loss but no R²)
-    assert header.split() == ["run_id", "status", "task.name", "model.name", "trainer.name",
-                              "trainer.steps", "seed", "train.loss"]
+    assert header.split() == [
+        "run_id",
+        "status",
+        "task.name",
+        "model.name",
+        "trainer.name",
+        "trainer.steps",
+        "seed",
+        "train.loss",
+    ]
     assert sorted(row.split()[5] for row in rows[:2]) == ["3", "4"]
     assert "more columns" in rows[2]
     assert main(["runs", "--columns", "toy_probe.*,nothing.*", str(store)]) == 0
-    chosen = capsys.readouterr().out.splitlines()[0].split()[len(header.split()):]
+    chosen = capsys.readouterr().out.splitlines()[0].split()[len(header.split()) :]
     assert chosen and all(c.startswith("toy_probe.") for c in chosen) and "toy_probe.mse" in chosen
     assert main(["runs", str(store), "--all"]) == 0
     full_header = capsys.readouterr().out.splitlines()[0].split()

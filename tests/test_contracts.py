@@ -69,8 +69,7 @@ def test_toy_components_meet_contract(getkey, tmp_path):
     check_task(task, key=getkey())
     check_model(model, key=getkey())
     trained = check_trainer(ToyTrainer(ToyTrainerConfig(steps=3)), model, task, key=getkey())
-    result = check_probe(ToyProbe(ToyProbeConfig()), trained, task, key=getkey(),
-                         tmp_path=tmp_path)
+    result = check_probe(ToyProbe(ToyProbeConfig()), trained, task, key=getkey(), tmp_path=tmp_path)
     assert result.metrics["mse"] >= 0
 
 
@@ -139,5 +138,6 @@ class RandomProbe(ToyProbe):
 def test_check_probe_catches_nondeterminism(getkey):
     task, model = toy_setup(getkey())
     with pytest.raises(AssertionError, match="differs for the same key"):
-        check_probe(RandomProbe(ToyProbeConfig()), mechscope.TrainedRun(model=model), task,
-                    key=getkey())
+        check_probe(
+            RandomProbe(ToyProbeConfig()), mechscope.TrainedRun(model=model), task, key=getkey()
+        )

@@ -82,7 +82,7 @@ def extract_blocks(text: str) -> list[Block]:
             ):
                 break
             line = lines[end]
-            body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             end += 1
         else:
             raise ValueError(f"unclosed code fence opened at line {index + 1}")
@@ -232,4 +232,3 @@ def test_skip_markers_are_placed_and_justified() -> None:
         assert len(markers) == skipped, (
             f"docs/{_page_id(page)}: a skip marker is not the last line before a python block"
         )
-

@@ -110,8 +110,9 @@ def test_bad_experiments_fail_before_training(plugins, overrides, fragment):
 
 def test_unknown_top_level_key(plugins):
     with pytest.raises(ConfigError, match="unknown key 'probe' \\(did you mean 'probes'"):
-        Experiment.from_dict({"task": "toy_task", "model": "toy_model", "probe": []},
-                             plugins=plugins)
+        Experiment.from_dict(
+            {"task": "toy_task", "model": "toy_model", "probe": []}, plugins=plugins
+        )
 
 
 def test_run_saves_and_reuses(plugins, tmp_path):
@@ -149,8 +150,9 @@ def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path):
     # The stored run is whole again, with the same network.
     reloaded = ExperimentResult.load(again.directory, registry=plugins.registry)
     assert reloaded.metrics() == pytest.approx(first.metrics())
-    for before, after in zip(jax.tree.leaves(first.trained.model),
-                             jax.tree.leaves(reloaded.trained.model), strict=True):
+    for before, after in zip(
+        jax.tree.leaves(first.trained.model), jax.tree.leaves(reloaded.trained.model), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
 
 
@@ -186,7 +188,9 @@ def test_training_reduces_error(plugins):
 def test_required_probes_added_first_and_failures_isolated(plugins, tmp_path):
     experiment = toy_experiment(plugins, probes=["broken_probe", "dependent_probe"])
     assert [p["name"] for p in experiment.config["probes"]] == [
-        "broken_probe", "toy_probe", "dependent_probe",
+        "broken_probe",
+        "toy_probe",
+        "dependent_probe",
     ]
     result = experiment.run(store=tmp_path, progress=False)
     assert "this probe is broken on purpose" in result.probe_errors["broken_probe"]
@@ -211,7 +215,13 @@ def test_lifecycle_hooks_fire_in_order(plugins):
     experiment.run(store=None, progress=False)
     kinds = [event[0] for event in recorder.events]
     assert kinds == [
-        "run_start", "train_start", "progress", "progress", "train_end", "probe", "run_end",
+        "run_start",
+        "train_start",
+        "progress",
+        "progress",
+        "train_end",
+        "probe",
+        "run_end",
     ]
     assert recorder.events[0] == ("run_start", experiment.run_id)
     assert recorder.events[1] == ("train_start", 2)

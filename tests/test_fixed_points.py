@@ -94,24 +94,27 @@ def test_linear_system_fixed_point_and_eigenvalues_exact(getkey):
     eigenvalues = np.array([-0.5, -1.0, -2.0, -3.0, 0.7, 1.5])  # two unstable modes
     a = q @ np.diag(eigenvalues) @ q.T
     b = rng.standard_normal((n, 2))
-    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
-                       jnp.asarray(b, jnp.float32))
+    model = FieldModel(
+        DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    )
     inputs = np.array([[1.0, -0.5], [0.0, 0.0]])
     starts = rng.standard_normal((32, n)) * 2
-    fps = find_fixed_points(model, inputs, starts, scale=2.0, speed_scale=1.0,
-                            center=np.zeros(n))
+    fps = find_fixed_points(model, inputs, starts, scale=2.0, speed_scale=1.0, center=np.zeros(n))
     assert len(fps.points) == 2
     for k, u in enumerate(inputs):
         (row,) = fps.for_input(k)
-        exact = -np.linalg.solve(a.astype(np.float32).astype(np.float64),
-                                 b.astype(np.float32).astype(np.float64) @ u)
+        exact = -np.linalg.solve(
+            a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64) @ u
+        )
         np.testing.assert_allclose(fps.points[row], exact, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(np.sort(fps.eigenvalues[row].real), np.sort(eigenvalues),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.sort(fps.eigenvalues[row].real), np.sort(eigenvalues), atol=1e-5
+        )
         assert not fps.stable[row]
         # Time constants are −1/Re λ.
-        np.testing.assert_allclose(np.sort(fps.time_constants[row]),
-                                   np.sort(-1 / eigenvalues), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.sort(fps.time_constants[row]), np.sort(-1 / eigenvalues), rtol=1e-5
+        )
     assert len(fps.slow_points) == 0
 
 
@@ -119,8 +122,9 @@ def _hopfield(n=16, n_patterns=3, gain=2.0):
     hadamard = scipy.linalg.hadamard(n).astype(float)
     patterns = hadamard[1 : 1 + n_patterns]
     w = gain / n * patterns.T @ patterns
-    model = FieldModel(DoubleConfig(kind="hopfield"), jnp.asarray(w, jnp.float32),
-                       jnp.zeros((n, 1), jnp.float32))
+    model = FieldModel(
+        DoubleConfig(kind="hopfield"), jnp.asarray(w, jnp.float32), jnp.zeros((n, 1), jnp.float32)
+    )
     amplitude = scipy.optimize.brentq(lambda a: a - gain * math.tanh(a), 0.1, 10)
     return model, patterns, amplitude
 
@@ -134,11 +138,18 @@ def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
     n = patterns.shape[1]
     memories = np.concatenate([amplitude * patterns, -amplitude * patterns])
     rng = np.random.default_rng(1)
-    starts = np.concatenate([memories + 0.3 * rng.standard_normal(memories.shape),
-                             rng.standard_normal((40, n))])
-    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=amplitude * 4,
-                            speed_scale=1.0, center=np.zeros(n),
-                            settings=SolverSettings(search=search))
+    starts = np.concatenate(
+        [memories + 0.3 * rng.standard_normal(memories.shape), rng.standard_normal((40, n))]
+    )
+    fps = find_fixed_points(
+        model,
+        np.zeros((1, 1)),
+        starts,
+        scale=amplitude * 4,
+        speed_scale=1.0,
+        center=np.zeros(n),
+        settings=SolverSettings(search=search),
+    )
     for memory in memories:
         gaps = np.linalg.norm(fps.points - memory, axis=1)
         i = int(np.argmin(gaps))
@@ -147,8 +158,12 @@ def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
         expected = -1 + 2.0 / np.cosh(amplitude) ** 2  # along the pattern
         assert np.isclose(fps.eigenvalues[i].real.max(), max(expected, -1.0), atol=1e-5)
     # Every reported fixed point is a true zero; the origin is one and is unstable.
-    speeds = np.linalg.norm(np.asarray(jax.vmap(
-        lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))), axis=1)
+    speeds = np.linalg.norm(
+        np.asarray(
+            jax.vmap(lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))
+        ),
+        axis=1,
+    )
     assert np.all(speeds < 1e-5)
     origin = np.linalg.norm(fps.points, axis=1) < 1e-6
     assert origin.sum() == 1 and not fps.stable[origin][0]
@@ -165,8 +180,9 @@ def test_saddle_between_two_stable_nodes_is_classified():
     model = _bistable()
     rng = np.random.default_rng(2)
     starts = rng.uniform(-2, 2, (64, 2))
-    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=1.0, speed_scale=1.0,
-                            center=np.zeros(2))
+    fps = find_fixed_points(
+        model, np.zeros((1, 1)), starts, scale=1.0, speed_scale=1.0, center=np.zeros(2)
+    )
     order = np.argsort(fps.points[:, 0])
     np.testing.assert_allclose(fps.points[order], [[-1, 0], [0, 0], [1, 0]], atol=1e-8)
     np.testing.assert_array_equal(fps.stable[order], [True, False, True])
@@ -178,8 +194,15 @@ def test_golub_mode_uses_discrete_map_eigenvalues():
     model = _bistable()
     starts = np.random.default_rng(3).uniform(-2, 2, (32, 2))
     settings = SolverSettings(mode="golub", golub_dt=0.1, golub_max_iters=3000)
-    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=1.0, speed_scale=1.0,
-                            center=np.zeros(2), settings=settings)
+    fps = find_fixed_points(
+        model,
+        np.zeros((1, 1)),
+        starts,
+        scale=1.0,
+        speed_scale=1.0,
+        center=np.zeros(2),
+        settings=settings,
+    )
     near_node = np.linalg.norm(fps.points - [1.0, 0.0], axis=1) < 1e-2
     assert near_node.any()
     i = np.flatnonzero(near_node)[0]
@@ -192,8 +215,9 @@ def test_slow_point_is_not_reported_as_fixed_point():
     # dx/dt = (x − x³ − c, −y) with c just above the fold: one zero near x = −1.1 and a
     # ghost (slow point, ‖f‖ = 0.02) near x = 0.577.
     fold = 2 / (3 * math.sqrt(3))
-    model = FieldModel(DoubleConfig(kind="bistable"), jnp.zeros((2, 2)),
-                       jnp.asarray([[1.0], [0.0]]))
+    model = FieldModel(
+        DoubleConfig(kind="bistable"), jnp.zeros((2, 2)), jnp.asarray([[1.0], [0.0]])
+    )
     u = np.array([[-(fold + 0.02)]])
     starts = np.random.default_rng(4).uniform(-2, 2, (64, 2))
     fps = find_fixed_points(model, u, starts, scale=1.0, speed_scale=1.0, center=np.zeros(2))
@@ -201,7 +225,6 @@ def test_slow_point_is_not_reported_as_fixed_point():
     assert len(fps.slow_points) >= 1
     assert np.all(fps.slow_speed > 0.01)
     np.testing.assert_allclose(fps.slow_points[0, 0], 1 / math.sqrt(3), atol=1e-3)
-
 
 
 def test_representatives_are_lowest_score_leaders_of_separated_clusters():
@@ -237,8 +260,9 @@ def test_relaxation_step_is_inverse_spectral_radius():
     rng = np.random.default_rng(6)
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
     a = q @ np.diag([-0.5, -4.0, 0.3, -1.0]) @ q.T
-    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
-                       jnp.zeros((4, 1), jnp.float32))
+    model = FieldModel(
+        DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32), jnp.zeros((4, 1), jnp.float32)
+    )
     step = relaxation_step(model, np.zeros(4), np.zeros(1))
     assert step == pytest.approx(1 / 4.0, rel=1e-5)
 
@@ -248,16 +272,28 @@ def test_relaxing_first_finds_the_attractors_and_only_true_zeros():
     n = patterns.shape[1]
     memories = np.concatenate([amplitude * patterns, -amplitude * patterns])
     rng = np.random.default_rng(7)
-    starts = np.concatenate([memories + 0.3 * rng.standard_normal(memories.shape),
-                             rng.standard_normal((200, n))])
+    starts = np.concatenate(
+        [memories + 0.3 * rng.standard_normal(memories.shape), rng.standard_normal((200, n))]
+    )
     settings = SolverSettings(relax_steps=60)
-    fps = find_fixed_points(model, np.zeros((1, 1)), starts, scale=amplitude * 4,
-                            speed_scale=1.0, center=np.zeros(n), settings=settings)
+    fps = find_fixed_points(
+        model,
+        np.zeros((1, 1)),
+        starts,
+        scale=amplitude * 4,
+        speed_scale=1.0,
+        center=np.zeros(n),
+        settings=settings,
+    )
     stable = fps.points[fps.stable]
     for memory in memories:
         assert np.min(np.linalg.norm(stable - memory, axis=1)) < 1e-6
-    speeds = np.linalg.norm(np.asarray(jax.vmap(
-        lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))), axis=1)
+    speeds = np.linalg.norm(
+        np.asarray(
+            jax.vmap(lambda x: model.vector_field(0.0, x, jnp.zeros(1)))(jnp.asarray(fps.points))
+        ),
+        axis=1,
+    )
     assert np.all(speeds < 1e-5)
     # Relaxation merges the 200+ starts (end points onto the memories, plus the slowest point
     # of each path) into fewer candidates than starts before any solver step.
@@ -270,12 +306,14 @@ def test_relaxation_that_merges_nothing_falls_back_on_the_raw_starts():
     rng = np.random.default_rng(8)
     q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
     a = q @ np.diag([0.5, 1.0, 1.5, 2.0, 3.0]) @ q.T
-    model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32),
-                       jnp.ones((5, 1), jnp.float32))
+    model = FieldModel(
+        DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32), jnp.ones((5, 1), jnp.float32)
+    )
     starts = rng.standard_normal((64, 5))
     settings = SolverSettings(relax_steps=60)
-    fps = find_fixed_points(model, np.ones((1, 1)), starts, scale=1.0, speed_scale=1.0,
-                            settings=settings)
+    fps = find_fixed_points(
+        model, np.ones((1, 1)), starts, scale=1.0, speed_scale=1.0, settings=settings
+    )
     assert fps.n_candidates == len(starts)
     expected = np.linalg.solve(a, -np.ones(5))
     assert len(fps.points) == 1
@@ -298,14 +336,21 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     with jax.enable_x64(True):
         model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a), jnp.asarray(b))
         x1, speed, damping = _levenberg_marquardt(
-            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, n, jax.random.key(0),
+            model,
+            jnp.asarray(x0),
+            jnp.asarray(u),
+            jnp.full(3, mu),
+            1,
+            n,
+            jax.random.key(0),
             dense,
         )
     solution = -np.linalg.solve(a, b @ u.T).T  # A x* + b u = 0
     expected = solution + (x0 - solution) * mu / (1 + mu)
     np.testing.assert_allclose(np.asarray(x1), expected, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(speed), c * np.linalg.norm(expected - solution, axis=1),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(speed), c * np.linalg.norm(expected - solution, axis=1), rtol=1e-9
+    )
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
 
 
@@ -324,15 +369,19 @@ def test_dense_steps_in_chunks_give_the_same_rows(monkeypatch):
     def block():
         with jax.enable_x64(True):
             wide = _cast(model, jnp.float64)
-            return solver._lm_block(wide, x, np.zeros((240, 1)), damping, 4, settings,
-                                    jax.random.key(0), jnp.float64)
+            return solver._lm_block(
+                wide, x, np.zeros((240, 1)), damping, 4, settings, jax.random.key(0), jnp.float64
+            )
 
     whole = block()
     calls = []
     original = solver._levenberg_marquardt_jit
     monkeypatch.setattr(solver, "_DENSE_ELEMENTS", 64 * n * n)
-    monkeypatch.setattr(solver, "_levenberg_marquardt_jit",
-                        lambda model, x, *rest: calls.append(len(x)) or original(model, x, *rest))
+    monkeypatch.setattr(
+        solver,
+        "_levenberg_marquardt_jit",
+        lambda model, x, *rest: calls.append(len(x)) or original(model, x, *rest),
+    )
     chunked = block()
     assert calls == [64, 64, 64, 64]
     assert not np.allclose(whole[0], x), "the rows must have moved"
@@ -371,8 +420,9 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
         for i in range(len(x)):
             jac = -np.eye(n) + w * (1 - np.tanh(x[i]) ** 2)[None, :]
             normal = jac.T @ jac
-            delta = np.linalg.solve(normal + mu[i] * np.trace(normal) / n * np.eye(n),
-                                    -jac.T @ field(x[i]))
+            delta = np.linalg.solve(
+                normal + mu[i] * np.trace(normal) / n * np.eye(n), -jac.T @ field(x[i])
+            )
             trial = np.sum(field(x[i] + delta) ** 2)
             if trial < q[i]:
                 x[i], q[i], mu[i] = x[i] + delta, trial, 0.3 * mu[i]
@@ -381,8 +431,14 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
     with jax.enable_x64(True):
         wide = _cast(model, jnp.float64)
         x1, speed, damping = _levenberg_marquardt(
-            wide, jnp.asarray(x0), jnp.zeros((len(x0), 1)), jnp.full(len(x0), 1e-2), 5, 1,
-            jax.random.key(0), True,
+            wide,
+            jnp.asarray(x0),
+            jnp.zeros((len(x0), 1)),
+            jnp.full(len(x0), 1e-2),
+            5,
+            1,
+            jax.random.key(0),
+            True,
         )
     np.testing.assert_allclose(np.asarray(x1), x, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(np.asarray(speed), np.sqrt(q), rtol=1e-8)
@@ -393,9 +449,12 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
 def test_dense_representatives_agree_with_the_tree_version():
     rng = np.random.default_rng(10)
     centres = 3.0 * rng.standard_normal((12, 20))
-    points = np.concatenate([centres[rng.integers(0, 12, 300)]
-                             + 0.05 * rng.standard_normal((300, 20)),
-                             5.0 * rng.standard_normal((100, 20))])
+    points = np.concatenate(
+        [
+            centres[rng.integers(0, 12, 300)] + 0.05 * rng.standard_normal((300, 20)),
+            5.0 * rng.standard_normal((100, 20)),
+        ]
+    )
     score = rng.random(len(points))
     for tol in (0.01, 0.3, 1.0, 2.0):
         dense = representatives(points, score, tol)
@@ -403,6 +462,7 @@ def test_dense_representatives_agree_with_the_tree_version():
     # Clusters are ≈ 0.45 across and ≥ 10 apart: at radius 1 each collapses to one leader;
     # the 100 scattered points (≈ 30 apart) stay.
     assert len(representatives(points, score, 1.0)) == 12 + 100
+
 
 class StepTaskConfig(mechscope.Config):
     """Constant input ±level from the start; go at 3.5 s."""
@@ -431,9 +491,14 @@ class StepTask(mechscope.AbstractTask):
         times = jnp.arange(self.config.n_times) * self.dt
         inputs = jnp.broadcast_to(levels[:, None, None], (len(levels), len(times), 1))
         targets = jnp.zeros((len(levels), len(times), 2))
-        return mechscope.Trials(inputs=inputs, targets=targets, mask=jnp.ones_like(targets),
-                                times=times, events={"go": jnp.full(len(levels), 3.5)},
-                                labels={"condition": jnp.arange(len(levels))})
+        return mechscope.Trials(
+            inputs=inputs,
+            targets=targets,
+            mask=jnp.ones_like(targets),
+            times=times,
+            events={"go": jnp.full(len(levels), 3.5)},
+            labels={"condition": jnp.arange(len(levels))},
+        )
 
     def sample(self, batch_size, *, key):
         return self.conditions()

@@ -62,15 +62,18 @@ class Lookup(mechscope.AbstractModel):
         shown = jnp.linalg.norm(inputs[:, :2], axis=1) > 0
         first = inputs[jnp.argmax(shown), :2]
         if self.config.ignore_switch:
-            row = jnp.argmin(jnp.sum((self.table_first - first) ** 2, axis=1)
-                             + 1e3 * jnp.sum((self.table_final - self.table_first) ** 2, axis=1))
+            row = jnp.argmin(
+                jnp.sum((self.table_first - first) ** 2, axis=1)
+                + 1e3 * jnp.sum((self.table_final - self.table_first) ** 2, axis=1)
+            )
             # Heads for the first target the whole time.
             heading = jnp.where(shown[:, None], first, 0.0)
         else:
             row = jnp.argmin(jnp.sum((self.table_inputs - inputs) ** 2, axis=(1, 2)))
             heading = inputs[:, :2]
-        return mechscope.Trajectory(times=times, states=heading, rates=heading,
-                                    outputs=self.table_targets[row])
+        return mechscope.Trajectory(
+            times=times, states=heading, rates=heading, outputs=self.table_targets[row]
+        )
 
 
 def _model(ignore_switch):
@@ -82,9 +85,16 @@ def _model(ignore_switch):
     ]
     inputs = jnp.concatenate([t.inputs for t in tables])
     targets = jnp.concatenate([t.targets for t in tables])
-    first = jnp.concatenate([
-        jnp.where(jnp.isfinite(t.labels["switched_from"]), t.labels["switched_from"],
-                  t.labels["target"]) for t in tables])
+    first = jnp.concatenate(
+        [
+            jnp.where(
+                jnp.isfinite(t.labels["switched_from"]),
+                t.labels["switched_from"],
+                t.labels["target"],
+            )
+            for t in tables
+        ]
+    )
     final = jnp.concatenate([t.labels["target"] for t in tables])
     model = Lookup(LookupConfig(ignore_switch=ignore_switch), inputs, targets, first, final)
     return model, reach
@@ -96,8 +106,7 @@ def results():
     out = {}
     for ignore in (False, True):
         model, reach = _model(ignore)
-        out[ignore] = probe.run(mechscope.TrainedRun(model=model), reach,
-                                key=jax.random.key(0))
+        out[ignore] = probe.run(mechscope.TrainedRun(model=model), reach, key=jax.random.key(0))
     return out
 
 

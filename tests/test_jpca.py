@@ -11,7 +11,12 @@ DT = 0.01
 
 
 def simulate_linear(
-    dynamics: np.ndarray, n_conditions: int, n_times: int, n_neurons: int, *, seed: int,
+    dynamics: np.ndarray,
+    n_conditions: int,
+    n_times: int,
+    n_neurons: int,
+    *,
+    seed: int,
     noise: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latent linear system dx/dt = A x, embedded in many noisy neurons. Returns rates, latents."""
@@ -23,8 +28,9 @@ def simulate_linear(
     for t in range(1, n_times):
         latents[:, t] = latents[:, t - 1] @ step.T
     embedding = np.linalg.qr(rng.normal(size=(n_neurons, k)))[0]
-    rates = 30 + 8 * latents @ embedding.T + noise * rng.normal(size=(n_conditions, n_times,
-                                                                      n_neurons))
+    rates = (
+        30 + 8 * latents @ embedding.T + noise * rng.normal(size=(n_conditions, n_times, n_neurons))
+    )
     return rates, latents
 
 
@@ -100,8 +106,9 @@ def test_exact_skew_fit_equals_iterative_and_brute_force_solutions():
         basis = np.zeros((k, k))
         basis[i, j], basis[j, i] = 1.0, -1.0
         columns.append((states @ basis).reshape(-1))
-    coefficients = np.linalg.lstsq(np.stack(columns, axis=1), derivatives.reshape(-1),
-                                   rcond=None)[0]
+    coefficients = np.linalg.lstsq(np.stack(columns, axis=1), derivatives.reshape(-1), rcond=None)[
+        0
+    ]
     rows = np.zeros((k, k))
     rows[upper] = coefficients
     rows = rows - rows.T
@@ -143,8 +150,7 @@ def test_alignment_to_per_condition_events_matches_prealigned_data(rotational):
     for c, s in enumerate(shifts):
         long[c, s : s + rotational.n_times] = rotational.rates[c]
     onset = (shifts + 20) * DT  # sample 20 of the original is its time 0
-    data = mp.NeuralData(rates=long, times=np.arange(100) * DT,
-                         events={"movement_onset": onset})
+    data = mp.NeuralData(rates=long, times=np.arange(100) * DT, events={"movement_onset": onset})
     config = mp.JPCAConfig(window=(-0.15, 0.15))
     aligned = mp.jpca_analysis(data, config)
     direct = mp.jpca_analysis(rotational, config)
@@ -174,6 +180,8 @@ def test_figures_draw_every_condition(rotational):
     assert len(lines) == rotational.n_conditions
     bars = result.figures()["jpca_r2"]()
     heights = sorted(p.get_height() for p in bars.axes[0].patches)
-    np.testing.assert_allclose(heights, sorted([result.r2_best, result.r2_best_plane1,
-                                                result.r2_skew, result.r2_skew_plane1]))
+    np.testing.assert_allclose(
+        heights,
+        sorted([result.r2_best, result.r2_best_plane1, result.r2_skew, result.r2_skew_plane1]),
+    )
     plt.close("all")

@@ -77,12 +77,14 @@ def test_disable_by_entry_point_module_or_distribution(fake_site, monkeypatch, b
 
 
 def test_duplicate_names_name_both_distributions(tmp_path, monkeypatch):
-    make_distribution(tmp_path, "rivaldist", {"rival": ("rival_plugin", GOOD_PLUGIN.format(
-        name="shared_name"))})
+    make_distribution(
+        tmp_path, "rivaldist", {"rival": ("rival_plugin", GOOD_PLUGIN.format(name="shared_name"))}
+    )
     other = tmp_path / "other"
     other.mkdir()
-    make_distribution(other, "otherdist", {"other": ("other_plugin", GOOD_PLUGIN.format(
-        name="shared_name"))})
+    make_distribution(
+        other, "otherdist", {"other": ("other_plugin", GOOD_PLUGIN.format(name="shared_name"))}
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(other))
     manager = PluginManager()
@@ -135,7 +137,10 @@ def test_cli_lists_broken_plugin_and_components(fake_site):
     environment.pop("MECHSCOPE_DISABLE_PLUGINS", None)
     completed = subprocess.run(
         [sys.executable, "-m", "mechscope.cli", "plugins", "--json"],
-        capture_output=True, text=True, env=environment, check=True,
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
     )
     listing = json.loads(completed.stdout)
     by_name = {(item["kind"], item["name"]): item for item in listing}

@@ -93,8 +93,7 @@ def test_similarity_of_linear_transforms():
     squeezed = white * np.array([1.0, s])
     expected = (1 + s) / np.sqrt(2 * (1 + s**2))
     assert mp.procrustes_similarity(white, squeezed) == pytest.approx(expected, rel=1e-10)
-    np.testing.assert_allclose(mp.canonical_correlations(white, squeezed, None), 1.0,
-                               atol=1e-10)
+    np.testing.assert_allclose(mp.canonical_correlations(white, squeezed, None), 1.0, atol=1e-10)
 
 
 def test_null_and_potent_variance_split_by_the_readout():
@@ -124,11 +123,15 @@ def test_population_analysis_on_delay_null_movement_potent_data():
     delay_on = (times >= 0.2) & (times < 0.6)
     move_on = times >= 0.6
     ramp = np.sin(np.pi * np.clip((times - 0.6) / 0.5, 0, 1))
-    rates = (delay_on[None, :, None] * prep[:, None] + (move_on * ramp)[None, :, None]
-             * (move[:, None] + 0.5 * prep[:, None]))
-    data = mp.NeuralData(rates=rates + 5, times=times, labels={"angle": angle},
-                         events={"target_on": np.full(8, 0.2),
-                                 "movement_onset": np.full(8, 0.6)})
+    rates = delay_on[None, :, None] * prep[:, None] + (move_on * ramp)[None, :, None] * (
+        move[:, None] + 0.5 * prep[:, None]
+    )
+    data = mp.NeuralData(
+        rates=rates + 5,
+        times=times,
+        labels={"angle": angle},
+        events={"target_on": np.full(8, 0.2), "movement_onset": np.full(8, 0.6)},
+    )
     config = mp.PopulationConfig(window=(-0.3, 0.5), movement_epoch=(0.1, 0.4))
     metrics = mp.population_analysis(data, config, readout=readout).metrics()
     assert metrics["delay_potent_fraction"] == pytest.approx(0.0, abs=1e-10)
@@ -145,8 +148,9 @@ def test_compare_trajectories_resamples_the_reference_in_time():
     phase = np.arange(6)[:, None, None] + np.array([1.0, 2.0, 3.0])
     model = mp.NeuralData(rates=np.sin(2 * np.pi * times[None, :, None] + phase), times=times)
     embed = np.linalg.qr(np.random.default_rng(9).normal(size=(7, 3)))[0].T
-    reference = mp.NeuralData(rates=np.sin(2 * np.pi * fine[None, :, None] + phase) @ embed,
-                              times=fine)
+    reference = mp.NeuralData(
+        rates=np.sin(2 * np.pi * fine[None, :, None] + phase) @ embed, times=fine
+    )
     result = mp.compare_trajectories(model, reference, n_components=3)
     assert result["procrustes"] == pytest.approx(1.0, abs=2e-3)
     assert result["cca_mean"] == pytest.approx(1.0, abs=2e-3)
@@ -189,11 +193,16 @@ def test_npz_round_trip(tmp_path):
 
 def test_mat_flat_and_jpca_struct_layouts(tmp_path):
     data = example_data()
-    scipy.io.savemat(tmp_path / "flat.mat", {
-        "rates": data.rates, "times": data.times * 1000, "label_angle": data.labels["angle"],
-        "label_target": data.labels["target"], "event_movement_onset":
-        data.events["movement_onset"] * 1000,
-    })
+    scipy.io.savemat(
+        tmp_path / "flat.mat",
+        {
+            "rates": data.rates,
+            "times": data.times * 1000,
+            "label_angle": data.labels["angle"],
+            "label_target": data.labels["target"],
+            "event_movement_onset": data.events["movement_onset"] * 1000,
+        },
+    )
     loaded = mp.load_neural_data(tmp_path / "flat.mat", time_scale=1e-3)
     assert_same(loaded, data)
     # Churchland et al.'s layout: a struct array Data(c).A [time, neuron], Data(c).times (ms).
@@ -272,16 +281,23 @@ class TinyTask(mechscope.AbstractTask):
         move = go + 0.15
         on = (times >= target_on[:, None]).astype(float)
         cue = (times >= go[:, None]).astype(float)
-        inputs = jnp.stack([on * jnp.cos(angle)[:, None], on * jnp.sin(angle)[:, None], cue],
-                           axis=-1)
+        inputs = jnp.stack(
+            [on * jnp.cos(angle)[:, None], on * jnp.sin(angle)[:, None], cue], axis=-1
+        )
         reach = jnp.clip((times - move[:, None]) / 0.4, 0, 1)[..., None]
         targets = reach * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)[:, None]
         return mechscope.Trials(
-            inputs=inputs, targets=targets, mask=jnp.ones_like(targets), times=times,
+            inputs=inputs,
+            targets=targets,
+            mask=jnp.ones_like(targets),
+            times=times,
             events={"target_on": target_on, "go": go, "movement_onset": move},
-            labels={"angle": angle, "delay": delay,
-                    "target": jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1),
-                    "condition": jnp.arange(angle.shape[0])},
+            labels={
+                "angle": angle,
+                "delay": delay,
+                "target": jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1),
+                "condition": jnp.arange(angle.shape[0]),
+            },
         )
 
     def sample(self, batch_size: int, *, key: jax.Array) -> mechscope.Trials:
@@ -289,8 +305,9 @@ class TinyTask(mechscope.AbstractTask):
         return self._trials(angle, jnp.full((batch_size,), self.config.delays[0]))
 
     def conditions(self) -> mechscope.Trials:
-        angle, delay = jnp.meshgrid(jnp.arange(8) * 2 * jnp.pi / 8,
-                                    jnp.asarray(self.config.delays), indexing="ij")
+        angle, delay = jnp.meshgrid(
+            jnp.arange(8) * 2 * jnp.pi / 8, jnp.asarray(self.config.delays), indexing="ij"
+        )
         return self._trials(angle.reshape(-1), delay.reshape(-1))
 
 
@@ -339,8 +356,9 @@ class TinyModel(mechscope.AbstractModel):
 
         _, states = jax.lax.scan(step, start, inputs)
         rates = jnp.tanh(states)
-        return mechscope.Trajectory(times=times, states=states, rates=rates,
-                                    outputs=rates @ self.w_out.T)
+        return mechscope.Trajectory(
+            times=times, states=states, rates=rates, outputs=rates @ self.w_out.T
+        )
 
 
 def make_tiny(key):
@@ -367,8 +385,11 @@ def registered():
 
 
 def test_probes_are_registered_with_their_configs(registered):
-    for name, config_class in (("jpca", mp.JPCAConfig), ("tuning", mp.TuningConfig),
-                               ("population", mp.PopulationConfig)):
+    for name, config_class in (
+        ("jpca", mp.JPCAConfig),
+        ("tuning", mp.TuningConfig),
+        ("population", mp.PopulationConfig),
+    ):
         entry = registered.registry.get("probe", name)
         assert entry.config_class is config_class
         probe = entry.build(entry.validate({}))
@@ -393,11 +414,13 @@ def test_jpca_probe_matches_the_analysis_on_simulated_rates(getkey, tmp_path):
 
 def test_tuning_probe_reports_fractions(getkey, tmp_path):
     trained, task = make_tiny(getkey())
-    result = check_probe(mp.TuningProbe(config=mp.TuningConfig()), trained, task,
-                         key=getkey(), tmp_path=tmp_path)
+    result = check_probe(
+        mp.TuningProbe(config=mp.TuningConfig()), trained, task, key=getkey(), tmp_path=tmp_path
+    )
     r2 = result.arrays["delay_r2"]
     assert result.metrics["fraction_tuned_delay"] == pytest.approx(
-        np.mean(np.nan_to_num(r2) >= 0.5))
+        np.mean(np.nan_to_num(r2) >= 0.5)
+    )
     assert result.arrays["target_psth"].shape[0] == 8
 
 
@@ -410,14 +433,18 @@ def test_population_probe_uses_the_readout_and_compares_with_a_reference(getkey,
     mixing = np.random.default_rng(11).normal(size=(16, 30))
     recording = mp.NeuralData.from_trials(trials, np.asarray(trajectory.rates) @ mixing)
     recording.save_npz(tmp_path / "recording.npz")
-    config = mp.PopulationConfig(reference_path=str(tmp_path / "recording.npz"),
-                                 cca_n_components=16)  # the full rank: an exact match
-    result = check_probe(mp.PopulationProbe(config=config), trained, task, key=getkey(),
-                         tmp_path=tmp_path / "result")
+    config = mp.PopulationConfig(
+        reference_path=str(tmp_path / "recording.npz"), cca_n_components=16
+    )  # the full rank: an exact match
+    result = check_probe(
+        mp.PopulationProbe(config=config), trained, task, key=getkey(), tmp_path=tmp_path / "result"
+    )
     assert result.metrics["cca_mean_reference"] == pytest.approx(1.0, abs=1e-6)
     delay = mp.NeuralData.from_trials(trials, np.asarray(trajectory.rates)).align(
-        "target_on", config.delay_epoch)
-    potent, null = mp.null_potent_variance(delay.rates.reshape(-1, 16),
-                                           np.asarray(trained.model.w_out))
+        "target_on", config.delay_epoch
+    )
+    potent, null = mp.null_potent_variance(
+        delay.rates.reshape(-1, 16), np.asarray(trained.model.w_out)
+    )
     assert result.metrics["delay_potent_fraction"] == pytest.approx(potent / (potent + null))
     assert np.isfinite(result.metrics["tangling_ratio_p90"])

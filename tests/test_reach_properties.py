@@ -50,17 +50,23 @@ def reach_tasks(draw):
         "correction_latency": draw(st.sampled_from([0.0, 0.1])),
     }
     if kind == "switch":
-        return TargetSwitch(TargetSwitchConfig(
-            **shared, **jump,
-            switch_epoch=draw(st.sampled_from(["delay", "after_go"])),
-            switch_fraction=draw(st.sampled_from([0.5, 1.0])),
-        ))
-    return TargetRelocation(TargetRelocationConfig(
-        **shared, **jump,
-        switch_epoch=draw(st.sampled_from(["none", "delay", "after_go"])),
-        relocate_from=draw(st.sampled_from(["nearest", "random"])),
-        novel_radii=draw(st.sampled_from([None, (0.5 * shared["radius"],)])),
-    ))
+        return TargetSwitch(
+            TargetSwitchConfig(
+                **shared,
+                **jump,
+                switch_epoch=draw(st.sampled_from(["delay", "after_go"])),
+                switch_fraction=draw(st.sampled_from([0.5, 1.0])),
+            )
+        )
+    return TargetRelocation(
+        TargetRelocationConfig(
+            **shared,
+            **jump,
+            switch_epoch=draw(st.sampled_from(["none", "delay", "after_go"])),
+            relocate_from=draw(st.sampled_from(["nearest", "random"])),
+            novel_radii=draw(st.sampled_from([None, (0.5 * shared["radius"],)])),
+        )
+    )
 
 
 def _check_invariants(task, key):
@@ -98,9 +104,9 @@ def _check_invariants(task, key):
         else:
             assert (cue[:go] == 0).all() and cue[go] == 1
         after = times >= events["movement_end"][b] - 1e-6
-        np.testing.assert_allclose(targets[b, after, 2:],
-                                   np.broadcast_to(labels["target"][b], (after.sum(), 2)),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            targets[b, after, 2:], np.broadcast_to(labels["target"][b], (after.sum(), 2)), atol=1e-5
+        )
         np.testing.assert_allclose(targets[b, times < onset - 1e-6], 0.0, atol=1e-6)
     # Velocity is the time derivative of position.
     integral = scipy.integrate.cumulative_trapezoid(targets[..., :2], times, axis=1, initial=0)
@@ -109,8 +115,11 @@ def _check_invariants(task, key):
 
 
 # Shrinking recompiles per candidate config, so it is skipped: the failing config is printed.
-FAST = {"deadline": None, "phases": [Phase.explicit, Phase.generate],
-        "suppress_health_check": [HealthCheck.too_slow]}
+FAST = {
+    "deadline": None,
+    "phases": [Phase.explicit, Phase.generate],
+    "suppress_health_check": [HealthCheck.too_slow],
+}
 
 
 @settings(max_examples=6, derandomize=True, **FAST)

@@ -83,11 +83,14 @@ def test_registered_with_their_config_classes():
         TargetSwitch(TargetSwitchConfig(switch_epoch="after_go", switch_fraction=0.5)),
         TargetRelocation(TargetRelocationConfig(switch_epoch="after_go", relocate_from="random")),
         pytest.param(DelayedReach(DelayedReachConfig()), marks=pytest.mark.slow),
-        pytest.param(TargetSwitch(TargetSwitchConfig(switch_offset=3, profile="minimum_jerk")),
-                     marks=pytest.mark.slow),
-        pytest.param(TargetRelocation(TargetRelocationConfig(switch_epoch="none",
-                                                             novel_radii=(0.5, 1.5))),
-                     marks=pytest.mark.slow),
+        pytest.param(
+            TargetSwitch(TargetSwitchConfig(switch_offset=3, profile="minimum_jerk")),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            TargetRelocation(TargetRelocationConfig(switch_epoch="none", novel_radii=(0.5, 1.5))),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["reach-catch-pulse", "switch-go", "reloc-go", "reach", "switch-offset", "reloc-none"],
 )
@@ -118,8 +121,9 @@ def test_position_ends_at_target_and_stays(profile, getkey):
         onset, end = trials["e_movement_onset"][b], trials["e_movement_end"][b]
         target = trials["l_target"][b]
         after = times >= end - 1e-6
-        np.testing.assert_allclose(position[after], np.broadcast_to(target, position[after].shape),
-                                   atol=ATOL)
+        np.testing.assert_allclose(
+            position[after], np.broadcast_to(target, position[after].shape), atol=ATOL
+        )
         np.testing.assert_allclose(position[times <= onset + 1e-6], 0.0, atol=ATOL)
         np.testing.assert_allclose(trials["targets"][b, after, :2], 0.0, atol=ATOL)
         # The target is one of the trained ones, on the circle.
@@ -197,8 +201,11 @@ def test_go_cue_and_target_onset_at_event_times(go_cue, getkey):
         np.testing.assert_allclose(trials["e_go"][b], 0.2 + trials["l_delay"][b], atol=1e-5)
         target_input = trials["inputs"][b, :, :2]
         np.testing.assert_array_equal(target_input[:on], 0.0)
-        np.testing.assert_allclose(target_input[on:], np.broadcast_to(
-            trials["l_target"][b], target_input[on:].shape), atol=1e-6)
+        np.testing.assert_allclose(
+            target_input[on:],
+            np.broadcast_to(trials["l_target"][b], target_input[on:].shape),
+            atol=1e-6,
+        )
         cue = trials["inputs"][b, :, 2]
         expected = np.zeros_like(cue)
         if go_cue == "step":
@@ -280,8 +287,9 @@ def _assert_ends_at_final_target(trials):
         final = trials["l_target"][b]
         after = times >= trials["e_movement_end"][b] - 1e-6
         assert after.any()
-        np.testing.assert_allclose(trials["targets"][b, after, 2:],
-                                   np.broadcast_to(final, (after.sum(), 2)), atol=ATOL)
+        np.testing.assert_allclose(
+            trials["targets"][b, after, 2:], np.broadcast_to(final, (after.sum(), 2)), atol=ATOL
+        )
         np.testing.assert_allclose(trials["inputs"][b, -1, :2], final, atol=1e-6)
 
 
@@ -306,16 +314,20 @@ def test_switch_trials_reach_the_final_target(config, getkey):
         for b in range(len(start)):
             switch = _index(times, trials["e_switch"][b])
             np.testing.assert_allclose(trials["inputs"][b, switch - 1, :2], start[b], atol=1e-6)
-            np.testing.assert_allclose(trials["inputs"][b, switch:, :2],
-                                       np.broadcast_to(final[b], (len(times) - switch, 2)),
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                trials["inputs"][b, switch:, :2],
+                np.broadcast_to(final[b], (len(times) - switch, 2)),
+                atol=1e-6,
+            )
             if config.switch_epoch == "delay":
                 # The sample nearest the chosen fraction of the delay.
                 expected = 0.2 + config.switch_delay_fraction * trials["l_delay"][b]
                 assert abs(trials["e_switch"][b] - expected) <= 0.005 + 1e-5
         if config.switch_offset is not None:
-            angle_step = np.mod(np.arctan2(final[:, 1], final[:, 0])
-                                - np.arctan2(start[:, 1], start[:, 0]), 2 * np.pi)
+            angle_step = np.mod(
+                np.arctan2(final[:, 1], final[:, 0]) - np.arctan2(start[:, 1], start[:, 0]),
+                2 * np.pi,
+            )
             np.testing.assert_allclose(angle_step, np.pi, atol=1e-5)
 
 
@@ -339,21 +351,24 @@ def test_mid_movement_switch_corrects_from_current_hand_position(getkey):
     for b in range(8):
         reference = references[b]
         switch = _index(times, trials["e_switch"][b])
-        np.testing.assert_allclose(trials["targets"][b, : switch + 1], reference[: switch + 1],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            trials["targets"][b, : switch + 1], reference[: switch + 1], atol=1e-5
+        )
         # The hand is mid-reach at the switch, and the output changes smoothly afterwards.
         hand = trials["targets"][b, switch, 2:]
         assert 0.1 < np.linalg.norm(hand) < 0.9
         # No jumps: per-sample changes stay within those of a reach of the summed distance.
         distance = np.linalg.norm(trials["l_switched_from"][b]) + np.linalg.norm(
-            trials["l_target"][b] - trials["l_switched_from"][b])
+            trials["l_target"][b] - trials["l_switched_from"][b]
+        )
         steps = np.abs(np.diff(trials["targets"][b, :, 2:], axis=0)).max()
         assert steps <= distance * np.abs(np.diff(reference[:, 2:], axis=0)).max() + 1e-6
         accel = np.abs(np.diff(trials["targets"][b, :, :2], axis=0)).max()
         reference_accel = np.abs(np.diff(reference[:, :2], axis=0)).max()
         assert accel <= distance * reference_accel + 1e-5
         assert math.isclose(
-            trials["e_movement_end"][b], trials["e_switch"][b] + config.reach_duration,
+            trials["e_movement_end"][b],
+            trials["e_switch"][b] + config.reach_duration,
             abs_tol=1e-5,
         )
 
@@ -384,13 +399,15 @@ def test_relocation_trials_reach_novel_targets(config, getkey):
         else:
             start = trials["l_switched_from"]
             assert np.isfinite(start).all()
-            assert np.min(np.linalg.norm(start[:, None] - trained[None], axis=-1), axis=1).max() \
-                < 1e-6
+            assert (
+                np.min(np.linalg.norm(start[:, None] - trained[None], axis=-1), axis=1).max() < 1e-6
+            )
             if config.relocate_from == "nearest":
                 nearest = np.argmin(np.linalg.norm(final[:, None] - trained[None], axis=-1), 1)
                 np.testing.assert_allclose(
                     np.linalg.norm(start - final, axis=-1),
-                    np.linalg.norm(trained[nearest] - final, axis=-1), atol=1e-5,
+                    np.linalg.norm(trained[nearest] - final, axis=-1),
+                    atol=1e-5,
                 )
 
 
@@ -426,8 +443,9 @@ def test_switch_condition_ids_agree_between_sample_and_conditions(getkey):
     assert 20 < switched.sum() < 64
     for b in np.flatnonzero(switched):
         row = trials["l_condition"][b]
-        np.testing.assert_allclose(trials["l_switched_from"][b], conditions["l_switched_from"][row],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            trials["l_switched_from"][b], conditions["l_switched_from"][row], atol=1e-6
+        )
         np.testing.assert_allclose(trials["l_target"][b], conditions["l_target"][row], atol=1e-6)
     plain = ~switched
     assert (trials["l_condition"][plain] >= 20).all()
@@ -440,7 +458,11 @@ def test_from_config_copies_the_trained_geometry():
     relocation = TargetRelocationConfig.from_config(trained, switch_epoch="none")
     for config in (switch, relocation):
         assert (config.n_targets, config.radius, config.delay_range, config.dt) == (
-            4, 2.0, (0.2, 0.6), 0.02)
+            4,
+            2.0,
+            (0.2, 0.6),
+            0.02,
+        )
     np.testing.assert_allclose(switch.trained_targets(), trained.trained_targets())
     assert DelayedReach(trained).times.shape == TargetSwitch(switch).times.shape
 
@@ -498,8 +520,9 @@ def test_plot_trials_draws_inputs_outputs_and_events():
     expected = sorted(float(v[0]) for v in trials.events.values())
     np.testing.assert_allclose(verticals, expected, atol=1e-6)
     # Position panel shows the position outputs.
-    np.testing.assert_allclose(axes[6].get_lines()[0].get_ydata(),
-                               np.asarray(trials.targets[0, :, 2]))
+    np.testing.assert_allclose(
+        axes[6].get_lines()[0].get_ydata(), np.asarray(trials.targets[0, :, 2])
+    )
 
 
 def test_catch_trials_never_jump_after_go(getkey):

@@ -53,9 +53,13 @@ class Leaky(mechscope.AbstractModel):
         key = jax.random.key(0) if key is None else key
         k1, k2 = jax.random.split(key)
         inputs = inputs + noise.input * jnp.sqrt(2 * 0.05 / dt) * jax.random.normal(
-            k1, inputs.shape)
-        kicks = noise.recurrent * jnp.sqrt(2 * dt / 0.05) * jax.random.normal(
-            k2, (times.shape[0], self.n_units))
+            k1, inputs.shape
+        )
+        kicks = (
+            noise.recurrent
+            * jnp.sqrt(2 * dt / 0.05)
+            * jax.random.normal(k2, (times.shape[0], self.n_units))
+        )
 
         def step(x, slice_):
             u, kick = slice_
@@ -63,8 +67,9 @@ class Leaky(mechscope.AbstractModel):
 
         start = self.initial_state() if x0 is None else x0
         _, states = jax.lax.scan(step, start, (inputs, kicks))
-        return mechscope.Trajectory(times=times, states=states, rates=states,
-                                    outputs=jax.vmap(self.readout)(states))
+        return mechscope.Trajectory(
+            times=times, states=states, rates=states, outputs=jax.vmap(self.readout)(states)
+        )
 
 
 class RampConfig(mechscope.Config):
@@ -92,9 +97,14 @@ class Ramp(mechscope.AbstractTask):
         inputs = jnp.broadcast_to(levels[:, None, :], (2, 100, 2))
         model = _model()
         targets = mechscope.simulate(model, inputs, times).outputs
-        return mechscope.Trials(inputs=inputs, targets=targets, mask=jnp.ones_like(targets),
-                                times=times, events={"go": jnp.full(2, 0.5)},
-                                labels={"condition": jnp.arange(2)})
+        return mechscope.Trials(
+            inputs=inputs,
+            targets=targets,
+            mask=jnp.ones_like(targets),
+            times=times,
+            events={"go": jnp.full(2, 0.5)},
+            labels={"condition": jnp.arange(2)},
+        )
 
     def sample(self, batch_size, *, key):
         return self.conditions()
@@ -105,8 +115,9 @@ def _model():
 
 
 def _run(config, key):
-    return RobustnessProbe(config).run(mechscope.TrainedRun(model=_model()), Ramp(RampConfig()),
-                                       key=key)
+    return RobustnessProbe(config).run(
+        mechscope.TrainedRun(model=_model()), Ramp(RampConfig()), key=key
+    )
 
 
 def test_zero_noise_reproduces_clean_run(getkey):
@@ -133,8 +144,9 @@ def test_same_key_same_curve_other_key_differs(getkey):
 
 def test_kick_size_is_in_trajectory_units(getkey):
     # A kick decays with tau = 0.05 s; its effect on R² grows with its size.
-    result = _run(RobustnessConfig(input_noise=(), recurrent_noise=(), kick=(0.0, 0.5, 1.0)),
-                  getkey())
+    result = _run(
+        RobustnessConfig(input_noise=(), recurrent_noise=(), kick=(0.0, 0.5, 1.0)), getkey()
+    )
     curve = result.arrays["r2_kick"]
     assert curve[0] > curve[1] > curve[2]
     assert "auc_input_noise" not in result.metrics

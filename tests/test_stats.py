@@ -42,8 +42,9 @@ def test_compare_detects_difference_and_effect_size():
     pooled = math.sqrt((5 * a.var(ddof=1) + 5 * b.var(ddof=1)) / 10)
     expected = (1 - 3 / (4 * 12 - 9)) * (a.mean() - b.mean()) / pooled
     assert result["hedges_g"] == pytest.approx(expected)
-    same = pd.DataFrame({"variant": ["a"] * 6 + ["b"] * 6, "m.x": np.tile(a, 2),
-                         "status": "completed"})
+    same = pd.DataFrame(
+        {"variant": ["a"] * 6 + ["b"] * 6, "m.x": np.tile(a, 2), "status": "completed"}
+    )
     assert stats.compare(same, ["m.x"]).iloc[0]["p_value"] > 0.5
 
 

@@ -93,8 +93,10 @@ def test_list_of_grids_is_a_union_sharing_runs(plugins):
         plugins=plugins,
     )
     assert [v.label for v in suite.variants] == [
-        "model.tau=0.1", "model.tau=0.2",
-        "trainer.learning_rate=0.05, model.tau=0.1", "trainer.learning_rate=0.5, model.tau=0.1",
+        "model.tau=0.1",
+        "model.tau=0.2",
+        "trainer.learning_rate=0.05, model.tau=0.1",
+        "trainer.learning_rate=0.5, model.tau=0.1",
     ]
     # tau=0.1 with the default learning rate (0.05) is the same experiment in both grids.
     assert len(suite.runs) == 2 * 3
@@ -149,7 +151,12 @@ def test_run_caches_and_reuses(plugins, tmp_path):
     assert list(table["status"]) == ["completed"] * 8
     assert table["toy_probe.mse"].notna().all()
     assert list(table.columns[:6]) == [
-        "variant", "seed", "run_id", "status", "reason", "model.tau",
+        "variant",
+        "seed",
+        "run_id",
+        "status",
+        "reason",
+        "model.tau",
     ]
     again = suite.run(store=tmp_path, progress=False)
     assert len(FIT_CALLS) == calls + 8, "finished runs were retrained"
@@ -157,10 +164,10 @@ def test_run_caches_and_reuses(plugins, tmp_path):
 
 
 def test_seeds_of_a_variant_train_together_like_alone(plugins, tmp_path):
-    together = Suite(base=BASE, seeds=3, plugins=plugins).run(store=tmp_path / "a",
-                                                               progress=False)
-    alone = Suite(base=BASE, seeds=3, executor={"name": "local", "group_seeds": False},
-                  plugins=plugins).run(store=tmp_path / "b", progress=False)
+    together = Suite(base=BASE, seeds=3, plugins=plugins).run(store=tmp_path / "a", progress=False)
+    alone = Suite(
+        base=BASE, seeds=3, executor={"name": "local", "group_seeds": False}, plugins=plugins
+    ).run(store=tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(stable(together), stable(alone))
 
 
@@ -222,8 +229,15 @@ def test_report_has_every_variant_figure_and_table(plugins, tmp_path):
     assert page.count("data:image/png;base64,") == len(suite.variants) + 1
     assert "Between variants" in page and "Across networks" in page
     folder = report.parent
-    for name in ("runs.csv", "runs.parquet", "toy_runs.csv", "toy_runs.parquet",
-                 "toy_summary.csv", "toy_comparisons.csv", "toy_correlations.csv"):
+    for name in (
+        "runs.csv",
+        "runs.parquet",
+        "toy_runs.csv",
+        "toy_runs.parquet",
+        "toy_summary.csv",
+        "toy_comparisons.csv",
+        "toy_correlations.csv",
+    ):
         assert (folder / name).exists(), name
     parquet = pd.read_parquet(folder / "toy_runs.parquet")
     assert len(parquet) == len(table)
@@ -253,10 +267,24 @@ def test_killed_suite_resumes_without_retraining(tmp_path):
     path.write_text(SUITE_TOML)
     store = tmp_path / "store"
     environment = toy_environment(tmp_path)
-    command = [sys.executable, "-m", "mechscope.cli", "run", str(path), "--out", str(store),
-               "--quiet", "--executor", "local"]
-    killed = subprocess.run(command, env={**environment, "MECHSCOPE_TOY_KILL_AFTER": "3"},
-                            capture_output=True, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mechscope.cli",
+        "run",
+        str(path),
+        "--out",
+        str(store),
+        "--quiet",
+        "--executor",
+        "local",
+    ]
+    killed = subprocess.run(
+        command,
+        env={**environment, "MECHSCOPE_TOY_KILL_AFTER": "3"},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -9, killed.stderr
     log = Path(environment["MECHSCOPE_TOY_FIT_LOG"])
     assert len(log.read_text().split()) == 4  # three finished fits and the one killed
@@ -288,7 +316,8 @@ def test_dask_local_cluster_gives_same_table_as_local(tmp_path, monkeypatch):
     manager.register(ToyPlugin(), name="toys")
     suite = Suite(base=BASE, vary={"model.tau": [0.1, 0.2]}, seeds=1, plugins=manager)
     local = suite.run(store=tmp_path / "local", progress=False)
-    distributed = suite.run(executor={"name": "dask", "n_workers": 2}, store=tmp_path / "dask",
-                            progress=False)
+    distributed = suite.run(
+        executor={"name": "dask", "n_workers": 2}, store=tmp_path / "dask", progress=False
+    )
     assert list(distributed["status"]) == ["completed"] * 2
     pd.testing.assert_frame_equal(stable(distributed), stable(local))

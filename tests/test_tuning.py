@@ -46,7 +46,9 @@ def planted_data(seed: int = 0, noise: float = 0.0):
     rates[:, :, 11] = 3.0 + np.tile(random_tuning, (len(DELAYS), 1)).T.reshape(-1)[:, None]
     rates += noise * rng.normal(size=rates.shape)
     data = mp.NeuralData(
-        rates=rates, times=times, labels={"angle": angles, "delay": delays},
+        rates=rates,
+        times=times,
+        labels={"angle": angles, "delay": delays},
         events={"target_on": target_on, "go": go, "movement_onset": move},
     )
     return data, pd_delay, pd_move, base, depth
@@ -60,15 +62,14 @@ def test_cosine_tuning_recovers_planted_preferred_directions():
     data, pd_delay, pd_move, base, depth = planted_data()
     result = mp.tuning_analysis(data)
     tuned = slice(0, 10)
-    np.testing.assert_allclose(wrap(result.delay.preferred[tuned] - pd_delay[tuned]), 0,
-                               atol=1e-9)
-    np.testing.assert_allclose(wrap(result.movement.preferred[tuned] - pd_move[tuned]), 0,
-                               atol=1e-9)
+    np.testing.assert_allclose(wrap(result.delay.preferred[tuned] - pd_delay[tuned]), 0, atol=1e-9)
+    np.testing.assert_allclose(
+        wrap(result.movement.preferred[tuned] - pd_move[tuned]), 0, atol=1e-9
+    )
     np.testing.assert_allclose(result.delay.depth[tuned], depth[tuned], rtol=1e-9)
     np.testing.assert_allclose(result.delay.baseline[tuned], base[tuned], rtol=1e-9)
     np.testing.assert_allclose(result.delay.r2[tuned], 1.0, atol=1e-9)
-    np.testing.assert_allclose(result.pd_change[tuned], wrap(pd_move - pd_delay)[tuned],
-                               atol=1e-9)
+    np.testing.assert_allclose(result.pd_change[tuned], wrap(pd_move - pd_delay)[tuned], atol=1e-9)
     assert np.isnan(result.delay.r2[10])  # a constant unit has no tuning to explain
     assert result.delay.r2[11] < 0.5  # random per-angle rates are poorly cosine-like
     metrics = result.metrics()
@@ -112,15 +113,19 @@ def test_psths_are_direction_averages_aligned_to_each_event():
     # Before target onset every unit sits at baseline; after it, at its delay tuning.
     before = result.target_times < -1e-9
     after = (result.target_times > 0.05) & (result.target_times < 0.3 - 1e-9)
-    np.testing.assert_allclose(result.target_psth[:, before, :10], np.broadcast_to(
-        base[:10], result.target_psth[:, before, :10].shape))
+    np.testing.assert_allclose(
+        result.target_psth[:, before, :10],
+        np.broadcast_to(base[:10], result.target_psth[:, before, :10].shape),
+    )
     expected = base + depth * np.cos(ANGLES[:, None] - pd_delay)
-    np.testing.assert_allclose(result.target_psth[:, after, :10],
-                               np.repeat(expected[:, None, :10], after.sum(), axis=1))
+    np.testing.assert_allclose(
+        result.target_psth[:, after, :10], np.repeat(expected[:, None, :10], after.sum(), axis=1)
+    )
     late = result.movement_times >= 0
     expected = base + depth * np.cos(ANGLES[:, None] - pd_move)
-    np.testing.assert_allclose(result.movement_psth[:, late, :10],
-                               np.repeat(expected[:, None, :10], late.sum(), axis=1))
+    np.testing.assert_allclose(
+        result.movement_psth[:, late, :10], np.repeat(expected[:, None, :10], late.sum(), axis=1)
+    )
 
 
 def test_angle_falls_back_to_target_positions():
@@ -139,10 +144,15 @@ def test_multiphasic_units_are_counted():
     bi = mono - np.exp(-((times - 0.7) ** 2) / 0.01)
     rates = np.stack([mono, bi], axis=-1)[None].repeat(8, axis=0)
     rates = rates * (1 + 0.5 * np.cos(ANGLES))[:, None, None]
-    data = mp.NeuralData(rates=rates, times=times, labels={"angle": ANGLES},
-                         events={"target_on": np.zeros(8), "movement_onset": np.full(8, 0.45)})
-    config = mp.TuningConfig(target_psth_window=(0.0, 0.2), delay_epoch=(0.0, 0.2),
-                             movement_psth_window=(-0.4, 0.5))
+    data = mp.NeuralData(
+        rates=rates,
+        times=times,
+        labels={"angle": ANGLES},
+        events={"target_on": np.zeros(8), "movement_onset": np.full(8, 0.45)},
+    )
+    config = mp.TuningConfig(
+        target_psth_window=(0.0, 0.2), delay_epoch=(0.0, 0.2), movement_psth_window=(-0.4, 0.5)
+    )
     result = mp.tuning_analysis(data, config)
     np.testing.assert_array_equal(result.multiphasic, [False, True])
     assert result.metrics()["fraction_multiphasic"] == 0.5

@@ -159,8 +159,15 @@ class ToyTrainerConfig(mechscope.Config):
 class ToyTrainer(mechscope.AbstractTrainer):
     config: ToyTrainerConfig = eqx.field(static=True)
 
-    def fit(self, model, task, *, key, callbacks: Sequence[mechscope.Callback] = (),
-            checkpoint_dir: Path | None = None):
+    def fit(
+        self,
+        model,
+        task,
+        *,
+        key,
+        callbacks: Sequence[mechscope.Callback] = (),
+        checkpoint_dir: Path | None = None,
+    ):
         FIT_CALLS.append(self.config)
         _log_fit_and_maybe_die()
         if self.config.fail:

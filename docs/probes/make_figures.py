@@ -1,6 +1,6 @@
 """Draw the example figures of the probe pages from synthetic data (deterministic).
 
-    python docs/probes/make_figures.py
+python docs/probes/make_figures.py
 """
 
 from __future__ import annotations
@@ -49,10 +49,17 @@ def tuned_data() -> mp.NeuralData:
     for c in range(16):
         prep = np.clip((times - 0.2) / 0.1, 0, 1)[:, None] * np.cos(angles[c] - pd_delay)
         burst = np.exp(-((times - move[c] - 0.1) ** 2) / 0.01)[:, None]
-        rates[c] = 10 + 4 * prep * (times < move[c])[:, None] + 12 * burst * (
-            1 + np.cos(angles[c] - pd_move))
-    return mp.NeuralData(rates=rates, times=times, labels={"angle": angles},
-                         events={"target_on": np.full(16, 0.2), "movement_onset": move})
+        rates[c] = (
+            10
+            + 4 * prep * (times < move[c])[:, None]
+            + 12 * burst * (1 + np.cos(angles[c] - pd_move))
+        )
+    return mp.NeuralData(
+        rates=rates,
+        times=times,
+        labels={"angle": angles},
+        events={"target_on": np.full(16, 0.2), "movement_onset": move},
+    )
 
 
 def save(figure, name: str) -> None:

@@ -58,21 +58,31 @@ def main() -> None:
 
     switch = reach.TargetSwitch(reach.TargetSwitchConfig())
     moving = reach.TargetSwitch(reach.TargetSwitchConfig(switch_epoch="after_go"))
-    both = [switch.conditions().select(jax.numpy.asarray([0, 3])),
-            moving.conditions().select(jax.numpy.asarray([3]))]
-    save(_concat(both), "target_switch.png",
-         "target_switch: mid-delay switches (left), a mid-movement jump (right)")
+    both = [
+        switch.conditions().select(jax.numpy.asarray([0, 3])),
+        moving.conditions().select(jax.numpy.asarray([3])),
+    ]
+    save(
+        _concat(both),
+        "target_switch.png",
+        "target_switch: mid-delay switches (left), a mid-movement jump (right)",
+    )
 
     relocation = reach.TargetRelocation(reach.TargetRelocationConfig())
     jump = reach.TargetRelocation(reach.TargetRelocationConfig(switch_epoch="after_go"))
     appear = reach.TargetRelocation(
         reach.TargetRelocationConfig(switch_epoch="none", novel_radii=(1.5,))
     )
-    parts = [relocation.conditions().select(jax.numpy.asarray([0])),
-             jump.conditions().select(jax.numpy.asarray([2])),
-             appear.conditions().select(jax.numpy.asarray([5]))]
-    save(_concat(parts), "target_relocation.png",
-         "target_relocation: move in delay, jump after go, new radius")
+    parts = [
+        relocation.conditions().select(jax.numpy.asarray([0])),
+        jump.conditions().select(jax.numpy.asarray([2])),
+        appear.conditions().select(jax.numpy.asarray([5])),
+    ]
+    save(
+        _concat(parts),
+        "target_relocation.png",
+        "target_relocation: move in delay, jump after go, new radius",
+    )
 
     write_table(HERE / "delayed_reach.md", reach.DelayedReachConfig)
     write_table(HERE / "target_switch.md", reach.TargetSwitchConfig)

@@ -172,8 +172,7 @@ def _step(
         failure=jnp.where(rejected, failure, state.failure).astype(jnp.int32),
         failed_step=jnp.where(rejected, state.step + 1, state.failed_step).astype(jnp.int32),
         sums={
-            name: state.sums[name] + jnp.where(accept, terms[name], 0.0)
-            for name in WINDOW_METRICS
+            name: state.sums[name] + jnp.where(accept, terms[name], 0.0) for name in WINDOW_METRICS
         },
         count=state.count + accept.astype(jnp.int32),
         key_impl=state.key_impl,

@@ -113,9 +113,7 @@ def _masked(state: TrainState, mask: np.ndarray, build: Callable[[Any, Any], Any
 
 
 def _deactivate(state: TrainState, mask: np.ndarray) -> TrainState:
-    return _masked(
-        state, mask, lambda s, m: eqx.tree_at(lambda t: t.active, s, s.active & ~m)
-    )
+    return _masked(state, mask, lambda s, m: eqx.tree_at(lambda t: t.active, s, s.active & ~m))
 
 
 def _reset(state: TrainState, mask: np.ndarray) -> TrainState:
@@ -273,8 +271,10 @@ class BPTTTrainer(mechscope.AbstractTrainer):
                     seed.step += 1
                     evaluate[i] = seed.step % config.eval_every == 0 or seed.step >= config.steps
                     save[i] = seed.directory is not None and (
-                        (config.checkpoint_every is not None
-                         and seed.step % config.checkpoint_every == 0)
+                        (
+                            config.checkpoint_every is not None
+                            and seed.step % config.checkpoint_every == 0
+                        )
                         or seed.step >= config.steps
                     )
                 if not (evaluate.any() or save.any()):
@@ -301,9 +301,7 @@ class BPTTTrainer(mechscope.AbstractTrainer):
                     for i in np.flatnonzero(evaluate):
                         seed = seeds[i]
                         row = {"step": float(seed.step)}
-                        row.update(
-                            {k: float(sums[k][i]) / max(int(count[i]), 1) for k in sums}
-                        )
+                        row.update({k: float(sums[k][i]) / max(int(count[i]), 1) for k in sums})
                         row["r2"] = float(r2[i])
                         row["learning_rate"] = float(rate[i])
                         for name in HISTORY_COLUMNS:

@@ -45,8 +45,9 @@ def _run(model, inputs, times):
 def condition_run(model: mechscope.AbstractModel, task: mechscope.AbstractTask) -> ConditionRun:
     """Simulate `model` noise-free on ``task.conditions()`` and measure its scales."""
     trials = task.conditions()
-    states, outputs, velocity = (np.asarray(a, np.float64) for a in _run(model, trials.inputs,
-                                                                         trials.times))
+    states, outputs, velocity = (
+        np.asarray(a, np.float64) for a in _run(model, trials.inputs, trials.times)
+    )
     flat = states.reshape(-1, states.shape[-1])
     center = flat.mean(axis=0)
     scale = float(np.sqrt(np.mean(np.sum((flat - center) ** 2, axis=1))))

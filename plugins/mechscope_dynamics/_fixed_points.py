@@ -42,54 +42,73 @@ class FixedPointsConfig(mechscope.Config):
         "'golub': FixedPointFinder compatibility (discrete map, Adam on q, |λ| < 1).",
     )
     relax_steps: int = Field(
-        60, ge=0, description="Euler steps along the flow from every start first. Where an "
+        60,
+        ge=0,
+        description="Euler steps along the flow from every start first. Where an "
         "input's flow collapses the starts (attractors), the search starts from the relaxed "
         "end points and the slowest point of each path (where it passed a saddle); elsewhere "
-        "(a chaotic flow) from the raw starts. 0 = always the raw starts."
+        "(a chaotic flow) from the raw starts. 0 = always the raw starts.",
     )
     relaxed_fraction: float = Field(
-        0.5, gt=0, le=1, description="Use an input's relaxed points only if, merged, they "
-        "number at most this fraction of the starts."
+        0.5,
+        gt=0,
+        le=1,
+        description="Use an input's relaxed points only if, merged, they "
+        "number at most this fraction of the starts.",
     )
     search: Literal["lm", "dense_lm", "newton"] = Field(
-        "lm", description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
+        "lm",
+        description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
         "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
         "'dense_lm': the same with exact dense LM steps (follows the exact LM paths; a "
         "factorisation per candidate and iteration, meant for accelerators; candidates run in "
         "chunks of at most 2^26 / n_units² rows to bound memory); "
-        "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros)."
+        "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros).",
     )
     lm_steps: int | None = Field(
-        None, ge=1, description="Most Levenberg–Marquardt iterations per candidate ('lm', "
-        "'dense_lm'); None = 120 for 'lm', 200 for 'dense_lm'."
+        None,
+        ge=1,
+        description="Most Levenberg–Marquardt iterations per candidate ('lm', "
+        "'dense_lm'); None = 120 for 'lm', 200 for 'dense_lm'.",
     )
     lm_cg_steps: int = Field(
-        20, ge=1, description="Conjugate-gradient iterations per Levenberg–Marquardt step "
-        "('lm' only)."
+        20,
+        ge=1,
+        description="Conjugate-gradient iterations per Levenberg–Marquardt step ('lm' only).",
     )
     handoff_tol: float | None = Field(
-        None, gt=0, description="A candidate leaves Levenberg–Marquardt for dense Newton when "
+        None,
+        gt=0,
+        description="A candidate leaves Levenberg–Marquardt for dense Newton when "
         "‖f‖ ≤ handoff_tol × typical speed; None = 1e-2 for 'lm', 1e-4 for 'dense_lm' "
-        "(exact paths are worth following closer to the zero; inexact ones are not)."
+        "(exact paths are worth following closer to the zero; inexact ones are not).",
     )
     relax_step: float | None = Field(
-        None, gt=0, description="Length of those steps; None = 1 / spectral radius of the "
-        "Jacobian at the trajectories' centroid."
+        None,
+        gt=0,
+        description="Length of those steps; None = 1 / spectral radius of the "
+        "Jacobian at the trajectories' centroid.",
     )
     newton_steps: int = Field(
         40, ge=1, description="Most float32 Newton iterations per distinct candidate."
     )
     stall_blocks: int = Field(
-        2, ge=1, description="A candidate whose ‖f‖ falls by less than 20 % in this many "
-        "consecutive blocks of two Newton iterations becomes a slow-point candidate."
+        2,
+        ge=1,
+        description="A candidate whose ‖f‖ falls by less than 20 % in this many "
+        "consecutive blocks of two Newton iterations becomes a slow-point candidate.",
     )
     newton_tol: float = Field(
-        1e-4, gt=0, description="A candidate has converged (and goes to the float64 polish) "
-        "when ‖f‖ ≤ newton_tol × typical speed."
+        1e-4,
+        gt=0,
+        description="A candidate has converged (and goes to the float64 polish) "
+        "when ‖f‖ ≤ newton_tol × typical speed.",
     )
     merge_tol: float = Field(
-        1e-2, gt=0, description="Merge candidates closer than this × trajectory scale, and "
-        "drop candidates this close to a converged point."
+        1e-2,
+        gt=0,
+        description="Merge candidates closer than this × trajectory scale, and "
+        "drop candidates this close to a converged point.",
     )
     polish_steps: int = Field(
         40, ge=1, description="Newton iterations when polishing (LM ×4, BFGS ×8)."
@@ -109,7 +128,9 @@ class FixedPointsConfig(mechscope.Config):
         1e-4, gt=0, description="Fixed points closer than this × trajectory scale are one."
     )
     outlier_scale: float = Field(
-        10.0, gt=0, description="Drop points farther than this × trajectory scale from the "
+        10.0,
+        gt=0,
+        description="Drop points farther than this × trajectory scale from the "
         "trajectories' centroid.",
     )
     float64: bool = Field(True, description="Polish and classify in float64.")
@@ -246,8 +267,13 @@ def attractor_summary(
             gaps = np.linalg.norm(fps.points[stable] - ends[c], axis=1)
             distance[c] = gaps.min() / run.scale
     inputs = np.asarray(run.trials.inputs, np.float64)[np.arange(n), np.maximum(go - 1, 0)]
-    return {"distance": distance, "attractor": distance <= radius, "speed": speed, "ends": ends,
-            "end_inputs": inputs}
+    return {
+        "distance": distance,
+        "attractor": distance <= radius,
+        "speed": speed,
+        "ends": ends,
+        "end_inputs": inputs,
+    }
 
 
 class FixedPointsProbe(mechscope.AbstractProbe):
@@ -268,9 +294,7 @@ class FixedPointsProbe(mechscope.AbstractProbe):
         model = trained.model
         run = condition_run(model, task)
         inputs, kinds, delay_row = constant_inputs(run, self.config.inputs)
-        starts = sample_starts(
-            run.states, self.config.n_starts, self.config.start_noise, key=key
-        )
+        starts = sample_starts(run.states, self.config.n_starts, self.config.start_noise, key=key)
         fps = find_fixed_points(
             model,
             inputs,
@@ -351,8 +375,14 @@ def _metrics(
     metrics["mean_end_of_delay_speed"] = mean(summary["speed"][np.isfinite(summary["speed"])])
     stable_delay = fps.stable & np.isin(fps.input_index, np.flatnonzero(kind_array == "delay"))
     if stable_delay.any():
-        slowest = np.nanmax(np.where(np.isfinite(fps.time_constants[stable_delay]),
-                                     fps.time_constants[stable_delay], np.nan), axis=1)
+        slowest = np.nanmax(
+            np.where(
+                np.isfinite(fps.time_constants[stable_delay]),
+                fps.time_constants[stable_delay],
+                np.nan,
+            ),
+            axis=1,
+        )
         metrics["slowest_time_constant_delay"] = float(np.nanmean(slowest))
     else:
         metrics["slowest_time_constant_delay"] = float("nan")

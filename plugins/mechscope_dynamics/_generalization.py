@@ -43,8 +43,7 @@ class GeneralizationConfig(mechscope.Config):
         0.2,
         gt=0,
         lt=1,
-        description="Reaction time: first time after go when hand speed exceeds this × its "
-        "peak.",
+        description="Reaction time: first time after go when hand speed exceeds this × its peak.",
     )
 
     @pydantic.field_validator("tasks")
@@ -100,8 +99,13 @@ def reach_metrics(
             if after.size and after.max() > 0:
                 crossed = np.flatnonzero(after >= onset_speed_fraction * after.max())
                 reaction[b] = crossed[0] * dt
-    return {"error": error, "success": success, "reaction_time": reaction,
-            "positions": position, "final_targets": final_target}
+    return {
+        "error": error,
+        "success": success,
+        "reaction_time": reaction,
+        "positions": position,
+        "final_targets": final_target,
+    }
 
 
 def preparation_index(
@@ -179,8 +183,11 @@ class GeneralizationProbe(mechscope.AbstractProbe):
             tag = short[name]
             metrics[f"{tag}_endpoint_error"] = float(np.mean(result["error"]))
             metrics[f"{tag}_success_rate"] = float(np.mean(result["success"]))
-            metrics[f"{tag}_reaction_time"] = float(np.nanmean(result["reaction_time"])) if (
-                np.isfinite(result["reaction_time"]).any()) else float("nan")
+            metrics[f"{tag}_reaction_time"] = (
+                float(np.nanmean(result["reaction_time"]))
+                if (np.isfinite(result["reaction_time"]).any())
+                else float("nan")
+            )
             if prep is not None:
                 index = preparation_index(run.states, run.trials, prep, prep_targets)
                 measured = np.isfinite(index)

@@ -52,8 +52,9 @@ def fixed_points_figure(run: ConditionRun, fps: FixedPoints, delay_row: np.ndarr
             )
             for vector in fps.eigenvectors[i][:, unstable].T:
                 direction = np.real(vector) @ basis.T
-                axis.plot(*np.stack([p - length * direction, p + length * direction]).T,
-                          color="0.3", lw=1)
+                axis.plot(
+                    *np.stack([p - length * direction, p + length * direction]).T, color="0.3", lw=1
+                )
     axis.set_xlabel("PC 1")
     axis.set_ylabel("PC 2")
     axis.set_title("Fixed points (filled: stable, open: unstable)", fontsize=9)
@@ -93,8 +94,16 @@ def flow_field_figure(
     flow = np.asarray(velocity, np.float64) @ basis.T
     figure, axis = plt.subplots(figsize=(4.5, 4.2))
     speed = np.linalg.norm(flow, axis=1).reshape(aa.shape)
-    axis.streamplot(a, b, flow[:, 0].reshape(aa.shape), flow[:, 1].reshape(aa.shape),
-                    color=np.log10(speed + 1e-12), cmap="Greys", density=1.0, linewidth=0.7)
+    axis.streamplot(
+        a,
+        b,
+        flow[:, 0].reshape(aa.shape),
+        flow[:, 1].reshape(aa.shape),
+        color=np.log10(speed + 1e-12),
+        cmap="Greys",
+        density=1.0,
+        linewidth=0.7,
+    )
     states = (run.states[condition] - mean) @ basis.T
     axis.plot(states[:, 0], states[:, 1], color="tab:red", lw=1.2, label=f"condition {condition}")
     if row is not None:
@@ -110,8 +119,9 @@ def flow_field_figure(
     return figure
 
 
-def curves_figure(levels: dict[str, np.ndarray], values: dict[str, np.ndarray],
-                  ylabel: str) -> Figure:
+def curves_figure(
+    levels: dict[str, np.ndarray], values: dict[str, np.ndarray], ylabel: str
+) -> Figure:
     """One panel per perturbation kind: a metric against the perturbation level."""
     import matplotlib.pyplot as plt
 
@@ -130,8 +140,7 @@ def hands_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """Hand paths (output position x, y) of each generalisation task, with the final targets."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4),
-                                squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
     for axis, (name, (paths, targets)) in zip(axes[0], panels.items(), strict=True):
         colors = _colors(len(paths))
         for path, target, color in zip(paths, targets, colors, strict=True):

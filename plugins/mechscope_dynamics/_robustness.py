@@ -173,21 +173,29 @@ class RobustnessProbe(mechscope.AbstractProbe):
             kicks = self._kicks(run, key_kick, key_dir)
             outputs_by_kind["kick"] = np.asarray(
                 _kicked_outputs(
-                    model, trials.inputs, trials.times, jnp.asarray(run.states, jnp.float32),
-                    jnp.asarray(run.outputs, jnp.float32), jnp.asarray(go), kicks,
+                    model,
+                    trials.inputs,
+                    trials.times,
+                    jnp.asarray(run.states, jnp.float32),
+                    jnp.asarray(run.outputs, jnp.float32),
+                    jnp.asarray(go),
+                    kicks,
                 )
             )
             curves["kick"] = np.asarray(config.kick, float)
-        metrics: dict[str, float] = {"clean_r2": r_squared(run.outputs, trials.targets,
-                                                           trials.mask)}
+        metrics: dict[str, float] = {
+            "clean_r2": r_squared(run.outputs, trials.targets, trials.mask)
+        }
         arrays: dict[str, np.ndarray] = {}
         r2_curves, error_curves = {}, {}
         for kind, levels in curves.items():
             outputs = outputs_by_kind[kind]
-            r2 = np.asarray([
-                np.mean([r_squared(o, trials.targets, trials.mask) for o in per_level])
-                for per_level in outputs
-            ])
+            r2 = np.asarray(
+                [
+                    np.mean([r_squared(o, trials.targets, trials.mask) for o in per_level])
+                    for per_level in outputs
+                ]
+            )
             error = _endpoint_error(outputs, trials, config.endpoint_channels).mean(axis=(1, 2))
             r2_curves[kind], error_curves[kind] = r2, error
             metrics[f"auc_{kind}"] = area_under_curve(levels, r2)

@@ -690,7 +690,8 @@ def _prefer_relaxed(
     raw = np.flatnonzero(~use[row_input])
     raw_norm = (
         _padded(_norms_jit, model, x[raw], inputs[row_input[raw]], dtype)
-        if len(raw) else np.zeros(0)
+        if len(raw)
+        else np.zeros(0)
     )
     return (
         np.concatenate([x[raw], relaxed_x[keep]]),
@@ -728,9 +729,14 @@ def _lm_block(
         rows = slice(lo, lo + chunk)
         size = padded_size(max(len(x[rows]), 64))
         out = _levenberg_marquardt_jit(
-            model, _pad_rows(x[rows], size, dtype), _pad_rows(u[rows], size, dtype),
-            _pad_rows(damping[rows], size, dtype), jnp.asarray(steps, jnp.int32),
-            settings.lm_cg_steps, key, dense,
+            model,
+            _pad_rows(x[rows], size, dtype),
+            _pad_rows(u[rows], size, dtype),
+            _pad_rows(damping[rows], size, dtype),
+            jnp.asarray(steps, jnp.int32),
+            settings.lm_cg_steps,
+            key,
+            dense,
         )
         parts.append([np.asarray(a, np.float64)[: len(x[rows])] for a in out])
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
@@ -768,8 +774,14 @@ def _lm_search(
         # ones for the few rows left (each call has a fixed cost).
         steps = min(4 if m > 256 else 16, settings.lm_steps - done)
         new_x, new_norm, damping = _lm_block(
-            model, x, inputs[row_input], damping, steps, settings,
-            jax.random.fold_in(key, done), dtype,
+            model,
+            x,
+            inputs[row_input],
+            damping,
+            steps,
+            settings,
+            jax.random.fold_in(key, done),
+            dtype,
         )
         done += steps
         finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
@@ -856,7 +868,13 @@ def find_fixed_points(
             _relax_jit, model, x, u, dtype32, jnp.asarray(step, dtype32), settings.relax_steps
         )
         x, row_input, norm = _prefer_relaxed(
-            model, x, row_input, np.stack(relaxed), inputs_np, merge_radius, dtype32,
+            model,
+            x,
+            row_input,
+            np.stack(relaxed),
+            inputs_np,
+            merge_radius,
+            dtype32,
             settings.relaxed_fraction * s,
         )
     else:
@@ -872,8 +890,14 @@ def find_fixed_points(
     # (or a minimum of q that is not one); only those that come close go on to dense Newton.
     if settings.search in ("lm", "dense_lm") and len(x):
         (x, row_input, norm), (far_x, far_k, far_norm) = _lm_search(
-            model, x, row_input, inputs_np, settings, settings.handoff_tol * speed_scale,
-            merge_radius, dtype32,
+            model,
+            x,
+            row_input,
+            inputs_np,
+            settings,
+            settings.handoff_tol * speed_scale,
+            merge_radius,
+            dtype32,
         )
         slow_x.append(far_x)
         slow_k.append(far_k)
@@ -903,7 +927,10 @@ def find_fixed_points(
         slow_norm.append(norm[stuck])
         going = _survivors(x, row_input, norm, done | stuck, found_x, found_k, merge_radius)
         x, row_input, norm, stalled_blocks = (
-            x[going], row_input[going], norm[going], stalled_blocks[going]
+            x[going],
+            row_input[going],
+            norm[going],
+            stalled_blocks[going],
         )
     slow_x.append(x)
     slow_k.append(row_input)
@@ -914,7 +941,9 @@ def find_fixed_points(
     keep = _merge_indices(found_x, found_k, np.zeros(len(found_x)), converged_radius)
     found_x, found_k = found_x[keep], found_k[keep]
     slow_x, slow_k, slow_norm = (
-        np.concatenate(slow_x), np.concatenate(slow_k), np.concatenate(slow_norm)
+        np.concatenate(slow_x),
+        np.concatenate(slow_k),
+        np.concatenate(slow_norm),
     )
     # Only minima of q that could be slow points are worth polishing; slow regions are
     # extended, so their candidates are merged at a coarser radius.
@@ -942,20 +971,22 @@ def find_fixed_points(
         finite = np.all(np.isfinite(polished), axis=1) & np.isfinite(speed)
         near = np.linalg.norm(polished - center_np, axis=1) <= settings.outlier_scale * scale
         is_fixed = finite & near & (speed <= settings.fixed_tol * speed_scale)
-        is_slow = (
-            finite & near & ~is_fixed & (speed <= settings.slow_tol * speed_scale)
-        )
+        is_slow = finite & near & ~is_fixed & (speed <= settings.slow_tol * speed_scale)
         fixed_rows = np.flatnonzero(is_fixed)
         fixed_rows = fixed_rows[
             _unique_per_input(
-                polished[fixed_rows], cand_k[fixed_rows], speed[fixed_rows],
+                polished[fixed_rows],
+                cand_k[fixed_rows],
+                speed[fixed_rows],
                 settings.unique_tol * scale,
             )
         ]
         slow_rows = np.flatnonzero(is_slow)
         slow_rows = slow_rows[
             _unique_per_input(
-                polished[slow_rows], cand_k[slow_rows], speed[slow_rows],
+                polished[slow_rows],
+                cand_k[slow_rows],
+                speed[slow_rows],
                 settings.merge_tol * scale,
             )
         ]
@@ -1066,8 +1097,9 @@ def _golub(
     flat_k = np.repeat(np.arange(k), s)
     finite = np.all(np.isfinite(flat_x), axis=1) & np.isfinite(flat_q)
     rows = np.flatnonzero(finite)
-    rows = rows[_unique_per_input(flat_x[rows], flat_k[rows], flat_q[rows],
-                                  settings.golub_unique_tol)]
+    rows = rows[
+        _unique_per_input(flat_x[rows], flat_k[rows], flat_q[rows], settings.golub_unique_tol)
+    ]
     # Distance outliers, as FixedPointFinder: far from the centroid relative to the spread.
     near = np.linalg.norm(flat_x[rows] - center, axis=1) <= settings.outlier_scale * scale
     rows = rows[near]

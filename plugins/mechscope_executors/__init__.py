@@ -113,8 +113,7 @@ class DaskExecutor(mechscope.AbstractExecutor):
                 ) from None
         try:
             futures = {
-                client.submit(function, item, pure=False): index
-                for index, item in enumerate(items)
+                client.submit(function, item, pure=False): index for index, item in enumerate(items)
             }
             for future in as_completed(futures):
                 index = futures[future]

@@ -58,8 +58,11 @@ def write(data: NeuralData, path: str | Path, *, name: str) -> None:
             DynamicTable(
                 name="neurons",
                 description="neuron ids",
-                columns=[VectorData(name="id_value", data=np.asarray(data.neuron_ids),
-                                    description="neuron id")],
+                columns=[
+                    VectorData(
+                        name="id_value", data=np.asarray(data.neuron_ids), description="neuron id"
+                    )
+                ],
             )
         )
     module.add(

@@ -161,8 +161,10 @@ class NeuralData:
                 continue
             firsts = values[groups[1]]
             # Keep a label only if it is constant within every group, else it is meaningless.
-            if all(np.array_equal(values[m], np.broadcast_to(f, values[m].shape))
-                   for m, f in zip(groups[2], firsts, strict=True)):
+            if all(
+                np.array_equal(values[m], np.broadcast_to(f, values[m].shape))
+                for m, f in zip(groups[2], firsts, strict=True)
+            ):
                 labels[name] = firsts
         for name, values in self.events.items():
             with warnings.catch_warnings():
@@ -339,8 +341,11 @@ def _from_flat(raw: Mapping[str, np.ndarray], path: Path) -> NeuralData:
         rates = rates[None]
     n = rates.shape[0]
     labels = {k[6:]: np.atleast_1d(v) for k, v in raw.items() if k.startswith("label_")}
-    events = {k[6:]: np.asarray(v, dtype=np.float64).reshape(n)
-              for k, v in raw.items() if k.startswith("event_")}
+    events = {
+        k[6:]: np.asarray(v, dtype=np.float64).reshape(n)
+        for k, v in raw.items()
+        if k.startswith("event_")
+    }
     ids = raw.get("neuron_ids")
     return NeuralData(
         rates=rates,

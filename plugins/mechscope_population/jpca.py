@@ -54,24 +54,28 @@ class JPCAConfig(mechscope.Config):
         True, description="soft-normalise each neuron by its rate range + soften_norm"
     )
     soften_norm: float = pydantic.Field(
-        10.0, description="added to each neuron's range before normalising, in the data's rate "
-        "units (10 spikes/s, as the reference code); used as-is on recorded data"
+        10.0,
+        description="added to each neuron's range before normalising, in the data's rate "
+        "units (10 spikes/s, as the reference code); used as-is on recorded data",
     )
     model_soften_fraction: float = pydantic.Field(
-        0.25, description="on model rates the softening constant is this fraction of the "
+        0.25,
+        description="on model rates the softening constant is this fraction of the "
         "median unit's rate range (10 spikes/s is about a quarter of a typical motor-cortex "
-        "neuron's range), since model rates have arbitrary units"
+        "neuron's range), since model rates have arbitrary units",
     )
     mean_subtract: bool = pydantic.Field(
         True, description="subtract the cross-condition mean at each time"
     )
     group_by: str | None = pydantic.Field(
-        None, description="label whose values define conditions to average trials over "
-        "(e.g. 'angle'); None analyses each condition trial separately"
+        None,
+        description="label whose values define conditions to average trials over "
+        "(e.g. 'angle'); None analyses each condition trial separately",
     )
     skew_solver: Literal["exact", "iterative"] = pydantic.Field(
-        "exact", description="'exact' solves the skew-symmetric least squares as a Sylvester "
-        "equation; 'iterative' minimises it with L-BFGS like the reference code (slower)"
+        "exact",
+        description="'exact' solves the skew-symmetric least squares as a Sylvester "
+        "equation; 'iterative' minimises it with L-BFGS like the reference code (slower)",
     )
 
     @pydantic.field_validator("n_pcs")
@@ -137,8 +141,11 @@ def fit_skew_symmetric_iterative(
     unconstrained = np.linalg.lstsq(states, derivatives, rcond=None)[0]
     start = (0.5 * (unconstrained - unconstrained.T))[upper]
     solution = scipy.optimize.minimize(
-        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 10000, "gtol": 1e-12,
-                                                           "ftol": 1e-15},
+        loss,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 10000, "gtol": 1e-12, "ftol": 1e-15},
     )
     return to_matrix(solution.x).T
 
@@ -258,7 +265,9 @@ class JPCAResult:
             axes.plot(x[c, 0], y[c, 0], "o", color=colour[c], ms=3)
             if x.shape[1] > 1:
                 axes.annotate(
-                    "", xy=(x[c, -1], y[c, -1]), xytext=(x[c, -2], y[c, -2]),
+                    "",
+                    xy=(x[c, -1], y[c, -1]),
+                    xytext=(x[c, -2], y[c, -2]),
                     arrowprops={"arrowstyle": "-|>", "color": colour[c], "lw": 1.2},
                 )
         axes.axhline(0, color="0.85", lw=0.6, zorder=0)
@@ -280,10 +289,16 @@ class JPCAResult:
 
         figure, axes = plt.subplots(figsize=(3.8, 3.0))
         positions = np.arange(2)
-        axes.bar(positions - 0.18, [self.r2_best, self.r2_best_plane1], 0.34, label="M_best",
-                 color="0.6")
-        axes.bar(positions + 0.18, [self.r2_skew, self.r2_skew_plane1], 0.34, label="M_skew",
-                 color="tab:red")
+        axes.bar(
+            positions - 0.18, [self.r2_best, self.r2_best_plane1], 0.34, label="M_best", color="0.6"
+        )
+        axes.bar(
+            positions + 0.18,
+            [self.r2_skew, self.r2_skew_plane1],
+            0.34,
+            label="M_skew",
+            color="tab:red",
+        )
         axes.set_xticks(positions, [f"all {self.jpcs.shape[0]} dims", "jPC plane 1"])
         axes.set_ylim(0, 1)
         axes.set_ylabel("R² of ΔX")
@@ -302,9 +317,7 @@ def _r2(target: np.ndarray, residual: np.ndarray) -> float:
     return (total - float(np.sum(residual**2))) / total
 
 
-def _real_plane(
-    vector: np.ndarray, start_states: np.ndarray, states: np.ndarray
-) -> np.ndarray:
+def _real_plane(vector: np.ndarray, start_states: np.ndarray, states: np.ndarray) -> np.ndarray:
     """Two real orthonormal axes from a complex eigenvector, aligned as ``getRealVs.m``."""
     # For M v = iω v (ω > 0): M Re v = −ω Im v and M Im v = ω Re v, so in the axes
     # (Re v, −Im v) the dynamics are [[0, −ω], [ω, 0]]: counter-clockwise.

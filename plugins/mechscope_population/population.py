@@ -63,12 +63,13 @@ class PopulationConfig(mechscope.Config):
         (0.1, 0.3), description="delay epoch (s) relative to delay_event (null/potent)"
     )
     group_by: str | None = pydantic.Field(
-        None, description="label to average trials over before analysis; None keeps each "
-        "condition trial"
+        None,
+        description="label to average trials over before analysis; None keeps each condition trial",
     )
     soften_norm: float | None = pydantic.Field(
-        None, description="if set, soft-normalise each neuron by range + soften_norm first "
-        "(Russo et al. used 5 spikes/s on recorded data); None analyses raw rates"
+        None,
+        description="if set, soft-normalise each neuron by range + soften_norm first "
+        "(Russo et al. used 5 spikes/s on recorded data); None analyses raw rates",
     )
     variance_threshold: float = pydantic.Field(
         0.9, description="report how many PCs reach this fraction of variance"
@@ -83,8 +84,9 @@ class PopulationConfig(mechscope.Config):
         10, description="PCA dimensions kept on each side before canonical correlations"
     )
     reference_path: str | None = pydantic.Field(
-        None, description="recorded data (.npz/.mat/.nwb) to compare the model with by CCA and "
-        "Procrustes; conditions must correspond in order after group_by"
+        None,
+        description="recorded data (.npz/.mat/.nwb) to compare the model with by CCA and "
+        "Procrustes; conditions must correspond in order after group_by",
     )
     reference_time_scale: float = pydantic.Field(
         1.0, description="multiply the reference's times by this to get seconds (1e-3 for ms)"
@@ -169,8 +171,10 @@ def canonical_correlations(
     """
     x, y = _samples(a), _samples(b)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"the two sets have {x.shape[0]} and {y.shape[0]} samples; they must "
-                         "have the same conditions and times")
+        raise ValueError(
+            f"the two sets have {x.shape[0]} and {y.shape[0]} samples; they must "
+            "have the same conditions and times"
+        )
     bases = []
     for samples in (x, y):
         keep = min(samples.shape[1], samples.shape[0] - 1)
@@ -312,8 +316,11 @@ class PopulationResult:
             potent_ratio = self.delay_potent / self.movement_potent
             null_ratio = self.delay_null / self.movement_null
             q = self.tangling[np.isfinite(self.tangling)]
-            out_q = (self.output_tangling[np.isfinite(self.output_tangling)]
-                     if self.output_tangling is not None else np.array([]))
+            out_q = (
+                self.output_tangling[np.isfinite(self.output_tangling)]
+                if self.output_tangling is not None
+                else np.array([])
+            )
             metrics = {
                 "participation_ratio": self.participation_ratio,
                 "n_pcs_variance": float(self.n_pcs_threshold),
@@ -329,8 +336,7 @@ class PopulationResult:
                 "output_tangling_p90": float(np.percentile(out_q, 90)) if out_q.size else nan,
             }
         metrics["tangling_ratio_p90"] = (
-            metrics["tangling_p90"] / metrics["output_tangling_p90"]
-            if out_q.size else nan
+            metrics["tangling_p90"] / metrics["output_tangling_p90"] if out_q.size else nan
         )
         for name in ("cca_mean", "cca_first", "procrustes", "procrustes_angle"):
             metrics[f"{name}_reference"] = self.comparison.get(name, nan)
@@ -338,8 +344,12 @@ class PopulationResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Arrays worth saving (the PC trajectories let suites compare networks later)."""
-        out = {"explained": self.explained, "tangling": self.tangling, "pcs": self.pcs,
-               "times": self.times}
+        out = {
+            "explained": self.explained,
+            "tangling": self.tangling,
+            "pcs": self.pcs,
+            "times": self.times,
+        }
         if self.output_tangling is not None:
             out["output_tangling"] = self.output_tangling
         return out
@@ -367,8 +377,7 @@ class PopulationResult:
         figure, axes = plt.subplots(figsize=(3.4, 3.4))
         if self.output_tangling is not None:
             both = np.isfinite(self.tangling) & np.isfinite(self.output_tangling)
-            axes.scatter(self.output_tangling[both], self.tangling[both], s=3, color="k",
-                         alpha=0.4)
+            axes.scatter(self.output_tangling[both], self.tangling[both], s=3, color="k", alpha=0.4)
             top = max(np.max(self.output_tangling[both]), np.max(self.tangling[both]))
             axes.plot([0, top], [0, top], color="0.7", lw=0.6)
             axes.set_xlabel("output tangling")
@@ -381,8 +390,10 @@ class PopulationResult:
 
     def figures(self) -> dict[str, Callable[[], Figure]]:
         """Lazily drawn figures."""
-        return {"population_variance": self.variance_figure,
-                "population_tangling": self.tangling_figure}
+        return {
+            "population_variance": self.variance_figure,
+            "population_tangling": self.tangling_figure,
+        }
 
 
 def _epoch_samples(data: NeuralData, event: str, window: tuple[float, float]) -> np.ndarray:
@@ -415,8 +426,9 @@ def population_analysis(
     """
     config = config or PopulationConfig()
     if config.soften_norm is not None:
-        data = data.replace(rates=data.rates / soft_normalize_factors(data.rates,
-                                                                      config.soften_norm))
+        data = data.replace(
+            rates=data.rates / soft_normalize_factors(data.rates, config.soften_norm)
+        )
     if readout is not None:
         delay_potent, delay_null = null_potent_variance(
             _epoch_samples(data, config.delay_event, config.delay_epoch), readout
@@ -430,8 +442,10 @@ def population_analysis(
     def prepare(values: NeuralData) -> NeuralData:
         aligned = values.align(config.align_event, config.window).average_by(config.group_by)
         if not np.all(np.isfinite(aligned.rates)):
-            raise ValueError(f"the window {config.window} around '{config.align_event}' leaves "
-                             "some trials; shorten it")
+            raise ValueError(
+                f"the window {config.window} around '{config.align_event}' leaves "
+                "some trials; shorten it"
+            )
         return aligned
 
     main = prepare(data)

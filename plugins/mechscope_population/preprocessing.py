@@ -56,9 +56,7 @@ class PCA:
         return (samples - self.mean) @ self.components
 
 
-def pca(
-    samples: Float[np.ndarray, "sample feature"], n_components: int | None = None
-) -> PCA:
+def pca(samples: Float[np.ndarray, "sample feature"], n_components: int | None = None) -> PCA:
     """PCA of the mean-centred samples (covariance eigendecomposition, or SVD when wide).
 
     Args:

@@ -44,22 +44,25 @@ class TuningConfig(mechscope.Config):
         (-0.3, 0.5), description="PSTH window (s) aligned to movement onset"
     )
     delay_epoch: tuple[float, float] = pydantic.Field(
-        (0.1, 0.3), description="delay epoch (s) relative to target onset (inside the shortest "
-        "delay of 0.3 s, so no trial's go cue falls in it)"
+        (0.1, 0.3),
+        description="delay epoch (s) relative to target onset (inside the shortest "
+        "delay of 0.3 s, so no trial's go cue falls in it)",
     )
     movement_epoch: tuple[float, float] = pydantic.Field(
         (-0.05, 0.25), description="movement epoch (s) relative to movement onset"
     )
     angle_label: str = pydantic.Field(
-        "angle", description="label holding each condition's reach angle (rad); if absent, "
-        "the angle of the 'target' label's position is used"
+        "angle",
+        description="label holding each condition's reach angle (rad); if absent, "
+        "the angle of the 'target' label's position is used",
     )
     tuned_r2: float = pydantic.Field(
         0.5, description="a unit counts as tuned in an epoch when its cosine fit has R² >= this"
     )
     multiphasic_prominence: float = pydantic.Field(
-        0.2, description="an extremum of a movement-aligned PSTH counts toward multiphasic "
-        "responses if its prominence is at least this fraction of the unit's range"
+        0.2,
+        description="an extremum of a movement-aligned PSTH counts toward multiphasic "
+        "responses if its prominence is at least this fraction of the unit's range",
     )
     n_units_plot: int = pydantic.Field(16, description="units drawn in the PSTH grid")
 
@@ -167,9 +170,11 @@ class TuningResult:
                 "median_r2_delay": float(np.nanmedian(self.delay.r2)),
                 "median_r2_movement": float(np.nanmedian(self.movement.r2)),
                 "pd_change_mean_abs_deg": float(np.degrees(np.mean(change)))
-                if change.size else float("nan"),
+                if change.size
+                else float("nan"),
                 "pd_change_median_abs_deg": float(np.degrees(np.median(change)))
-                if change.size else float("nan"),
+                if change.size
+                else float("nan"),
                 "fraction_multiphasic": float(np.mean(self.multiphasic)),
             }
 
@@ -199,22 +204,27 @@ class TuningResult:
         units = np.argsort(-np.nan_to_num(span))[: self.n_units_plot]
         columns = int(np.ceil(np.sqrt(len(units))))
         rows = int(np.ceil(len(units) / columns))
-        figure, grid = plt.subplots(rows, columns, figsize=(1.9 * columns, 1.4 * rows),
-                                    squeeze=False)
+        figure, grid = plt.subplots(
+            rows, columns, figsize=(1.9 * columns, 1.4 * rows), squeeze=False
+        )
         colours = plt.get_cmap("hsv")(np.mod(self.angles, 2 * np.pi) / (2 * np.pi))
         gap = 0.1
         shift = self.target_times[-1] - self.movement_times[0] + gap
         for axes, unit in zip(grid.flat, units, strict=False):
             for d, colour in enumerate(colours):
                 axes.plot(self.target_times, self.target_psth[d, :, unit], color=colour, lw=0.8)
-                axes.plot(self.movement_times + shift, self.movement_psth[d, :, unit],
-                          color=colour, lw=0.8)
+                axes.plot(
+                    self.movement_times + shift,
+                    self.movement_psth[d, :, unit],
+                    color=colour,
+                    lw=0.8,
+                )
             axes.axvline(0, color="0.7", lw=0.5)
             axes.axvline(shift, color="0.7", lw=0.5, ls="--")
             axes.set_title(f"unit {unit}", fontsize=7)
             axes.tick_params(labelsize=6)
             axes.set_xticks([0, shift], ["target", "move"])
-        for axes in grid.flat[len(units):]:
+        for axes in grid.flat[len(units) :]:
             axes.axis("off")
         figure.tight_layout()
         return figure
@@ -225,8 +235,12 @@ class TuningResult:
 
         both = np.isfinite(self.pd_change)
         figure, axes = plt.subplots(figsize=(3.4, 3.4))
-        axes.scatter(np.degrees(self.delay.preferred[both]),
-                     np.degrees(self.movement.preferred[both]), s=8, color="k")
+        axes.scatter(
+            np.degrees(self.delay.preferred[both]),
+            np.degrees(self.movement.preferred[both]),
+            s=8,
+            color="k",
+        )
         axes.plot([-180, 180], [-180, 180], color="0.7", lw=0.6)
         axes.set_xlim(-180, 180)
         axes.set_ylim(-180, 180)
@@ -297,8 +311,10 @@ def tuning_analysis(data: NeuralData, config: TuningConfig | None = None) -> Tun
             per_trial = np.nanmean(aligned.rates, axis=1)
         means, groups = condition_average(per_trial, aligned.labels["_angle"])
         if not np.all(np.isfinite(means)):
-            raise ValueError(f"the epoch {window} around '{event}' has no samples for some "
-                             "direction; check the epoch against the trial length")
+            raise ValueError(
+                f"the epoch {window} around '{event}' has no samples for some "
+                "direction; check the epoch against the trial length"
+            )
         return fit_cosine_tuning(groups[0], means)
 
     delay = epoch_fit(config.target_event, config.delay_epoch)

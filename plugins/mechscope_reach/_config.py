@@ -239,8 +239,7 @@ class TargetSwitchConfig(JumpConfig):
         1.0,
         ge=0,
         le=1,
-        description="Fraction of training trials that switch (the rest are plain delayed "
-        "reaches).",
+        description="Fraction of training trials that switch (the rest are plain delayed reaches).",
     )
 
     @pydantic.model_validator(mode="after")
@@ -250,8 +249,7 @@ class TargetSwitchConfig(JumpConfig):
             raise ValueError("target_switch needs at least two targets to switch between")
         if self.switch_offset is not None and self.switch_offset % n == 0:
             raise ValueError(
-                f"switch_offset = {self.switch_offset} maps every target onto itself "
-                f"({n} targets)"
+                f"switch_offset = {self.switch_offset} maps every target onto itself ({n} targets)"
             )
         return self
 

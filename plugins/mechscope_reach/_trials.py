@@ -133,8 +133,9 @@ def render_trials(config: ReachConfig, plan: ReachPlan) -> mechscope.Trials:
     switch_after_go = (plan.switch_step - go_step) * dt
     correction = jnp.where(moved, jnp.maximum(switch_after_go + latency, rt), rt)
     end_after_go = correction + config.reach_duration + config.hold_duration
-    end_after_go = jnp.where(plan.catch, rt + config.reach_duration + config.hold_duration,
-                             end_after_go)
+    end_after_go = jnp.where(
+        plan.catch, rt + config.reach_duration + config.hold_duration, end_after_go
+    )
 
     # Inputs.
     after_switch = (moved[:, None] & (step >= column(plan.switch_step)))[..., None]

@@ -36,8 +36,9 @@ def test_pulse_and_target_timing():
     np.testing.assert_allclose(inputs[:, in_pulse], np.repeat(amplitude[:, None], 5, axis=1))
     np.testing.assert_array_equal(inputs[:, ~in_pulse], 0.0)
     held = times >= 0.15 - 1e-6
-    np.testing.assert_allclose(targets[:, held], np.broadcast_to(amplitude[:, None],
-                                                                 targets[:, held].shape))
+    np.testing.assert_allclose(
+        targets[:, held], np.broadcast_to(amplitude[:, None], targets[:, held].shape)
+    )
     np.testing.assert_array_equal(targets[:, ~held], 0.0)
 
 
@@ -52,8 +53,9 @@ def test_probe_scores_against_closed_form():
     task = PulseMemory(PulseMemoryConfig())
     registry = mechscope.get_registry()
     entry = registry.get("model", "ctrnn")
-    model = entry.build(entry.validate({"n_units": 8}), n_inputs=1, n_outputs=1,
-                        key=jax.random.key(0))
+    model = entry.build(
+        entry.validate({"n_units": 8}), n_inputs=1, n_outputs=1, key=jax.random.key(0)
+    )
     zeroed = jax.tree.map(lambda leaf: leaf * 0 if hasattr(leaf, "shape") else leaf, model)
     result = OutputError(OutputErrorConfig(figure=False)).run(
         mechscope.TrainedRun(model=zeroed), task, key=jax.random.key(1)

@@ -135,8 +135,9 @@ class OutputError(mechscope.AbstractProbe):
 def _plot_outputs(times: np.ndarray, outputs: np.ndarray, targets: np.ndarray):
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, outputs.shape[-1], figsize=(4 * outputs.shape[-1], 3),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, outputs.shape[-1], figsize=(4 * outputs.shape[-1], 3), squeeze=False
+    )
     for channel, axis in enumerate(axes[0]):
         for trial in range(outputs.shape[0]):
             line = axis.plot(times, outputs[trial, :, channel], lw=1.5)[0]
