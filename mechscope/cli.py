@@ -153,9 +153,9 @@ def _report_path(store: Path, out: Path | None = None) -> None:
 
 
 def _runs(arguments: argparse.Namespace) -> int:
-    from mechscope.report import runs_table
+    from mechscope.store import RunStore
 
-    table = runs_table(arguments.store)
+    table = RunStore(arguments.store).runs_table()
     if table.empty:
         print(f"no runs in {arguments.store}")
         return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import math
 import time
 import tomllib
 import warnings
@@ -22,11 +22,11 @@ from typing import Any
 import jax
 
 from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
-from mechscope.errors import ConfigError, MechscopeError, StoreError
+from mechscope.errors import ConfigError, MechscopeError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
 from mechscope.probe import AbstractProbe, ProbeResult
 from mechscope.progress import HookBridge, ProgressBar
-from mechscope.store import atomic_directory, verify_manifest
+from mechscope.store import RunHeader, RunStore, StoredRun, metric_columns, read_run, write_run
 from mechscope.task import AbstractTask
 from mechscope.training import Callback, TrainedRun
 
@@ -66,7 +66,7 @@ class Experiment:
         *,
         task: Any,
         model: Any,
-        trainer: Any = "bptt",
+        trainer: Any = None,
         probes: Sequence[Any] = (),
         seed: int = 0,
         plugins: PluginManager | None = None,
@@ -80,6 +80,8 @@ class Experiment:
         self.seed = seed
         self._task = _Resolved(*registry.resolve(ComponentSpec.parse("task", task)))
         self._model = _Resolved(*registry.resolve(ComponentSpec.parse("model", model)))
+        if trainer is None:
+            trainer = registry.default("trainer")
         self._trainer = _Resolved(*registry.resolve(ComponentSpec.parse("trainer", trainer)))
         self._probes = self._with_requirements(
             [_Resolved(*registry.resolve(ComponentSpec.parse("probe", p))) for p in probes]
@@ -177,6 +179,15 @@ class Experiment:
         model_key, train_key, probe_key = jax.random.split(jax.random.key(self.seed), 3)
         return {"model": model_key, "train": train_key, "probe": probe_key}
 
+    @property
+    def config_without_seed(self) -> str:
+        """The config minus the seed, as canonical JSON: equal for seeds trained together."""
+        return canonical_json({k: v for k, v in self.config.items() if k != "seed"})
+
+    def named(self, trained: TrainedRun) -> TrainedRun:
+        """`trained` labelled with this experiment's registered model name (for reloading)."""
+        return dataclasses.replace(trained, model_name=self._model.entry.name)
+
     def run(
         self,
         *,
@@ -192,71 +203,28 @@ class Experiment:
             force: recompute even if a finished run exists.
             progress: show a training progress bar.
             callbacks: extra training callbacks.
+
+        Raises:
+            Exception: whatever stopped training (the run is recorded as failed first).
         """
-        directory = Path(store) / self.run_id if store is not None else None
-        if directory is not None and not force:
-            cached = _load_if_complete(directory, self.plugins.registry)
-            if cached is not None:
-                return cached
-            # A damaged run whose trained network is intact keeps it: only the probes rerun.
-            salvaged = salvage_trained(directory, self.plugins.registry)
-            if salvaged is not None:
-                self.plugins.hook.mechscope_run_start(run_id=self.run_id, config=self.config)
-                return self.finish(salvaged, store=store)
-        keys = self.keys()
-        task = self.build_task()
-        model = self.build_model(task, key=keys["model"])
-        trained = self.train(
-            task,
-            model,
-            key=keys["train"],
-            progress=progress,
-            callbacks=callbacks,
-            checkpoint_dir=None if store is None else Path(store) / ".checkpoints" / self.run_id,
+        (outcome,) = run_experiments(
+            [self], store=store, force=force, progress=progress, callbacks=callbacks
         )
-        return self.finish(trained, task=task, store=store, force=force)
+        if isinstance(outcome, RunFailure):
+            raise outcome.error
+        return outcome
 
-    def train(
-        self,
-        task: AbstractTask,
-        model: Any,
-        *,
-        key: jax.Array,
-        progress: bool = True,
-        callbacks: Sequence[Callback] = (),
-        checkpoint_dir: Path | None = None,
-    ) -> TrainedRun:
-        """Fit the model, firing lifecycle hooks and showing progress."""
-        hook = self.plugins.hook
-        hook.mechscope_run_start(run_id=self.run_id, config=self.config)
-        attached = [HookBridge(hook, self.run_id), *callbacks]
-        if progress:
-            attached.append(ProgressBar(f"run {self.run_id[:8]}"))
-        try:
-            trained = self.build_trainer().fit(
-                model, task, key=key, callbacks=attached, checkpoint_dir=checkpoint_dir
-            )
-        except BaseException as error:
-            hook.mechscope_run_end(
-                run_id=self.run_id,
-                config=self.config,
-                status="failed",
-                reason=f"{type(error).__name__}: {error}",
-            )
-            raise
-        return dataclasses.replace(trained, model_name=self._model.entry.name)
+    def probe(
+        self, trained: TrainedRun, task: AbstractTask
+    ) -> tuple[dict[str, ProbeResult], dict[str, str]]:
+        """Run every probe on a trained network, dependencies first.
 
-    def finish(
-        self,
-        trained: TrainedRun,
-        *,
-        task: AbstractTask | None = None,
-        store: str | Path | None = DEFAULT_STORE,
-        force: bool = False,
-    ) -> ExperimentResult:
-        """Run the probes on a trained network and save everything (atomically) to `store`."""
-        task = task or self.build_task()
-        started = time.perf_counter()
+        A failing probe is recorded (and the probes that require it skipped) without stopping
+        the others; each result fires ``mechscope_probe_result``.
+
+        Returns:
+            The results and, for probes that failed or were skipped, why.
+        """
         results: dict[str, ProbeResult] = {}
         errors: dict[str, str] = {}
         probe_key = self.keys()["probe"]
@@ -280,6 +248,15 @@ class Experiment:
             self.plugins.hook.mechscope_probe_result(
                 run_id=self.run_id, probe=name, metrics=dict(results[name].metrics)
             )
+        return results, errors
+
+    def finish(
+        self, trained: TrainedRun, *, task: AbstractTask | None = None, store: RunStore | None
+    ) -> ExperimentResult:
+        """Probe a trained network and save the run (atomically) to `store`."""
+        task = task or self.build_task()
+        started = time.perf_counter()
+        results, errors = self.probe(trained, task)
         result = ExperimentResult(
             run_id=self.run_id,
             config=self.config,
@@ -292,14 +269,188 @@ class Experiment:
             },
         )
         if store is not None:
-            directory = Path(store) / self.run_id
-            result.save(directory, overwrite=True, registry=self.plugins.registry)
-            shutil.rmtree(Path(store) / ".checkpoints" / self.run_id, ignore_errors=True)
+            directory = store.save(
+                result.header(), trained, results, registry=self.plugins.registry
+            )
             result = dataclasses.replace(result, directory=directory)
-        self.plugins.hook.mechscope_run_end(
-            run_id=self.run_id, config=self.config, status=trained.status, reason=trained.reason
-        )
         return result
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFailure:
+    """A run that could not be trained: which, why, and the error itself."""
+
+    run_id: str
+    reason: str
+    error: Exception
+
+
+def run_experiments(
+    experiments: Sequence[Experiment],
+    *,
+    store: str | Path | RunStore | None = DEFAULT_STORE,
+    force: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> list[ExperimentResult | RunFailure]:
+    """Run experiments, training the seeds of one configuration together.
+
+    The one code path for every run: a finished run is loaded from `store`; a damaged one
+    whose trained network is intact is only re-probed; the rest train, experiments that
+    differ only in their seed with the trainer's ``fit_many`` (vmapped where it can). If a
+    joint fit fails, that is reported and each of its seeds is retried alone, so one bad seed
+    is isolated. Every ``mechscope_run_start`` is paired with exactly one
+    ``mechscope_run_end``, whatever happens.
+
+    Args:
+        experiments: the experiments to run.
+        store: the run store (a path or a :class:`~mechscope.store.RunStore`); None keeps
+            nothing on disk.
+        force: recompute finished runs.
+        progress: show a training progress bar.
+        callbacks: extra training callbacks (attached to every fit).
+
+    Returns:
+        For each experiment, in order, its result or a :class:`RunFailure`.
+    """
+    if store is not None and not isinstance(store, RunStore):
+        store = RunStore(store)
+    outcomes: dict[int, ExperimentResult | RunFailure] = {}
+    groups: dict[str, list[int]] = {}
+    for index, experiment in enumerate(experiments):
+        groups.setdefault(experiment.config_without_seed, []).append(index)
+    for indices in groups.values():
+        group = [experiments[i] for i in indices]
+        results = _run_group(group, store, force, progress, callbacks)
+        outcomes.update(zip(indices, results, strict=True))
+    return [outcomes[i] for i in range(len(experiments))]
+
+
+def _run_group(
+    group: list[Experiment],
+    store: RunStore | None,
+    force: bool,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> list[ExperimentResult | RunFailure]:
+    """Run experiments that differ only in their seed (see :func:`run_experiments`)."""
+    first = group[0]
+    registry = first.plugins.registry
+    hook = first.plugins.hook
+    done: dict[str, ExperimentResult | RunFailure] = {}
+    trained: dict[str, TrainedRun] = {}
+    if store is not None and not force:
+        for experiment in group:
+            stored = store.load(experiment.run_id, registry=registry)
+            if stored is not None:
+                done[experiment.run_id] = ExperimentResult.from_stored(stored)
+                continue
+            # A damaged run whose trained network is intact keeps it: only the probes rerun.
+            salvaged = store.salvage_trained(experiment.run_id, registry=registry)
+            if salvaged is not None:
+                trained[experiment.run_id] = salvaged
+    todo = [e for e in group if e.run_id not in done]
+    if not todo:
+        return [done[e.run_id] for e in group]
+    task = first.build_task()
+    started: list[Experiment] = []
+    try:
+        for experiment in todo:
+            hook.mechscope_run_start(run_id=experiment.run_id, config=experiment.config)
+            started.append(experiment)
+        fresh = [e for e in todo if e.run_id not in trained]
+        trained.update(_fit(fresh, task, store, progress, callbacks))
+        for experiment in todo:
+            outcome = trained[experiment.run_id]
+            if isinstance(outcome, RunFailure):
+                done[experiment.run_id] = outcome
+                hook.mechscope_run_end(
+                    run_id=experiment.run_id,
+                    config=experiment.config,
+                    status="failed",
+                    reason=outcome.reason,
+                )
+            else:
+                result = experiment.finish(outcome, task=task, store=store)
+                done[experiment.run_id] = result
+                hook.mechscope_run_end(
+                    run_id=experiment.run_id,
+                    config=experiment.config,
+                    status=result.status,
+                    reason=result.trained.reason,
+                )
+            started.remove(experiment)
+    except BaseException as error:
+        # Interrupted, or the store refused a write: close every run that was opened.
+        reason = (
+            "interrupted"
+            if isinstance(error, KeyboardInterrupt)
+            else f"{type(error).__name__}: {error}"
+        )
+        for experiment in started:
+            hook.mechscope_run_end(
+                run_id=experiment.run_id, config=experiment.config, status="failed", reason=reason
+            )
+        raise
+    return [done[e.run_id] for e in group]
+
+
+def _fit(
+    fresh: list[Experiment],
+    task: AbstractTask,
+    store: RunStore | None,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> dict[str, TrainedRun | RunFailure]:
+    """Train `fresh` (seeds of one configuration): together if there are several, then alone."""
+    if not fresh:
+        return {}
+    hook = fresh[0].plugins.hook
+    models = [e.build_model(task, key=e.keys()["model"]) for e in fresh]
+    checkpoints = [None if store is None else store.checkpoint_directory(e.run_id) for e in fresh]
+    if len(fresh) > 1:
+        attached: list[Callback] = [HookBridge(hook, [e.run_id for e in fresh]), *callbacks]
+        if progress:
+            attached.append(ProgressBar(f"{len(fresh)} seeds together"))
+        try:
+            runs = (
+                fresh[0]
+                .build_trainer()
+                .fit_many(
+                    models,
+                    task,
+                    keys=[e.keys()["train"] for e in fresh],
+                    callbacks=attached,
+                    checkpoint_dirs=checkpoints,
+                )
+            )
+            return {e.run_id: e.named(run) for e, run in zip(fresh, runs, strict=True)}
+        except Exception as error:  # noqa: BLE001 - retried seed by seed below
+            warnings.warn(
+                f"training {len(fresh)} seeds together failed ({type(error).__name__}: "
+                f"{error}); retrying each seed alone",
+                stacklevel=4,
+            )
+    fitted: dict[str, TrainedRun | RunFailure] = {}
+    for experiment, model, checkpoint in zip(fresh, models, checkpoints, strict=True):
+        attached = [HookBridge(hook, [experiment.run_id]), *callbacks]
+        if progress:
+            attached.append(ProgressBar(f"run {experiment.run_id[:8]}"))
+        try:
+            run = experiment.build_trainer().fit(
+                model,
+                task,
+                key=experiment.keys()["train"],
+                callbacks=attached,
+                checkpoint_dir=checkpoint,
+            )
+        except Exception as error:  # noqa: BLE001 - recorded; the other seeds go on
+            fitted[experiment.run_id] = RunFailure(
+                experiment.run_id, f"{type(error).__name__}: {error}", error
+            )
+            continue
+        fitted[experiment.run_id] = experiment.named(run)
+    return fitted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,111 +482,52 @@ class ExperimentResult:
 
     def metrics(self) -> dict[str, float]:
         """Every probe metric, keyed ``"probe.metric"``, plus the final training loss and R²."""
-        flat: dict[str, float] = {}
-        for key in ("loss", "r2"):
-            values = self.trained.history.get(key)
-            if values is not None and len(values):
-                flat[f"train.{key}"] = float(values[-1])
-        for probe, result in self.probes.items():
-            for name, value in result.metrics.items():
-                flat[f"{probe}.{name}"] = value
-        return flat
+        return metric_columns(
+            self.trained.history, {name: r.metrics for name, r in self.probes.items()}
+        )
 
-    def save(
-        self, directory: str | Path, *, overwrite: bool = False, registry: Registry | None = None
-    ) -> None:
-        """Write the run atomically: it appears complete or not at all."""
-        with atomic_directory(Path(directory), overwrite=overwrite) as temporary:
-            header = {
-                "run_id": self.run_id,
-                "config": self.config,
-                "status": self.trained.status,
-                "reason": self.trained.reason,
-                "probe_errors": dict(self.probe_errors),
-                "timings": dict(self.timings),
-                "probes": list(self.probes),
-            }
-            (temporary / "experiment.json").write_text(json.dumps(header, indent=1))
-            self.trained.save(temporary / "trained", registry=registry)
-            for name, result in self.probes.items():
-                result.save(temporary / "probes" / name)
+    def header(self) -> RunHeader:
+        """What the store keeps about the run besides its arrays."""
+        return RunHeader(
+            run_id=self.run_id,
+            config=dict(self.config),
+            status=self.trained.status,
+            reason=self.trained.reason,
+            probe_errors=dict(self.probe_errors),
+            timings=dict(self.timings),
+            probes=list(self.probes),
+        )
+
+    def save(self, directory: str | Path, *, registry: Registry) -> None:
+        """Write the run atomically (replacing one already there): complete or not at all."""
+        write_run(Path(directory), self.header(), self.trained, self.probes, registry=registry)
 
     @classmethod
-    def load(cls, directory: str | Path, *, registry: Registry | None = None) -> ExperimentResult:
+    def load(cls, directory: str | Path, *, registry: Registry) -> ExperimentResult:
         """Load a stored run (checksums verified; no retraining).
 
         Args:
             directory: the run's directory.
-            registry: where to find the model (default: the process-wide registry).
+            registry: where to find the model (e.g. ``experiment.plugins.registry``).
 
         Raises:
-            StoreError: if the run is incomplete or a file is corrupted.
+            StoreError: if the run is incomplete or a file is damaged.
         """
-        directory = Path(directory)
-        verify_manifest(directory)
-        try:
-            header = json.loads((directory / "experiment.json").read_text())
-        except (OSError, ValueError) as error:
-            raise StoreError(f"{directory}: unreadable experiment.json ({error})") from None
+        return cls.from_stored(read_run(Path(directory), registry=registry))
+
+    @classmethod
+    def from_stored(cls, stored: StoredRun) -> ExperimentResult:
+        """The result a stored run holds."""
+        header = stored.header
         return cls(
-            run_id=header["run_id"],
-            config=header["config"],
-            trained=TrainedRun.load(directory / "trained", registry=registry),
-            probes={n: ProbeResult.load(directory / "probes" / n) for n in header["probes"]},
-            probe_errors=header.get("probe_errors", {}),
-            timings=header.get("timings", {}),
-            directory=directory,
+            run_id=header.run_id,
+            config=header.config,
+            trained=stored.trained,
+            probes=stored.probes,
+            probe_errors=header.probe_errors,
+            timings={k: math.nan if v is None else v for k, v in header.timings.items()},
+            directory=stored.directory,
         )
-
-
-def _load_if_complete(directory: Path, registry: Registry) -> ExperimentResult | None:
-    """The stored run, or None if absent; a corrupted one is reported and recomputed."""
-    if not directory.exists():
-        return None
-    try:
-        return ExperimentResult.load(directory, registry=registry)
-    except StoreError as error:
-        warnings.warn(f"recomputing run: {error}", stacklevel=3)
-        return None
-
-
-def salvage_trained(directory: Path, registry: Registry | None = None) -> TrainedRun | None:
-    """The trained network of a stored run whose other files are damaged, if it is intact.
-
-    A run's probe results are cheap to recompute next to its training, so a run that fails
-    verification elsewhere (a truncated probe file, a lost figure) is re-probed from its
-    trained network rather than retrained.
-
-    Returns:
-        The trained run if every file under ``trained/`` matches the run's manifest, else None.
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        return None
-    try:
-        verify_manifest(directory, under="trained")
-        trained = TrainedRun.load(directory / "trained", registry=registry)
-    except Exception:  # noqa: BLE001 - anything that stops the reload means: retrain
-        return None
-    warnings.warn(
-        f"{directory}: the trained network is intact; recomputing only the probes", stacklevel=3
-    )
-    return trained
-
-
-def is_complete(directory: Path) -> bool:
-    """Whether a finished run is stored in `directory` with every checksum intact.
-
-    Cheap (no model is deserialised); a corrupted run is reported and counts as missing.
-    """
-    if not directory.exists():
-        return False
-    try:
-        verify_manifest(directory)
-    except StoreError as error:
-        warnings.warn(f"recomputing run: {error}", stacklevel=3)
-        return False
-    return True
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ PROJECT = "mechscope"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: ``register(name, config_class, factory, description=None)``.
+#: ``register(name, config_class, factory, description=None, *, default=False)``; a plugin
+#: passes ``default=True`` for the component used when a config names none of its kind.
 Register = Callable[..., None]
 
 

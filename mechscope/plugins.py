@@ -49,6 +49,7 @@ class ComponentEntry:
     distribution: str | None
     version: str | None
     description: str
+    default: bool = False
 
     def validate(self, params: Mapping[str, Any]) -> Config:
         """Validate raw parameters against this component's config class (one-line errors)."""
@@ -72,6 +73,7 @@ class ComponentEntry:
             "version": self.version,
             "plugin": self.plugin,
             "description": self.description,
+            "default": self.default,
         }
 
 
@@ -145,6 +147,28 @@ class Registry:
         order = {k: i for i, k in enumerate(COMPONENT_KINDS)}
         chosen = [e for e in self._entries.values() if kind is None or e.kind == kind]
         return sorted(chosen, key=lambda e: (order[e.kind], e.name))
+
+    def default(self, kind: str) -> str:
+        """The name of the component of `kind` a plugin registered as the default.
+
+        The core names no component itself: an experiment without a trainer, or a suite
+        without an executor, uses the one registered with ``default=True``.
+
+        Raises:
+            ConfigError: if no loaded plugin, or more than one, registered a default.
+        """
+        defaults = [e for e in self.entries(kind) if e.default]
+        if len(defaults) == 1:
+            return defaults[0].name
+        if not defaults:
+            raise ConfigError(
+                f"no default {kind} is registered; name one (registered {kind}s: "
+                f"{', '.join(self.names(kind)) or 'none'})"
+            )
+        raise ConfigError(
+            f"several plugins register a default {kind} "
+            f"({', '.join(_source(e) for e in defaults)}); name one explicitly"
+        )
 
     def name_for_config(self, kind: str, config: Config) -> str:
         """The unique registered name whose config class is ``type(config)``.
@@ -300,6 +324,8 @@ def _make_register(
         config_class: type[Config],
         factory: Callable[..., Any],
         description: str | None = None,
+        *,
+        default: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PluginLoadError(f"{kind} names must be non-empty strings, got {name!r}")
@@ -323,6 +349,7 @@ def _make_register(
                 distribution=distribution,
                 version=version,
                 description=description,
+                default=bool(default),
             )
         )
 

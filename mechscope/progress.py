@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mechscope.model import AbstractModel
@@ -20,7 +20,9 @@ class ProgressBar(Callback):
         self._bar: Any = None
 
     def on_train_start(self, *, model: AbstractModel, task: AbstractTask, n_steps: int) -> None:
-        """Open the bar."""
+        """Open the bar (once: networks trained together share it)."""
+        if self._bar is not None:
+            return
         from tqdm.auto import tqdm
 
         self._bar = tqdm(
@@ -48,20 +50,41 @@ class ProgressBar(Callback):
 
 
 class HookBridge(Callback):
-    """Forwards training events to the plugins' lifecycle hooks."""
+    """Forwards training events to the plugins' lifecycle hooks, each under its run's id.
 
-    def __init__(self, hook: Any, run_id: str) -> None:
+    When seeds train together, ``fit_many`` sends each event once per network, in the order
+    of its models, and tags evaluation rows with ``"seed"`` (the network's index); the bridge
+    uses that to name the right run.
+
+    Args:
+        hook: the plugin manager's hook relay.
+        run_ids: the runs this fit trains, in the order of the fit's models.
+    """
+
+    def __init__(self, hook: Any, run_ids: Sequence[str]) -> None:
         self.hook = hook
-        self.run_id = run_id
+        self.run_ids = list(run_ids)
+        self._started = 0
+        self._ended = 0
+
+    def _run_id(self, position: int) -> str:
+        return self.run_ids[min(position, len(self.run_ids) - 1)]
 
     def on_train_start(self, *, model: AbstractModel, task: AbstractTask, n_steps: int) -> None:
         """Fire ``mechscope_train_start``."""
-        self.hook.mechscope_train_start(run_id=self.run_id, n_steps=n_steps)
+        self.hook.mechscope_train_start(run_id=self._run_id(self._started), n_steps=n_steps)
+        self._started += 1
 
     def on_evaluation(self, *, step: int, metrics: Mapping[str, float]) -> None:
         """Fire ``mechscope_train_progress``."""
-        self.hook.mechscope_train_progress(run_id=self.run_id, step=step, metrics=dict(metrics))
+        position = int(metrics.get("seed", 0)) if len(self.run_ids) > 1 else 0
+        self.hook.mechscope_train_progress(
+            run_id=self._run_id(position), step=step, metrics=dict(metrics)
+        )
 
     def on_train_end(self, *, run: TrainedRun) -> None:
         """Fire ``mechscope_train_end``."""
-        self.hook.mechscope_train_end(run_id=self.run_id, status=run.status, reason=run.reason)
+        self.hook.mechscope_train_end(
+            run_id=self._run_id(self._ended), status=run.status, reason=run.reason
+        )
+        self._ended += 1

@@ -7,16 +7,14 @@ import html
 import json
 import math
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mechscope import stats
 from mechscope.errors import StoreError
-from mechscope.store import verify_manifest
+from mechscope.store import RunStore, SuiteRecord
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;padding:1.5em 2em;
@@ -34,104 +32,6 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}
 """
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else key, inner, out)
-    elif isinstance(value, list):
-        out[prefix] = json.dumps(value)
-    else:
-        out[prefix] = value
-
-
-def read_run_row(directory: Path) -> dict[str, Any] | None:
-    """A stored run as one table row, or None if it is missing, incomplete or corrupted.
-
-    The row has ``run_id``, ``status``, ``reason``, config columns (``model.activation``, ...),
-    every probe metric (``probe.metric``), the final training loss/R² and timings.
-    """
-    directory = Path(directory)
-    if not (directory / "experiment.json").exists():
-        return None
-    try:
-        verify_manifest(directory)
-        header = json.loads((directory / "experiment.json").read_text())
-        row: dict[str, Any] = {
-            "run_id": header["run_id"],
-            "status": header["status"],
-            "reason": header["reason"],
-        }
-        config = dict(header["config"])
-        probes = config.pop("probes", [])
-        _flatten("", config, row)
-        row["probes"] = ",".join(p["name"] for p in probes)
-        history = directory / "trained" / "history.npz"
-        with np.load(history, allow_pickle=False) as data:
-            for key in ("loss", "r2"):
-                if key in data.files and len(data[key]):
-                    row[f"train.{key}"] = float(data[key][-1])
-        for probe in header["probes"]:
-            metrics = json.loads((directory / "probes" / probe / "metrics.json").read_text())
-            for name, value in metrics.items():
-                row[f"{probe}.{name}"] = math.nan if value is None else float(value)
-        for name, seconds in header.get("timings", {}).items():
-            row[f"time.{name}"] = seconds
-        return row
-    except (StoreError, OSError, ValueError, KeyError):
-        return None
-
-
-def stored_runs(store: str | Path) -> list[Path]:
-    """Directories of the runs in `store` (complete or not)."""
-    store = Path(store)
-    if not store.is_dir():
-        raise StoreError(f"{store}: no such run store")
-    return [
-        d
-        for d in sorted(store.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and (d / "experiment.json").exists()
-    ]
-
-
-def runs_table(store: str | Path) -> pd.DataFrame:
-    """One row per complete, uncorrupted run in `store`."""
-    rows = [row for d in stored_runs(store) if (row := read_run_row(d)) is not None]
-    return pd.DataFrame(rows)
-
-
-def suite_records(store: str | Path) -> list[dict[str, Any]]:
-    """The suites that ran into `store` (their definitions and run lists)."""
-    folder = Path(store) / "suites"
-    records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            records.append(json.loads(path.read_text()))
-        except ValueError:
-            continue
-    return records
-
-
-def suite_table(store: str | Path, record: Mapping[str, Any]) -> pd.DataFrame:
-    """A suite's table rebuilt from its record and the stored runs."""
-    rows = []
-    for run in record["runs"]:
-        row: dict[str, Any] = {"variant": run["variant"], "seed": run["seed"]}
-        row.update(
-            {
-                k: json.dumps(v) if isinstance(v, list | dict) else v
-                for k, v in run["values"].items()
-            }
-        )
-        stored = read_run_row(Path(store) / run["run_id"])
-        row.update(
-            stored
-            if stored is not None
-            else {"run_id": run["run_id"], "status": "missing", "reason": ""}
-        )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def write_report(store: str | Path, out: str | Path | None = None) -> Path:
     """Write the report for a store: HTML page, tables (CSV, Parquet) and figures (PNG, SVG).
 
@@ -142,32 +42,36 @@ def write_report(store: str | Path, out: str | Path | None = None) -> Path:
     Returns:
         The path of ``report.html``.
     """
-    store = Path(store)
-    if not store.is_dir():
-        raise StoreError(f"{store}: no such run store")
+    runs = RunStore(store)
+    if not runs.root.is_dir():
+        raise StoreError(f"{runs.root}: no such run store")
+    store = runs.root
     out = Path(out) if out is not None else store / "report"
     figures_dir = out / "figures"
     if figures_dir.exists():
         shutil.rmtree(figures_dir)
     figures_dir.mkdir(parents=True)
     body = ["<h1>mechscope report</h1>"]
-    all_runs = runs_table(store)
+    all_runs = runs.runs_table()
     all_runs.to_csv(out / "runs.csv", index=False)
     _to_parquet(all_runs, out / "runs.parquet")
     in_suites: set[str] = set()
-    for record in suite_records(store):
-        table = suite_table(store, record)
+    records = runs.suite_records()
+    for record in records:
+        table = runs.suite_table(record.runs)
         in_suites.update(table["run_id"])
-        body.append(_suite_section(record, table, store, out))
+        body.append(_suite_section(record, table, runs, out))
     loose = all_runs[~all_runs["run_id"].isin(in_suites)] if len(all_runs) else all_runs
     if len(loose):
         body.append("<h2>Runs outside suites</h2>")
         body.append(_html_table(loose))
         for _, row in loose.iterrows():
             body.append(
-                _figures_html(store / row["run_id"], f"run {row['run_id']}", out, row["run_id"])
+                _figures_html(
+                    runs.run_directory(row["run_id"]), f"run {row['run_id']}", out, row["run_id"]
+                )
             )
-    if not len(all_runs) and not suite_records(store):
+    if not len(all_runs) and not records:
         body.append(f"<p>No runs in {html.escape(str(store))}.</p>")
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -181,25 +85,26 @@ def write_report(store: str | Path, out: str | Path | None = None) -> Path:
     return path
 
 
-def _suite_section(record: Mapping[str, Any], table: pd.DataFrame, store: Path, out: Path) -> str:
-    name = str(record["name"])
+def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out: Path) -> str:
+    name = record.name
+    definition = record.model_dump()
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     table.to_csv(out / f"{safe}_runs.csv", index=False)
     _to_parquet(table, out / f"{safe}_runs.parquet")
     metrics = stats.metric_columns(table)
     parts = [f"<h2>Suite {html.escape(name)}</h2>"]
-    if record.get("description"):
-        parts.append(f"<p>{html.escape(str(record['description']))}</p>")
+    if definition.get("description"):
+        parts.append(f"<p>{html.escape(str(definition['description']))}</p>")
     counts = table["status"].value_counts().to_dict()
-    wall = record.get("wall_time_s")
+    wall = record.wall_time_s
     parts.append(
         f"<p class=note>{len(table)} runs ("
         + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items())
-        + f"); {table['variant'].nunique()} variants × {len(record['seeds'])} seeds"
+        + f"); {table['variant'].nunique()} variants × {len(record.seeds)} seeds"
         + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "")
         + ".</p>"
     )
-    claims = record.get("claims") or []
+    claims = definition.get("claims") or []
     if claims:
         from mechscope.claims import evaluate_all, parse_claims
 
@@ -216,7 +121,7 @@ def _suite_section(record: Mapping[str, Any], table: pd.DataFrame, store: Path, 
     if len(summary):
         parts.append("<h3>Per-variant mean [95% bootstrap CI] (n)</h3>")
         parts.append(_summary_pivot(summary))
-    options = record.get("statistics", {}) or {}
+    options = definition.get("statistics", {}) or {}
     if len(summary):
         # The metrics the suite asks to compare come first; the plot shows at most 16.
         chosen = [m for m in options.get("compare", []) if m in metrics]
@@ -250,17 +155,19 @@ def _suite_section(record: Mapping[str, Any], table: pd.DataFrame, store: Path, 
         first = done.iloc[0]
         parts.append(f"<h4>{html.escape(str(variant))} (seed {first['seed']})</h4>")
         parts.append(
-            _figures_html(store / first["run_id"], str(variant), out, f"{safe}_{first['run_id']}")
+            _figures_html(
+                runs.run_directory(first["run_id"]), str(variant), out, f"{safe}_{first['run_id']}"
+            )
         )
     failed = table[table["status"] != "completed"]
     if len(failed):
         parts.append("<h3 class=failed>Runs not completed</h3>")
         parts.append(_html_table(failed[["variant", "seed", "run_id", "status", "reason"]]))
     parts.append("<h3>All runs</h3>" + _html_table(table))
-    definition = {k: record[k] for k in ("base", "vary", "seeds", "statistics") if k in record}
+    shown = {k: definition[k] for k in ("base", "vary", "seeds", "statistics") if k in definition}
     parts.append(
         "<details><summary>Suite configuration</summary><pre>"
-        f"{html.escape(json.dumps(definition, indent=1))}</pre></details>"
+        f"{html.escape(json.dumps(shown, indent=1))}</pre></details>"
     )
     return "".join(parts)
 

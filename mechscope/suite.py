@@ -12,8 +12,6 @@ import copy
 import dataclasses
 import functools
 import itertools
-import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,19 +19,12 @@ from typing import Any
 
 import pandas as pd
 
-from mechscope.config import ComponentSpec, canonical_json, check_keys
+from mechscope.config import ComponentSpec, check_keys
 from mechscope.errors import ConfigError, MechscopeError, close_matches
 from mechscope.executor import AbstractExecutor
-from mechscope.experiment import (
-    DEFAULT_STORE,
-    Experiment,
-    is_complete,
-    read_toml,
-    salvage_trained,
-)
-from mechscope.plugins import PluginManager, get_plugin_manager
-from mechscope.progress import HookBridge
-from mechscope.training import TrainedRun
+from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
+from mechscope.plugins import PluginManager, Registry, get_plugin_manager
+from mechscope.store import RunStore, SuiteRecord, SuiteRun, cell
 
 _SUITE_KEYS = (
     "name",
@@ -69,6 +60,16 @@ class PlannedRun:
         """The run's content hash."""
         return self.experiment.run_id
 
+    @property
+    def record(self) -> SuiteRun:
+        """The run as the suite's record lists it."""
+        return SuiteRun(
+            run_id=self.run_id,
+            variant=self.variant.label,
+            seed=self.seed,
+            values=self.variant.values,
+        )
+
 
 class Suite:
     """Variants × seeds of one base experiment.
@@ -84,7 +85,8 @@ class Suite:
         seeds: a number of seeds (``3`` means 0, 1, 2) or an explicit list.
         name: the suite's name (used for its record in the store and the report).
         description: free text shown in the report.
-        executor: default executor (name or table) for :meth:`run`.
+        executor: default executor (name or table) for :meth:`run`; None means the one a
+            plugin registers as the default (``local``, in-process).
         statistics: options for the report: ``compare`` (metrics tested between variants)
             and ``correlate`` (pairs of metrics correlated across networks).
         claims: hypotheses the report tests (see :mod:`mechscope.claims`), each a table with
@@ -104,7 +106,7 @@ class Suite:
         seeds: int | Sequence[int] = 3,
         name: str = "suite",
         description: str = "",
-        executor: Any = "local",
+        executor: Any = None,
         statistics: Mapping[str, Any] | None = None,
         claims: Sequence[Mapping[str, Any]] = (),
         plugins: PluginManager | None = None,
@@ -121,7 +123,7 @@ class Suite:
         self.claims = [dict(c) for c in claims]
         if "seed" in base:
             raise ConfigError("suite base must not set 'seed'; use the suite's 'seeds'")
-        self.base = _normalise_base(base)
+        self.base = _normalise_base(base, self.plugins.registry)
         tables = [vary or {}] if isinstance(vary, Mapping | None) else list(vary)
         if not tables:
             raise ConfigError("vary is an empty list: give at least one grid")
@@ -173,7 +175,7 @@ class Suite:
             points = itertools.product(*(grid[p] for p in paths)) if paths else [()]
             for point in points:
                 values = dict(zip(paths, point, strict=True))
-                label = ", ".join(f"{p}={_format(v)}" for p, v in values.items()) or "base"
+                label = ", ".join(f"{p}={cell(v)}" for p, v in values.items()) or "base"
                 variants.setdefault(label, Variant(label=label, values=values))
         return list(variants.values())
 
@@ -258,22 +260,21 @@ class Suite:
             One row per run: ``variant``, ``seed``, ``run_id``, ``status``, ``reason``, the
             varied paths, and every metric (``probe.metric``).
         """
-        store = Path(store)
+        runs = RunStore(store)
         executor = self._executor(executor if executor is not None else self.executor)
-        store.mkdir(parents=True, exist_ok=True)
+        runs.root.mkdir(parents=True, exist_ok=True)
         outcomes: dict[str, dict[str, Any]] = {}
         pending: list[PlannedRun] = []
         for planned in self.runs:
-            directory = store / planned.run_id
             # Checksums only: loading every stored model just to skip it would be wasted I/O.
-            if not force and is_complete(directory):
+            if not force and runs.is_complete(planned.run_id):
                 outcomes[planned.run_id] = {"status": "cached"}
             else:
                 pending.append(planned)
         groups = self._group(pending, executor)
         run_groups = functools.partial(
             run_configs,
-            store=str(store),
+            store=str(runs.root),
             force=force,
             # Only an in-process executor can share this process's plugin manager.
             plugins=self.plugins if executor.in_process else None,
@@ -295,26 +296,16 @@ class Suite:
         finally:
             if bar is not None:
                 bar.close()
-        self._write_record(store, wall_time_s=time.perf_counter() - started)
-        return self.table(store, outcomes)
+        runs.write_suite_record(self.record(wall_time_s=time.perf_counter() - started))
+        return self.table(runs.root, outcomes)
 
-    def _write_record(self, store: Path, *, wall_time_s: float) -> None:
-        """Save the suite's definition and run list beside its runs (atomically)."""
-        record = store / "suites" / f"{self.name}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
-        runs = [
-            {
-                "run_id": p.run_id,
-                "variant": p.variant.label,
-                "seed": p.seed,
-                "values": p.variant.values,
-            }
-            for p in self.runs
-        ]
-        payload = {**self.definition, "runs": runs, "wall_time_s": wall_time_s}
-        temporary = record.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(payload, indent=1, default=str))
-        os.replace(temporary, record)
+    def record(self, *, wall_time_s: float | None = None) -> SuiteRecord:
+        """The suite's definition and run list, as the store keeps them."""
+        return SuiteRecord(
+            **self.definition,
+            runs=[planned.record for planned in self.runs],
+            wall_time_s=wall_time_s,
+        )
 
     def table(
         self,
@@ -322,32 +313,15 @@ class Suite:
         outcomes: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> pd.DataFrame:
         """The suite's table from what the store holds (runs not there are ``missing``)."""
-        from mechscope.report import read_run_row
-
-        rows = []
-        outcomes = outcomes or {}
-        for planned in self.runs:
-            row: dict[str, Any] = {"variant": planned.variant.label, "seed": planned.seed}
-            row.update({path: _format(value) for path, value in planned.variant.values.items()})
-            stored = read_run_row(Path(store) / planned.run_id)
-            outcome = outcomes.get(planned.run_id, {})
-            if stored is None:
-                failed = outcome.get("status") == "failed"
-                row.update(
-                    run_id=planned.run_id,
-                    status="failed" if failed else "missing",
-                    reason=outcome.get("reason", "") if failed else "",
-                )
-            else:
-                row.update(stored)
-            rows.append(row)
-        table = pd.DataFrame(rows)
+        table = RunStore(store).suite_table([planned.record for planned in self.runs], outcomes)
         first = ["variant", "seed", "run_id", "status", "reason", *self.vary]
         return table[first + [c for c in table.columns if c not in first]]
 
     def _executor(self, spec: Any) -> AbstractExecutor:
         if isinstance(spec, AbstractExecutor):
             return spec
+        if spec is None:
+            spec = self.plugins.registry.default("executor")
         entry, config = self.plugins.registry.resolve(ComponentSpec.parse("executor", spec))
         return entry.build(config)
 
@@ -379,64 +353,12 @@ def run_configs(
         One ``{"status": ..., "reason": ...}`` per config.
     """
     experiments = [Experiment.from_dict(c, plugins=plugins) for c in configs]
-    store_path = Path(store)
-    if len(experiments) > 1 and _same_but_seed(experiments):
-        try:
-            return _run_together(experiments, store_path, force)
-        except Exception:  # noqa: BLE001 - fall back to one by one so one bad seed is isolated
-            pass
     statuses = []
-    for experiment in experiments:
-        try:
-            result = experiment.run(store=store_path, force=force, progress=False)
-            statuses.append({"status": result.status, "reason": result.trained.reason})
-        except Exception as error:  # noqa: BLE001 - isolate failing runs
-            statuses.append({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
-    return statuses
-
-
-def _same_but_seed(experiments: Sequence[Experiment]) -> bool:
-    def without_seed(experiment: Experiment) -> str:
-        return canonical_json({k: v for k, v in experiment.config.items() if k != "seed"})
-
-    return len({without_seed(e) for e in experiments}) == 1
-
-
-def _run_together(experiments: list[Experiment], store: Path, force: bool) -> list[dict[str, Any]]:
-    """Train the seeds of one variant with ``fit_many`` (vmapped where the trainer can).
-
-    A seed whose stored run is damaged but whose trained network is intact is not retrained;
-    only its probes run again.
-    """
-    first = experiments[0]
-    task = first.build_task()
-    trained: dict[str, TrainedRun] = {}
-    if not force:
-        for experiment in experiments:
-            salvaged = salvage_trained(store / experiment.run_id, first.plugins.registry)
-            if salvaged is not None:
-                trained[experiment.run_id] = salvaged
-    hook = first.plugins.hook
-    for experiment in experiments:
-        hook.mechscope_run_start(run_id=experiment.run_id, config=experiment.config)
-    fresh = [e for e in experiments if e.run_id not in trained]
-    if fresh:
-        keys = [e.keys() for e in fresh]
-        models = [e.build_model(task, key=k["model"]) for e, k in zip(fresh, keys, strict=True)]
-        runs = first.build_trainer().fit_many(
-            models,
-            task,
-            keys=[k["train"] for k in keys],
-            callbacks=[HookBridge(hook, ",".join(e.run_id for e in fresh))],
-            checkpoint_dirs=[store / ".checkpoints" / e.run_id for e in fresh],
-        )
-        trained.update({e.run_id: run for e, run in zip(fresh, runs, strict=True)})
-    statuses = []
-    for experiment in experiments:
-        run = trained[experiment.run_id]
-        run = dataclasses.replace(run, model_name=experiment.config["model"]["name"])
-        result = experiment.finish(run, task=task, store=store, force=force)
-        statuses.append({"status": result.status, "reason": run.reason})
+    for outcome in run_experiments(experiments, store=store, force=force, progress=False):
+        if isinstance(outcome, RunFailure):
+            statuses.append({"status": "failed", "reason": outcome.reason})
+        else:
+            statuses.append({"status": outcome.status, "reason": outcome.trained.reason})
     return statuses
 
 
@@ -467,7 +389,7 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def _normalise_base(base: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise_base(base: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     """Every component as a table, probes as a list of tables (so paths can be applied)."""
     check_keys(base, (*_COMPONENTS, "probes"), where="suite base")
     for required in ("task", "model"):
@@ -477,7 +399,7 @@ def _normalise_base(base: Mapping[str, Any]) -> dict[str, Any]:
     for kind in _COMPONENTS:
         if kind in base:
             normal[kind] = ComponentSpec.parse(kind, base[kind]).to_dict()
-    normal.setdefault("trainer", {"name": "bptt"})
+    normal.setdefault("trainer", {"name": registry.default("trainer")})
     probes = base.get("probes", [])
     if isinstance(probes, str | Mapping):
         probes = [probes]
@@ -495,11 +417,6 @@ def _apply(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]
         else:
             config[parts[0]][parts[1]] = value
     return config
-
-
-def _format(value: Any) -> Any:
-    """A value as it appears in labels and table cells (lists become JSON text)."""
-    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def suite_or_experiment(path: str | Path) -> Suite | Experiment:

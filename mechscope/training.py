@@ -71,15 +71,22 @@ class TrainedRun:
         Args:
             directory: where to write (created if needed).
             registry: the registry to look the model's name up in when ``model_name`` is
-                unset (default: the process-wide one).
-        """
-        from mechscope.plugins import get_registry
+                unset (e.g. ``experiment.plugins.registry``).
 
+        Raises:
+            StoreError: if ``model_name`` is unset and no registry is given to find it.
+        """
+        if self.model_name is None and registry is None:
+            raise StoreError(
+                "cannot save a trained run without its model's name: set model_name or pass "
+                "the registry that holds the model"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        name = self.model_name or (registry or get_registry()).name_for_config(
-            "model", self.model.config
-        )
+        name = self.model_name
+        if name is None:
+            assert registry is not None  # checked above
+            name = registry.name_for_config("model", self.model.config)
         header = {
             "model_name": name,
             "model_config": config_to_json_dict(self.model.config),
@@ -94,22 +101,20 @@ class TrainedRun:
         np.savez(directory / "history.npz", **{k: np.asarray(v) for k, v in self.history.items()})
 
     @classmethod
-    def load(cls, directory: str | Path, *, registry: Registry | None = None) -> TrainedRun:
+    def load(cls, directory: str | Path, *, registry: Registry) -> TrainedRun:
         """Load a run written by :meth:`save`, rebuilding the model from its registered name.
 
         Args:
             directory: the directory :meth:`save` wrote.
-            registry: where to find the model (default: the process-wide registry).
+            registry: where to find the model (e.g. ``experiment.plugins.registry``).
 
         Raises:
             StoreError: if a file is missing or unreadable.
         """
-        from mechscope.plugins import get_registry
-
         directory = Path(directory)
         try:
             header = json.loads((directory / "trained.json").read_text())
-            entry = (registry or get_registry()).get("model", header["model_name"])
+            entry = registry.get("model", header["model_name"])
             config = entry.validate(header["model_config"])
             like = eqx.filter_eval_shape(
                 entry.factory,

@@ -504,8 +504,9 @@ def test_absurd_learning_rate_diverges_and_keeps_its_checkpoint(getkey, tmp_path
 
 def test_save_load_gives_identical_outputs(getkey, tmp_path, doubles_registered):
     run = trainer(steps=20, eval_every=10).fit(tiny_model(getkey()), TASK, key=getkey())
-    run.save(tmp_path / "run")
-    loaded = mechscope.TrainedRun.load(tmp_path / "run")
+    registry = mechscope.get_registry()
+    run.save(tmp_path / "run", registry=registry)
+    loaded = mechscope.TrainedRun.load(tmp_path / "run", registry=registry)
     conditions = TASK.conditions()
     before = mechscope.simulate(run.model, conditions.inputs, conditions.times)
     after = mechscope.simulate(loaded.model, conditions.inputs, conditions.times)

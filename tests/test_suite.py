@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import mechscope
 from mechscope.errors import ConfigError
-from mechscope.experiment import is_complete
 from mechscope.plugins import PluginManager
 from mechscope.report import write_report
+from mechscope.store import RunStore
 from mechscope.suite import Suite
 
-from .toys import FIT_CALLS, ToyPlugin
+from .toys import FIT_CALLS, ToyPlugin, ToyTrainer, ToyTrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,7 @@ def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path, mod
         again = suite.run(store=tmp_path, progress=False)
     assert len(FIT_CALLS) == calls + int(model_too), "an intact trained network was retrained"
     pd.testing.assert_frame_equal(stable(again), stable(table))
-    assert all(is_complete(tmp_path / run_id) for run_id in table["run_id"])
+    assert all(RunStore(tmp_path).is_complete(run_id) for run_id in table["run_id"])
 
 
 def test_report_has_every_variant_figure_and_table(plugins, tmp_path):
@@ -321,3 +322,87 @@ def test_dask_local_cluster_gives_same_table_as_local(tmp_path, monkeypatch):
     )
     assert list(distributed["status"]) == ["completed"] * 2
     pd.testing.assert_frame_equal(stable(distributed), stable(local))
+
+
+class HookPairs:
+    """Records run_start / run_end and the training hooks, per run id."""
+
+    def __init__(self):
+        self.events = []
+
+    @mechscope.hookimpl
+    def mechscope_run_start(self, run_id, config):
+        self.events.append(("start", run_id, None))
+
+    @mechscope.hookimpl
+    def mechscope_run_end(self, run_id, config, status, reason):
+        self.events.append(("end", run_id, status))
+
+    @mechscope.hookimpl
+    def mechscope_train_start(self, run_id, n_steps):
+        self.events.append(("train_start", run_id, None))
+
+    def assert_paired(self, run_ids):
+        """Every run opened exactly once and closed exactly once, after it opened."""
+        for run_id in run_ids:
+            mine = [
+                kind for kind, rid, _ in self.events if rid == run_id and kind in ("start", "end")
+            ]
+            assert mine == ["start", "end"], (run_id, mine)
+
+    def ends(self):
+        return {rid: status for kind, rid, status in self.events if kind == "end"}
+
+
+class JointFailTrainer(ToyTrainer):
+    """Trains each seed like the toy trainer, but fails whenever asked to train several."""
+
+    def fit_many(self, models, task, *, keys, callbacks=(), checkpoint_dirs=None):
+        raise RuntimeError("joint fit exploded")
+
+
+class JointFailPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        register("joint_fail_trainer", ToyTrainerConfig, JointFailTrainer)
+
+
+@pytest.fixture
+def recorded(plugins):
+    recorder = HookPairs()
+    plugins.register(recorder, name="hook-pairs")
+    plugins.register(JointFailPlugin(), name="joint-fail")
+    return recorder
+
+
+def test_seeds_trained_together_pair_every_run_start_with_one_run_end(plugins, recorded, tmp_path):
+    calls = len(FIT_CALLS)
+    table = Suite(base=BASE, seeds=3, plugins=plugins).run(store=tmp_path, progress=False)
+    assert (table["status"] == "completed").all()
+    assert len(FIT_CALLS) == calls + 3
+    recorded.assert_paired(table["run_id"])
+    assert recorded.ends() == dict.fromkeys(table["run_id"], "completed")
+    # Training hooks name each seed's own run, not a joined id.
+    trained = [rid for kind, rid, _ in recorded.events if kind == "train_start"]
+    assert sorted(trained) == sorted(table["run_id"])
+
+
+def test_failed_joint_fit_is_reported_then_each_seed_retried_alone(plugins, recorded, tmp_path):
+    base = {**BASE, "trainer": {"name": "joint_fail_trainer", "steps": 3}}
+    calls = len(FIT_CALLS)
+    with pytest.warns(UserWarning, match="joint fit exploded.*retrying each seed alone"):
+        table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=False)
+    assert (table["status"] == "completed").all(), table[["status", "reason"]]
+    assert len(FIT_CALLS) == calls + 2, "each seed trains alone exactly once"
+    recorded.assert_paired(table["run_id"])
+    assert all(RunStore(tmp_path).is_complete(run_id) for run_id in table["run_id"])
+
+
+def test_seeds_that_fail_alone_too_end_failed_once_each(plugins, recorded, tmp_path):
+    base = {**BASE, "trainer": {"name": "joint_fail_trainer", "steps": 3, "fail": True}}
+    with pytest.warns(UserWarning, match="retrying each seed alone"):
+        table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=False)
+    assert (table["status"] == "failed").all()
+    assert table["reason"].str.contains("toy trainer told to fail").all()
+    recorded.assert_paired(table["run_id"])
+    assert recorded.ends() == dict.fromkeys(table["run_id"], "failed")

@@ -61,4 +61,4 @@ __all__ = [
 @mechscope.hookimpl
 def mechscope_register_trainers(register: mechscope.Register) -> None:
     """Register the ``bptt`` trainer."""
-    register("bptt", BPTTConfig, BPTTTrainer)
+    register("bptt", BPTTConfig, BPTTTrainer, default=True)

@@ -132,5 +132,5 @@ class DaskExecutor(mechscope.AbstractExecutor):
 @mechscope.hookimpl
 def mechscope_register_executors(register: mechscope.Register) -> None:
     """Register the ``local`` and ``dask`` executors."""
-    register("local", LocalExecutorConfig, LocalExecutor)
+    register("local", LocalExecutorConfig, LocalExecutor, default=True)
     register("dask", DaskExecutorConfig, DaskExecutor)
