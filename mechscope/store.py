@@ -110,9 +110,10 @@ def _read_json(path: Path, schema: Any) -> Any:
     except OSError as error:
         raise StoreError(f"{path}: unreadable ({error.strerror or error})") from None
     try:
+        # Strict: a stored "1.5" where a number belongs is damage, not something to coerce.
         if isinstance(schema, pydantic.TypeAdapter):
-            return schema.validate_json(text)
-        return schema.model_validate_json(text)
+            return schema.validate_json(text, strict=True)
+        return schema.model_validate_json(text, strict=True)
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the top level"

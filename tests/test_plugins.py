@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 import mechscope
+import mechscope.experiment
 from mechscope.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry
 
@@ -18,6 +19,7 @@ from .toys import ToyPlugin, ToyTaskConfig
 
 GOOD_PLUGIN = '''
 import mechscope
+import mechscope.experiment
 
 class FakeConfig(mechscope.Config):
     """A fake task from a fake distribution."""
@@ -149,3 +151,36 @@ def test_cli_lists_broken_plugin_and_components(fake_site):
     assert "missing dependency" in by_name[("load_error", "broken")]["error"]
     for item in listing:
         assert set(item) >= {"kind", "name", "distribution", "version", "description"}
+
+
+class _DefaultTrainer:
+    def __init__(self, name):
+        self.name = name
+
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        from .toys import ToyTrainer, ToyTrainerConfig
+
+        register(self.name, ToyTrainerConfig, ToyTrainer, default=True)
+
+
+def test_defaults_come_from_the_plugins_not_the_core():
+    installed = PluginManager()
+    installed.load_entry_points(disabled=[])
+    assert installed.registry.default("trainer") == "bptt"
+    assert installed.registry.default("executor") == "local"
+
+    manager = PluginManager()
+    manager.register(ToyPlugin(), name="toys")
+    with pytest.raises(
+        mechscope.ConfigError, match="no default trainer is registered.*toy_trainer"
+    ):
+        mechscope.experiment.Experiment(task="toy_task", model="toy_model", plugins=manager)
+    manager.register(_DefaultTrainer("first"), name="first")
+    experiment = mechscope.experiment.Experiment(
+        task="toy_task", model="toy_model", plugins=manager
+    )
+    assert experiment.config["trainer"]["name"] == "first"
+    manager.register(_DefaultTrainer("second"), name="second")
+    with pytest.raises(mechscope.ConfigError, match="several plugins.*'first'.*'second'"):
+        manager.registry.default("trainer")

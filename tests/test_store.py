@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mechscope.errors import StoreError
-from mechscope.store import atomic_directory, verify_manifest
+from mechscope.store import RunStore, SuiteRecord, atomic_directory, verify_manifest
 
 
 def test_atomic_directory_appears_complete_with_manifest(tmp_path):
@@ -83,3 +85,82 @@ def test_manifest_checked_below_one_subdirectory(tmp_path):
         verify_manifest(run, under="trained")
     with pytest.raises(StoreError, match="no file under 'figures'"):
         verify_manifest(run, under="figures")
+
+
+def _stored_run(store, run_id, *, metrics='{"m": 1.5}', status="completed"):
+    """A minimal run directory as RunStore.save lays it out (no model: rows need none)."""
+    import numpy as np
+
+    with atomic_directory(store / run_id) as directory:
+        header = {
+            "run_id": run_id,
+            "config": {"model": {"name": "m"}, "seed": 0},
+            "status": status,
+            "reason": "",
+            "probes": ["p"],
+            "timings": {"train_s": 1.0},
+        }
+        (directory / "experiment.json").write_text(json.dumps(header))
+        (directory / "trained").mkdir()
+        np.savez(directory / "trained" / "history.npz", loss=np.array([2.0, 0.5]))
+        (directory / "probes" / "p").mkdir(parents=True)
+        (directory / "probes" / "p" / "metrics.json").write_text(metrics)
+
+
+def test_rows_carry_config_training_and_probe_columns(tmp_path):
+    _stored_run(tmp_path, "aaa")
+    row = RunStore(tmp_path).read_row("aaa")
+    assert row == {
+        "run_id": "aaa",
+        "status": "completed",
+        "reason": "",
+        "model.name": "m",
+        "seed": 0,
+        "probes": "",
+        "train.loss": 0.5,
+        "p.m": 1.5,
+        "time.train_s": 1.0,
+    }
+
+
+@pytest.mark.parametrize("damage", ['{"m": {"nested": 1}}', '["m"]', '{"m": "1.5"}'])
+def test_a_well_checksummed_but_invalid_file_isolates_its_run(tmp_path, damage):
+    _stored_run(tmp_path, "good")
+    _stored_run(tmp_path, "bad", metrics=damage)
+    store = RunStore(tmp_path)
+    with pytest.warns(UserWarning, match=r"bad/probes/p/metrics.json: invalid"):
+        table = store.runs_table()
+    assert list(table["run_id"]) == ["good"]
+
+
+def test_a_manifest_of_the_wrong_shape_is_a_store_error(tmp_path):
+    _stored_run(tmp_path, "run")
+    (tmp_path / "run" / "manifest.json").write_text("[]")
+    with pytest.raises(StoreError, match="manifest.json: invalid"):
+        verify_manifest(tmp_path / "run")
+    with pytest.warns(UserWarning, match="recomputing run"):
+        assert not RunStore(tmp_path).is_complete("run")
+
+
+def test_suite_records_written_by_two_writers_never_collide(tmp_path):
+    import threading
+
+    store = RunStore(tmp_path)
+    errors = []
+
+    def write(seed):
+        for _ in range(200):
+            try:
+                store.write_suite_record(SuiteRecord(name="s", runs=[], seeds=[seed]))
+            except Exception as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    (record,) = store.suite_records()
+    assert record.seeds in ([1], [2])
+    assert not list((tmp_path / "suites").glob(".*tmp*")), "a temporary file was left behind"
