@@ -28,6 +28,7 @@ class CatalogPlugin(_Strict):
     trainers: tuple[str, ...] = ()
     probes: tuple[str, ...] = ()
     executors: tuple[str, ...] = ()
+    comparisons: tuple[str, ...] = ()
 
     def components(self) -> set[tuple[str, str]]:
         """The ``(kind, name)`` pairs this plugin declares."""

@@ -16,7 +16,7 @@ import pydantic
 
 from mechscope.errors import ConfigError, close_matches
 
-ComponentKind = Literal["task", "model", "trainer", "probe", "executor"]
+ComponentKind = Literal["task", "model", "trainer", "probe", "executor", "comparison"]
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
 
 

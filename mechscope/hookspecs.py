@@ -74,6 +74,16 @@ def mechscope_register_executors(register: Register) -> None:
 
 
 @hookspec
+def mechscope_register_comparisons(register: Register) -> None:
+    """Register comparison components (distances between networks' mechanisms).
+
+    Args:
+        register: call ``register(name, ConfigClass, factory, description=None)`` once per
+            comparison; ``factory(config) -> AbstractComparison``.
+    """
+
+
+@hookspec
 def mechscope_run_start(run_id: str, config: Mapping[str, Any]) -> None:
     """Called before an experiment run starts training (or re-probing a stored network).
 

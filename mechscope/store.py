@@ -478,6 +478,11 @@ class RunStore:
         rows = [row for run_id in self.run_ids() if (row := self.read_row(run_id)) is not None]
         return pd.DataFrame(rows)
 
+    @property
+    def comparisons(self) -> RunStoreComparisons:
+        """Representations and pair distances of the comparison stage."""
+        return RunStoreComparisons(self)
+
     def suite_record_path(self, name: str) -> Path:
         """Where suite `name`'s record lives."""
         return self.root / SUITES / f"{name}.json"
@@ -507,3 +512,86 @@ class RunStore:
         return pd.DataFrame(
             [planned_row(run, self.read_row(run.run_id), outcomes.get(run.run_id)) for run in runs]
         )
+
+
+COMPARISONS = "comparisons"
+_PAIR_COLUMNS = ("run_a", "run_b", "metric", "value")
+
+
+class RunStoreComparisons:
+    """The comparison part of a store: per-run representations and cached pair distances.
+
+    Layout::
+
+        <store>/<run id>/comparisons/<comparison key>/   one representation (arrays.npz)
+        <store>/comparisons/<comparison key>/*.parquet   pair distances, one file per batch
+
+    A representation is written atomically beside its run (with its own manifest: the run's
+    manifest is untouched). Pair distances are appended as uniquely named Parquet files in long
+    form (run_a, run_b, metric, value), so a killed stage loses at most the batch in flight
+    and two processes never write the same file; reading merges them.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def representation_directory(self, run_id: str, key: str) -> Path:
+        """Where run `run_id`'s representation for comparison `key` lives."""
+        return self.store.run_directory(run_id) / COMPARISONS / key
+
+    def save_representation(self, run_id: str, key: str, arrays: Mapping[str, Any]) -> None:
+        """Store one representation (NumPy arrays only; no pickle)."""
+        with atomic_directory(self.representation_directory(run_id, key), overwrite=True) as tmp:
+            np.savez(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+
+    def load_representation(self, run_id: str, key: str) -> dict[str, np.ndarray] | None:
+        """A stored representation, or None if absent; a damaged one is reported (and None)."""
+        directory = self.representation_directory(run_id, key)
+        if not directory.exists():
+            return None
+        try:
+            verify_manifest(directory)
+            with np.load(directory / "arrays.npz", allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (StoreError, OSError, ValueError) as error:
+            warnings.warn(f"recomputing representation: {directory}: {error}", stacklevel=2)
+            return None
+
+    def pair_directory(self, key: str) -> Path:
+        """Where comparison `key`'s pair distances are cached."""
+        return self.store.root / COMPARISONS / key
+
+    def save_pairs(self, key: str, frame: pd.DataFrame) -> None:
+        """Append a batch of pair distances (long form: run_a, run_b, metric, value)."""
+        directory = self.pair_directory(key)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex[:16]
+        temporary = directory / f".{name}.tmp"
+        try:
+            frame.loc[:, list(_PAIR_COLUMNS)].to_parquet(temporary, index=False)
+            os.replace(temporary, directory / f"{name}.parquet")
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def load_pairs(self, key: str) -> pd.DataFrame:
+        """Every cached pair distance of comparison `key`; unreadable batches are skipped."""
+        import pandas as pd
+
+        frames = []
+        for path in sorted(self.pair_directory(key).glob("*.parquet")):
+            try:
+                frame = pd.read_parquet(path)
+                if list(frame.columns) != list(_PAIR_COLUMNS):
+                    raise ValueError(f"columns {list(frame.columns)}")
+            except Exception as error:  # noqa: BLE001 - pyarrow raises many types on bad files
+                warnings.warn(f"skipping damaged pair cache {path}: {error}", stacklevel=2)
+                continue
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in _PAIR_COLUMNS})
+        merged = pd.concat(frames, ignore_index=True)
+        return merged.drop_duplicates(["run_a", "run_b", "metric"], keep="last")
+
+    def suite_pairs_path(self, suite: str) -> Path:
+        """Where a suite's comparison results are saved beside its record."""
+        return self.store.root / SUITES / f"{suite}.comparisons.parquet"
