@@ -136,6 +136,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """Replace `path` with `frame` as Parquet in one step (unique temporary name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        frame.to_parquet(temporary, index=False)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import itertools
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from mechscope.config import ComponentSpec, check_keys
 from mechscope.errors import ConfigError, MechscopeError, close_matches
 from mechscope.executor import AbstractExecutor
 from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
+from mechscope.pairwise import compare_runs, read_suite_pairs, resolve_comparisons
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
-from mechscope.store import RunStore, SuiteRecord, SuiteRun, cell
+from mechscope.store import RunStore, SuiteRecord, SuiteRun, atomic_write_parquet, cell
 
 _SUITE_KEYS = (
+    "comparisons",
     "name",
     "description",
     "base",
@@ -109,6 +112,7 @@ class Suite:
         executor: Any = None,
         statistics: Mapping[str, Any] | None = None,
         claims: Sequence[Mapping[str, Any]] = (),
+        comparisons: Sequence[Any] = (),
         plugins: PluginManager | None = None,
     ) -> None:
         from mechscope.claims import parse_claims
@@ -140,6 +144,8 @@ class Suite:
         self.vary_definition = tables[0] if isinstance(vary, Mapping | None) else tables
         self.seeds = _seeds(seeds)
         self.runs = self._plan()
+        probes = [p["name"] for p in self.runs[0].experiment.config["probes"]]
+        self.comparisons = resolve_comparisons(comparisons, self.plugins.registry, probes=probes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:
@@ -238,6 +244,7 @@ class Suite:
             "seeds": self.seeds,
             "statistics": self.statistics,
             "claims": self.claims,
+            "comparisons": [c.canonical for c in self.comparisons],
         }
 
     def run(
@@ -297,7 +304,34 @@ class Suite:
             if bar is not None:
                 bar.close()
         runs.write_suite_record(self.record(wall_time_s=time.perf_counter() - started))
-        return self.table(runs.root, outcomes)
+        table = self.table(runs.root, outcomes)
+        if self.comparisons:
+            self._compare(runs, table, progress)
+        return table
+
+    def _compare(self, runs: RunStore, table: pd.DataFrame, progress: bool) -> None:
+        """The comparison stage: every pair of completed runs, saved beside the suite record."""
+        completed = list(table.loc[table["status"] == "completed", "run_id"])
+        path = runs.comparisons.suite_pairs_path(self.name)
+        if len(completed) < 2:
+            warnings.warn(
+                f"suite '{self.name}': comparisons skipped: {len(completed)} completed run(s), "
+                "at least two are needed",
+                stacklevel=3,
+            )
+            path.unlink(missing_ok=True)
+            return
+        pairs = compare_runs(
+            self.comparisons, completed, store=runs, plugins=self.plugins, progress=progress
+        )
+        atomic_write_parquet(path, pairs)
+
+    def pairs(self, store: str | Path = DEFAULT_STORE) -> pd.DataFrame:
+        """The comparison stage's results saved by the last :meth:`run` (long form).
+
+        Columns: ``comparison, run_a, run_b, metric, value``; empty if nothing was compared.
+        """
+        return read_suite_pairs(RunStore(store), self.name)
 
     def record(self, *, wall_time_s: float | None = None) -> SuiteRecord:
         """The suite's definition and run list, as the store keeps them."""
