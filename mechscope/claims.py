@@ -24,8 +24,8 @@ class _Claim(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     title: str = pydantic.Field(description="One line naming the claim.")
-    statement: str = pydantic.Field("", description="The hypothesis in words.")
-    alpha: float = pydantic.Field(0.05, gt=0, lt=1, description="Significance level.")
+    statement: str = pydantic.Field(default="", description="The hypothesis in words.")
+    alpha: float = pydantic.Field(default=0.05, gt=0, lt=1, description="Significance level.")
     where: dict[str, Any] = pydantic.Field(
         default_factory=dict,
         description="Only rows whose columns equal these values (e.g. one activation).",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 import pydantic
 
@@ -18,6 +18,10 @@ from mechscope.errors import ConfigError, close_matches
 
 ComponentKind = Literal["task", "model", "trainer", "probe", "executor", "comparison"]
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
+
+
+def _is_component_kind(kind: str) -> TypeGuard[ComponentKind]:
+    return kind in COMPONENT_KINDS
 
 
 class Config(pydantic.BaseModel):
@@ -51,7 +55,7 @@ class ComponentSpec(pydantic.BaseModel):
         Raises:
             ConfigError: if the value has none of these forms.
         """
-        if kind not in COMPONENT_KINDS:
+        if not _is_component_kind(kind):
             raise ConfigError(
                 f"unknown component kind '{kind}'{close_matches(kind, COMPONENT_KINDS)}; "
                 f"expected one of: {', '.join(COMPONENT_KINDS)}"

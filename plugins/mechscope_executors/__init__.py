@@ -24,7 +24,7 @@ class LocalExecutorConfig(mechscope.Config):
     """Run every item in this process, in order (the default)."""
 
     group_seeds: bool = pydantic.Field(
-        True,
+        default=True,
         description="Hand the seeds of one variant to the trainer together, so a trainer that "
         "can (bptt with parallel_seeds) trains them in one vmapped loop.",
     )
@@ -64,13 +64,13 @@ class DaskExecutorConfig(mechscope.Config):
     """Run items on a dask.distributed cluster: a scheduler address, or a local cluster."""
 
     address: str | None = pydantic.Field(
-        None,
+        default=None,
         description="Scheduler address (e.g. tcp://host:8786). None starts a local cluster "
         "for the duration of the run.",
     )
-    n_workers: int = pydantic.Field(2, ge=1, description="Workers of a local cluster.")
+    n_workers: int = pydantic.Field(default=2, ge=1, description="Workers of a local cluster.")
     threads_per_worker: int = pydantic.Field(
-        1, ge=1, description="Threads per local worker (JAX uses the cores itself)."
+        default=1, ge=1, description="Threads per local worker (JAX uses the cores itself)."
     )
 
 
@@ -101,7 +101,9 @@ class DaskExecutor(mechscope.AbstractExecutor):
                 n_workers=self.config.n_workers,
                 threads_per_worker=self.config.threads_per_worker,
                 processes=True,
-                dashboard_address=None,
+                # None turns the dashboard off (dask's docs); the parameter is unannotated and
+                # pyright infers `str` from its default.
+                dashboard_address=None,  # pyright: ignore[reportArgumentType]
             )
             client = Client(cluster)
         else:

@@ -174,7 +174,9 @@ class NeuralData:
 
     def save_npz(self, path: str | Path) -> None:
         """Write the ``.npz`` layout :func:`load_neural_data` reads (no pickle)."""
-        arrays = {"rates": self.rates, "times": self.times}
+        # Any, not ndarray: to a type checker `**arrays` could also fill savez's bool
+        # allow_pickle (numpy >= 2.1); every key here is an array name.
+        arrays: dict[str, Any] = {"rates": self.rates, "times": self.times}
         arrays |= {f"label_{k}": v for k, v in self.labels.items()}
         arrays |= {f"event_{k}": v for k, v in self.events.items()}
         if self.neuron_ids is not None:

@@ -21,6 +21,7 @@ import scipy.linalg
 import scipy.optimize
 import scipy.stats
 from jaxtyping import Float
+from numpy.typing import NDArray
 
 import mechscope
 from mechscope_population.data import NeuralData
@@ -42,38 +43,40 @@ class JPCAConfig(mechscope.Config):
     """jPCA: rotational structure of population dynamics (Churchland et al. 2012)."""
 
     align_event: str = pydantic.Field(
-        "movement_onset",
+        default="movement_onset",
         description="event the analysis window is relative to; data without this event are "
         "taken to be aligned to it already",
     )
     window: tuple[float, float] = pydantic.Field(
-        (-0.05, 0.15), description="analysed window (s) relative to the alignment event"
+        default=(-0.05, 0.15), description="analysed window (s) relative to the alignment event"
     )
-    n_pcs: int = pydantic.Field(6, description="number of PCs (even); all jPCs live in them")
+    n_pcs: int = pydantic.Field(
+        default=6, description="number of PCs (even); all jPCs live in them"
+    )
     normalize: bool = pydantic.Field(
-        True, description="soft-normalise each neuron by its rate range + soften_norm"
+        default=True, description="soft-normalise each neuron by its rate range + soften_norm"
     )
     soften_norm: float = pydantic.Field(
-        10.0,
+        default=10.0,
         description="added to each neuron's range before normalising, in the data's rate "
         "units (10 spikes/s, as the reference code); used as-is on recorded data",
     )
     model_soften_fraction: float = pydantic.Field(
-        0.25,
+        default=0.25,
         description="on model rates the softening constant is this fraction of the "
         "median unit's rate range (10 spikes/s is about a quarter of a typical motor-cortex "
         "neuron's range), since model rates have arbitrary units",
     )
     mean_subtract: bool = pydantic.Field(
-        True, description="subtract the cross-condition mean at each time"
+        default=True, description="subtract the cross-condition mean at each time"
     )
     group_by: str | None = pydantic.Field(
-        None,
+        default=None,
         description="label whose values define conditions to average trials over "
         "(e.g. 'angle'); None analyses each condition trial separately",
     )
     skew_solver: Literal["exact", "iterative"] = pydantic.Field(
-        "exact",
+        default="exact",
         description="'exact' solves the skew-symmetric least squares as a Sylvester "
         "equation; 'iterative' minimises it with L-BFGS like the reference code (slower)",
     )
@@ -317,7 +320,9 @@ def _r2(target: np.ndarray, residual: np.ndarray) -> float:
     return (total - float(np.sum(residual**2))) / total
 
 
-def _real_plane(vector: np.ndarray, start_states: np.ndarray, states: np.ndarray) -> np.ndarray:
+def _real_plane(
+    vector: NDArray[np.inexact], start_states: np.ndarray, states: np.ndarray
+) -> np.ndarray:
     """Two real orthonormal axes from a complex eigenvector, aligned as ``getRealVs.m``."""
     # For M v = iω v (ω > 0): M Re v = −ω Im v and M Im v = ω Re v, so in the axes
     # (Re v, −Im v) the dynamics are [[0, −ω], [ω, 0]]: counter-clockwise.
@@ -388,6 +393,9 @@ def jpca_analysis(data: NeuralData, config: JPCAConfig | None = None) -> JPCARes
     solve = fit_skew_symmetric if config.skew_solver == "exact" else fit_skew_symmetric_iterative
     m_skew = solve(states, deltas)
 
+    # Real when every eigenvalue is (M_skew = 0), complex otherwise.
+    eigenvalues: NDArray[np.inexact]
+    vectors: NDArray[np.inexact]
     eigenvalues, vectors = np.linalg.eig(m_skew)
     # Pair each +iω with its conjugate: take the positive-frequency member of each pair,
     # ordered by |eigenvalue| (ties broken by index for determinism).

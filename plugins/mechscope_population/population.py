@@ -50,46 +50,52 @@ class PopulationConfig(mechscope.Config):
     """Population structure: dimensionality, null/potent variance, tangling, similarity."""
 
     align_event: str = pydantic.Field(
-        "movement_onset", description="event the analysis and movement windows are relative to"
+        default="movement_onset",
+        description="event the analysis and movement windows are relative to",
     )
     window: tuple[float, float] = pydantic.Field(
-        (-0.3, 0.5), description="window (s) for dimensionality, tangling and similarity"
+        default=(-0.3, 0.5), description="window (s) for dimensionality, tangling and similarity"
     )
     movement_epoch: tuple[float, float] = pydantic.Field(
-        (-0.05, 0.25), description="movement epoch (s) relative to align_event (null/potent)"
+        default=(-0.05, 0.25),
+        description="movement epoch (s) relative to align_event (null/potent)",
     )
-    delay_event: str = pydantic.Field("target_on", description="event the delay epoch follows")
+    delay_event: str = pydantic.Field(
+        default="target_on", description="event the delay epoch follows"
+    )
     delay_epoch: tuple[float, float] = pydantic.Field(
-        (0.1, 0.3), description="delay epoch (s) relative to delay_event (null/potent)"
+        default=(0.1, 0.3), description="delay epoch (s) relative to delay_event (null/potent)"
     )
     group_by: str | None = pydantic.Field(
-        None,
+        default=None,
         description="label to average trials over before analysis; None keeps each condition trial",
     )
     soften_norm: float | None = pydantic.Field(
-        None,
+        default=None,
         description="if set, soft-normalise each neuron by range + soften_norm first "
         "(Russo et al. used 5 spikes/s on recorded data); None analyses raw rates",
     )
     variance_threshold: float = pydantic.Field(
-        0.9, description="report how many PCs reach this fraction of variance"
+        default=0.9, description="report how many PCs reach this fraction of variance"
     )
     tangling_n_pcs: int = pydantic.Field(
-        12, description="tangling is computed in this many top PCs (fewer if the data have fewer)"
+        default=12,
+        description="tangling is computed in this many top PCs (fewer if the data have fewer)",
     )
     tangling_epsilon: float = pydantic.Field(
-        0.1, description="ε of tangling as a fraction of the summed variance of the states"
+        default=0.1, description="ε of tangling as a fraction of the summed variance of the states"
     )
     cca_n_components: int = pydantic.Field(
-        10, description="PCA dimensions kept on each side before canonical correlations"
+        default=10, description="PCA dimensions kept on each side before canonical correlations"
     )
     reference_path: str | None = pydantic.Field(
-        None,
+        default=None,
         description="recorded data (.npz/.mat/.nwb) to compare the model with by CCA and "
         "Procrustes; conditions must correspond in order after group_by",
     )
     reference_time_scale: float = pydantic.Field(
-        1.0, description="multiply the reference's times by this to get seconds (1e-3 for ms)"
+        default=1.0,
+        description="multiply the reference's times by this to get seconds (1e-3 for ms)",
     )
 
     @pydantic.field_validator("window", "movement_epoch", "delay_epoch")

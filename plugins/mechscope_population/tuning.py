@@ -35,36 +35,39 @@ def _window_validator(value: tuple[float, float]) -> tuple[float, float]:
 class TuningConfig(mechscope.Config):
     """Single-unit tuning: condition-averaged PSTHs and cosine tuning per epoch."""
 
-    target_event: str = pydantic.Field("target_on", description="event of target onset")
-    movement_event: str = pydantic.Field("movement_onset", description="event of movement onset")
+    target_event: str = pydantic.Field(default="target_on", description="event of target onset")
+    movement_event: str = pydantic.Field(
+        default="movement_onset", description="event of movement onset"
+    )
     target_psth_window: tuple[float, float] = pydantic.Field(
-        (-0.1, 0.3), description="PSTH window (s) aligned to target onset"
+        default=(-0.1, 0.3), description="PSTH window (s) aligned to target onset"
     )
     movement_psth_window: tuple[float, float] = pydantic.Field(
-        (-0.3, 0.5), description="PSTH window (s) aligned to movement onset"
+        default=(-0.3, 0.5), description="PSTH window (s) aligned to movement onset"
     )
     delay_epoch: tuple[float, float] = pydantic.Field(
-        (0.1, 0.3),
+        default=(0.1, 0.3),
         description="delay epoch (s) relative to target onset (inside the shortest "
         "delay of 0.3 s, so no trial's go cue falls in it)",
     )
     movement_epoch: tuple[float, float] = pydantic.Field(
-        (-0.05, 0.25), description="movement epoch (s) relative to movement onset"
+        default=(-0.05, 0.25), description="movement epoch (s) relative to movement onset"
     )
     angle_label: str = pydantic.Field(
-        "angle",
+        default="angle",
         description="label holding each condition's reach angle (rad); if absent, "
         "the angle of the 'target' label's position is used",
     )
     tuned_r2: float = pydantic.Field(
-        0.5, description="a unit counts as tuned in an epoch when its cosine fit has R² >= this"
+        default=0.5,
+        description="a unit counts as tuned in an epoch when its cosine fit has R² >= this",
     )
     multiphasic_prominence: float = pydantic.Field(
-        0.2,
+        default=0.2,
         description="an extremum of a movement-aligned PSTH counts toward multiphasic "
         "responses if its prominence is at least this fraction of the unit's range",
     )
-    n_units_plot: int = pydantic.Field(16, description="units drawn in the PSTH grid")
+    n_units_plot: int = pydantic.Field(default=16, description="units drawn in the PSTH grid")
 
     _windows = pydantic.field_validator(
         "target_psth_window", "movement_psth_window", "delay_epoch", "movement_epoch"

@@ -22,73 +22,76 @@ class ReachConfig(mechscope.Config):
     with exactly the geometry a delayed-reach network was trained on (see :meth:`from_config`).
     """
 
-    dt: float = Field(0.01, gt=0, description="Sample interval in seconds.")
+    dt: float = Field(default=0.01, gt=0, description="Sample interval in seconds.")
     n_targets: int = Field(
-        8, ge=1, description="Number of targets at equal angles on a circle of `radius`."
+        default=8, ge=1, description="Number of targets at equal angles on a circle of `radius`."
     )
-    radius: float = Field(1.0, gt=0, description="Radius of the target circle.")
+    radius: float = Field(default=1.0, gt=0, description="Radius of the target circle.")
     angle_offset: float = Field(
-        0.0, description="Angle of the first target in radians (counter-clockwise from +x)."
+        default=0.0, description="Angle of the first target in radians (counter-clockwise from +x)."
     )
     target_positions: tuple[Position, ...] | None = Field(
-        None,
+        default=None,
         description="Explicit (x, y) target positions; when given they replace n_targets, "
         "radius and angle_offset.",
     )
     fixation_duration: float = Field(
-        0.2, gt=0, description="Time from trial start to target onset, in seconds."
+        default=0.2, gt=0, description="Time from trial start to target onset, in seconds."
     )
     delay_range: tuple[float, float] = Field(
-        (0.3, 1.0), description="Training delays are drawn from Uniform(min, max) seconds."
+        default=(0.3, 1.0), description="Training delays are drawn from Uniform(min, max) seconds."
     )
     delays: tuple[float, ...] | None = Field(
-        None,
+        default=None,
         description="If given, training delays are drawn uniformly from this list instead of "
         "delay_range.",
     )
     catch_fraction: float = Field(
-        0.0,
+        default=0.0,
         ge=0,
         lt=1,
         description="Fraction of training trials with no go cue (the hand must stay put).",
     )
     condition_delays: tuple[float, ...] = Field(
-        (0.5,), description="Delays (seconds) of the probe trials returned by conditions()."
+        default=(0.5,), description="Delays (seconds) of the probe trials returned by conditions()."
     )
     reaction_time: float = Field(
-        0.15,
+        default=0.15,
         ge=0,
         description="Time from the go cue to movement onset, in seconds (0: moves at go).",
     )
-    reach_duration: float = Field(0.5, gt=0, description="Duration of a reach, in seconds.")
+    reach_duration: float = Field(default=0.5, gt=0, description="Duration of a reach, in seconds.")
     hold_duration: float = Field(
-        0.3, gt=0, description="Time the hand holds at the target after the reach, in seconds."
+        default=0.3,
+        gt=0,
+        description="Time the hand holds at the target after the reach, in seconds.",
     )
     go_cue: Literal["step", "pulse", "hold"] = Field(
-        "step",
+        default="step",
         description="Go channel: 'step' 0 → 1 at go; 'pulse' 1 for go_pulse_duration after go; "
         "'hold' 1 from trial start, 0 from go.",
     )
     go_pulse_duration: float = Field(
-        0.1, gt=0, description="Width of the go pulse in seconds (go_cue = 'pulse')."
+        default=0.1, gt=0, description="Width of the go pulse in seconds (go_cue = 'pulse')."
     )
     profile: Literal["gaussian", "minimum_jerk"] = Field(
-        "gaussian",
+        default="gaussian",
         description="Speed profile of a reach: Gaussian bell or minimum-jerk polynomial.",
     )
     gaussian_sd_fraction: float = Field(
-        1 / 7,
+        default=1 / 7,
         gt=0,
         description="Standard deviation of the Gaussian speed profile as a fraction of "
         "reach_duration.",
     )
     velocity: Literal["derivative", "peak_normalized"] = Field(
-        "derivative",
+        default="derivative",
         description="'derivative': velocity outputs are d(position)/dt (units/s); "
         "'peak_normalized': displacement × speed / peak speed, as in published code.",
     )
     mask_reaction: bool = Field(
-        False, description="Exclude the reaction window (go to movement onset) from the loss."
+        default=False,
+        description="Exclude the reaction window (go to movement onset) from the loss.",
     )
 
     @pydantic.field_validator("delay_range")
@@ -184,24 +187,27 @@ class DelayedReachConfig(ReachConfig):
 class JumpConfig(ReachConfig):
     """Shared fields of tasks whose target moves once (target switch, target relocation)."""
 
-    switch_epoch: Literal["delay", "after_go"] = Field(
-        "delay",
+    # Every value a subclass may hold ('none' only where the task offers it: relocation), so
+    # code reading a JumpConfig sees them all; TargetSwitchConfig narrows it (configs are frozen).
+    switch_epoch: Literal["none", "delay", "after_go"] = Field(
+        default="delay",
         description="When the target moves: during the delay (at switch_delay_fraction of "
-        "it) or switch_after_go seconds after the go cue (a mid-movement target jump).",
+        "it) or switch_after_go seconds after the go cue (a mid-movement target jump); "
+        "'none' where a task offers it.",
     )
     switch_delay_fraction: float = Field(
-        0.5,
+        default=0.5,
         gt=0,
         lt=1,
         description="Switch time as a fraction of the delay (switch_epoch = 'delay').",
     )
     switch_after_go: float = Field(
-        0.3,
+        default=0.3,
         ge=0,
         description="Switch time after the go cue in seconds (switch_epoch = 'after_go').",
     )
     correction_latency: float = Field(
-        0.0,
+        default=0.0,
         ge=0,
         description="Time from a switch to the start of the corrective reach, in seconds; "
         "corrections never start before movement onset.",
@@ -230,13 +236,18 @@ class JumpConfig(ReachConfig):
 class TargetSwitchConfig(JumpConfig):
     """Target switch: the target input jumps to another trained target; reach to the final one."""
 
+    switch_epoch: Literal["delay", "after_go"] = Field(
+        default="delay",
+        description="When the target moves: during the delay (at switch_delay_fraction of "
+        "it) or switch_after_go seconds after the go cue (a mid-movement target jump).",
+    )
     switch_offset: int | None = Field(
-        None,
+        default=None,
         description="New target = (old index + switch_offset) mod n; None draws a random "
         "other target.",
     )
     switch_fraction: float = Field(
-        1.0,
+        default=1.0,
         ge=0,
         le=1,
         description="Fraction of training trials that switch (the rest are plain delayed reaches).",
@@ -258,28 +269,29 @@ class TargetRelocationConfig(JumpConfig):
     """Target relocation: the target appears at, or moves to, a location absent from training."""
 
     switch_epoch: Literal["none", "delay", "after_go"] = Field(
-        "delay",
+        default="delay",
         description="'none': the target appears at the new location; 'delay': it appears at a "
         "trained target and moves during the delay; 'after_go': it jumps during the movement.",
     )
     novel_angles: tuple[float, ...] | None = Field(
-        None,
+        default=None,
         description="Angles (radians) of the new targets; None: midway between adjacent "
         "trained targets.",
     )
     novel_radii: tuple[float, ...] | None = Field(
-        None,
+        default=None,
         description="Radii of the new targets (each angle at each radius); None: the trained "
         "radius.",
     )
     novel_positions: tuple[Position, ...] | None = Field(
-        None, description="Explicit (x, y) new targets; replace novel_angles and novel_radii."
+        default=None,
+        description="Explicit (x, y) new targets; replace novel_angles and novel_radii.",
     )
     novel: bool = Field(
-        True, description="Require every new target to differ from every trained target."
+        default=True, description="Require every new target to differ from every trained target."
     )
     relocate_from: Literal["nearest", "random"] = Field(
-        "nearest",
+        default="nearest",
         description="Trained target shown before the move: the one nearest the new target "
         "(lowest index on ties) or a random one.",
     )
