@@ -135,7 +135,7 @@ def stack_representations(
 
 @eqx.filter_jit
 def _pair_distances(
-    comparison: AbstractComparison, stacked: Mapping[str, Array], pairs: Int[Array, "p 2"]
+    comparison: AbstractComparison, stacked: Mapping[str, Any], pairs: Int[Array, "p 2"]
 ) -> dict[str, Array]:
     def one(pair: Int[Array, " 2"]) -> dict[str, Array]:
         a = {name: value[pair[0]] for name, value in stacked.items()}

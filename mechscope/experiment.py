@@ -338,7 +338,7 @@ def _run_group(
     registry = first.plugins.registry
     hook = first.plugins.hook
     done: dict[str, ExperimentResult | RunFailure] = {}
-    trained: dict[str, TrainedRun] = {}
+    trained: dict[str, TrainedRun | RunFailure] = {}
     if store is not None and not force:
         for experiment in group:
             stored = store.load(experiment.run_id, registry=registry)

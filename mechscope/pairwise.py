@@ -180,8 +180,10 @@ def _pair_distances(
     metrics = set(comparison.metrics) if comparison.metrics else None
     done: set[tuple[str, str]] = set()
     if len(have):
-        counts = have.groupby(["run_a", "run_b"])["metric"].agg(set)
-        done = {pair for pair, names in counts.items() if metrics is None or metrics <= names}
+        names: dict[tuple[str, str], set[str]] = {}
+        for a, b, metric in zip(have["run_a"], have["run_b"], have["metric"], strict=True):
+            names.setdefault((a, b), set()).add(metric)
+        done = {pair for pair, found in names.items() if metrics is None or metrics <= found}
     index = {run_id: i for i, run_id in enumerate(run_ids)}
     todo = sorted(wanted - done)
     # Computed and cached in batches, so a killed stage resumes from the last whole batch.

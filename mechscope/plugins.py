@@ -337,8 +337,7 @@ def _make_register(
         if not callable(factory):
             raise PluginLoadError(f"{kind} '{name}': factory {factory!r} is not callable")
         if description is None:
-            description = (config_class.__doc__ or "").strip().splitlines()[0:1]
-            description = description[0] if description else ""
+            description = next(iter((config_class.__doc__ or "").strip().splitlines()), "")
         staged.append(
             ComponentEntry(
                 kind=kind,

@@ -554,7 +554,9 @@ class RunStoreComparisons:
     def save_representation(self, run_id: str, key: str, arrays: Mapping[str, Any]) -> None:
         """Store one representation (NumPy arrays only; no pickle)."""
         with atomic_directory(self.representation_directory(run_id, key), overwrite=True) as tmp:
-            np.savez(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+            # Typed Any: pyright matches **arrays against savez's keyword `allow_pickle`.
+            contents: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+            np.savez(tmp / "arrays.npz", **contents)
 
     def load_representation(self, run_id: str, key: str) -> dict[str, np.ndarray] | None:
         """A stored representation, or None if absent; a damaged one is reported (and None)."""

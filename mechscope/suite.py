@@ -70,7 +70,7 @@ class PlannedRun:
             run_id=self.run_id,
             variant=self.variant.label,
             seed=self.seed,
-            values=self.variant.values,
+            values=dict(self.variant.values),
         )
 
 

@@ -98,7 +98,9 @@ class TrainedRun:
         }
         (directory / "trained.json").write_text(json.dumps(header, indent=1, default=str))
         eqx.tree_serialise_leaves(directory / "model.eqx", self.model)
-        np.savez(directory / "history.npz", **{k: np.asarray(v) for k, v in self.history.items()})
+        # Typed Any: pyright matches **arrays against savez's keyword `allow_pickle`.
+        history: dict[str, Any] = {k: np.asarray(v) for k, v in self.history.items()}
+        np.savez(directory / "history.npz", **history)
 
     @classmethod
     def load(cls, directory: str | Path, *, registry: Registry) -> TrainedRun:
