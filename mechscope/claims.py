@@ -76,9 +76,41 @@ class Exceeds(_Claim):
     threshold: float
 
 
+class _MechanismClaim(_Claim):
+    comparison: str = pydantic.Field(description="The comparison's name (e.g. dsa).")
+    metric: str = pydantic.Field(description="Which of its distances (e.g. angular).")
+    by: str = pydantic.Field(description="The table column whose groups are compared.")
+    a: Any
+    b: Any
+    permutations: int = pydantic.Field(default=4999, ge=99, description="Label permutations.")
+
+
+class SameMechanism(_MechanismClaim):
+    """Networks of groups `a` and `b` are no farther apart than networks within a group.
+
+    Held when the upper 95% bootstrap bound (networks resampled within each group) of
+    mean(between) − mean(within) is below the equivalence `margin`.
+    """
+
+    kind: Literal["same_mechanism"]
+    margin: float = pydantic.Field(gt=0, description="Equivalence margin (distance units).")
+
+
+class DifferentMechanism(_MechanismClaim):
+    """Networks of groups `a` and `b` are farther apart than networks within a group.
+
+    Held when mean(between) > mean(within) and PERMANOVA's permutation p (labels `a`/`b`
+    permuted over their networks) is below `alpha`.
+    """
+
+    kind: Literal["different_mechanism"]
+
+
 Claim = Annotated[
-    Differs | Greater | Similar | Correlates | Exceeds, pydantic.Field(discriminator="kind")
+    Differs | Greater | Similar | Correlates | Exceeds | SameMechanism | DifferentMechanism,
+    pydantic.Field(discriminator="kind"),
 ]
+MECHANISM_CLAIMS = (SameMechanism, DifferentMechanism)
 _ADAPTER = pydantic.TypeAdapter(list[Claim])
 
 
@@ -128,8 +160,14 @@ def _difference_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
-    """Test one claim on a suite table.
+def evaluate(claim: Any, table: pd.DataFrame, pairs: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Test one claim on a suite table (and, for mechanism claims, its pair distances).
+
+    Args:
+        claim: a parsed claim.
+        table: the suite's table (one row per run).
+        pairs: the comparison stage's long-form distances (``comparison, run_a, run_b,
+            metric, value``); mechanism claims are inconclusive without them.
 
     Returns:
         ``title``, ``statement``, ``measured`` (what was computed, in words), ``effect``,
@@ -153,6 +191,8 @@ def evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             }
         table = table[[_matches(cell, value) for cell in table[column]]]
     try:
+        if isinstance(claim, MECHANISM_CLAIMS):
+            return {**out, **_evaluate_mechanism(claim, table, pairs)}
         return {**out, **_evaluate(claim, table)}
     except KeyError as missing:
         return {
@@ -276,8 +316,97 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
     raise ConfigError(f"unknown claim kind {type(claim).__name__}")
 
 
-def evaluate_all(claims: Sequence[Any], table: pd.DataFrame) -> pd.DataFrame:
-    """Evaluate every claim; one row each."""
+def _evaluate_mechanism(
+    claim: SameMechanism | DifferentMechanism, table: pd.DataFrame, pairs: pd.DataFrame | None
+) -> dict[str, Any]:
+    from mechscope.pairwise import distance_matrix
+    from mechscope.stats import permanova, within_between
+
+    measured = f"{claim.comparison}.{claim.metric}: {claim.by}={claim.a} vs {claim.b}"
+    chosen = (
+        pairs[(pairs["comparison"] == claim.comparison) & (pairs["metric"] == claim.metric)]
+        if pairs is not None and len(pairs)
+        else None
+    )
+    if chosen is None or not len(chosen):
+        return {"measured": f"{measured}: no such distances", "verdict": "inconclusive"}
+    done = _completed(table)
+    if claim.by not in done:
+        raise KeyError(claim.by)
+    chosen_rows = [
+        (run_id, "a" if _matches(g, claim.a) else "b")
+        for run_id, g in zip(done["run_id"], done[claim.by], strict=True)
+        if _matches(g, claim.a) or _matches(g, claim.b)
+    ]
+    runs = [run_id for run_id, _ in chosen_rows]
+    labels = [label for _, label in chosen_rows]
+    n_a, n_b = labels.count("a"), labels.count("b")
+    if n_a < 2 or n_b < 2:
+        return {"measured": measured, "n": n_a + n_b, "verdict": "inconclusive"}
+    try:
+        matrix = distance_matrix(chosen, claim.metric, runs)
+    except ValueError:
+        return {"measured": f"{measured}: some pairs were not compared", "verdict": "inconclusive"}
+    observed = within_between(matrix, labels, "a", "b")
+    if isinstance(claim, DifferentMechanism):
+        test = permanova(matrix, labels, permutations=claim.permutations)
+        held = observed["difference"] > 0 and test["p_value"] < claim.alpha
+        return {
+            "measured": f"{measured}: mean between − mean within distance "
+            f"(PERMANOVA pseudo-F {test['pseudo_f']:.3g}; smallest attainable p "
+            f"{test['min_p']:.2g})",
+            "effect": observed["difference"],
+            "p_value": test["p_value"],
+            "n": n_a + n_b,
+            "verdict": "held" if held else "did not hold",
+        }
+    rng = np.random.default_rng(0)
+    index_a = np.flatnonzero(np.asarray(labels) == "a")
+    index_b = np.flatnonzero(np.asarray(labels) == "b")
+    resampled = []
+    for _ in range(RESAMPLES):
+        chosen_a = rng.choice(index_a, size=len(index_a))
+        chosen_b = rng.choice(index_b, size=len(index_b))
+        members = np.concatenate([chosen_a, chosen_b])
+        sub = matrix[np.ix_(members, members)]
+        # A network drawn twice is at distance 0 from itself: those pairs carry no spread.
+        same = members[:, None] == members[None, :]
+        sub = np.where(same & ~np.eye(len(members), dtype=bool), np.nan, sub)
+        between = np.nanmean(sub[: len(chosen_a), len(chosen_a) :])
+        within = np.nanmean(
+            np.concatenate(
+                [
+                    sub[: len(chosen_a), : len(chosen_a)][np.triu_indices(len(chosen_a), 1)],
+                    sub[len(chosen_a) :, len(chosen_a) :][np.triu_indices(len(chosen_b), 1)],
+                ]
+            )
+        )
+        resampled.append(between - within)
+    finite = np.asarray(resampled)[np.isfinite(resampled)]
+    low, high = (
+        (float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
+        if finite.size
+        else (math.nan, math.nan)
+    )
+    return {
+        "measured": f"{measured}: mean between − mean within distance "
+        f"(upper 95% bound vs margin {claim.margin:g})",
+        "effect": observed["difference"],
+        "ci_low": low,
+        "ci_high": high,
+        "n": n_a + n_b,
+        "verdict": "inconclusive"
+        if not math.isfinite(high)
+        else "held"
+        if high < claim.margin
+        else "did not hold",
+    }
+
+
+def evaluate_all(
+    claims: Sequence[Any], table: pd.DataFrame, pairs: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Evaluate every claim; one row each (`pairs`: the comparison stage's distances)."""
     columns = [
         "title",
         "statement",
@@ -289,7 +418,7 @@ def evaluate_all(claims: Sequence[Any], table: pd.DataFrame) -> pd.DataFrame:
         "n",
         "verdict",
     ]
-    return pd.DataFrame([evaluate(c, table) for c in claims], columns=columns)
+    return pd.DataFrame([evaluate(c, table, pairs) for c in claims], columns=columns)
 
 
 __all__ = ["Claim", "evaluate", "evaluate_all", "parse_claims"]

@@ -104,11 +104,12 @@ def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out
         + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "")
         + ".</p>"
     )
+    pairs = _suite_pairs(runs, name)
     claims = definition.get("claims") or []
     if claims:
         from mechscope.claims import evaluate_all, parse_claims
 
-        verdicts = evaluate_all(parse_claims(claims), table)
+        verdicts = evaluate_all(parse_claims(claims), table, pairs)
         verdicts.to_csv(out / f"{safe}_claims.csv", index=False)
         parts.append(
             "<h3>Claims</h3><p class=note>Each claim is a hypothesis stated in the "
@@ -147,6 +148,9 @@ def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out
             "bootstrap 95% CI over networks.</p>"
         )
         parts.append(_html_table(correlations))
+    if len(pairs):
+        pairs.to_csv(out / f"{safe}_comparisons_pairs.csv", index=False)
+        parts.append(_mechanism_section(table, pairs, out / "figures" / f"{safe}_mechanism"))
     parts.append("<h3>Figures per variant</h3>")
     for variant, frame in table.groupby("variant", sort=False):
         done = frame[frame["status"] == "completed"]
@@ -170,6 +174,112 @@ def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out
         f"{html.escape(json.dumps(shown, indent=1))}</pre></details>"
     )
     return "".join(parts)
+
+
+def _suite_pairs(runs: RunStore, name: str) -> pd.DataFrame:
+    """The suite's comparison results, or an empty frame (a damaged file is reported)."""
+    import warnings
+
+    from mechscope.pairwise import PAIR_COLUMNS, read_suite_pairs
+
+    try:
+        return read_suite_pairs(runs, name)
+    except StoreError as error:
+        warnings.warn(f"report: comparisons left out: {error}", stacklevel=2)
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+
+
+def _mechanism_section(table: pd.DataFrame, pairs: pd.DataFrame, stem: Path) -> str:
+    """Distance matrices, embeddings, dendrograms and label statistics per comparison metric."""
+    from mechscope.pairwise import distance_matrix
+
+    done = table[table["status"] == "completed"]
+    # Networks ordered by variant (then seed), so blocks on the diagonal are variants.
+    ordered = done.sort_values(["variant", "seed"], kind="stable")
+    run_ids = [r for r in ordered["run_id"] if r in set(pairs["run_a"]) | set(pairs["run_b"])]
+    labels = ordered.set_index("run_id").loc[run_ids, "variant"].astype(str).tolist()
+    parts = [
+        "<h3>Mechanism comparison</h3><p class=note>Distances between every pair of "
+        "completed networks. PERMANOVA tests whether networks of one variant are closer to "
+        "each other than to the rest (labels permuted); nearest-neighbour accuracy is the "
+        "share of networks whose nearest other network has their variant.</p>"
+    ]
+    rows = []
+    for (comparison, metric), chosen in pairs.groupby(["comparison", "metric"], sort=False):
+        try:
+            matrix = distance_matrix(chosen, str(metric), run_ids)
+        except ValueError:
+            continue
+        test = stats.permanova(matrix, labels, permutations=1999)
+        rows.append(
+            {
+                "comparison": comparison,
+                "metric": metric,
+                "pseudo_F": test["pseudo_f"],
+                "p": test["p_value"],
+                "smallest attainable p": test["min_p"],
+                "nearest-neighbour accuracy": stats.nearest_neighbour_accuracy(matrix, labels),
+                "networks": len(run_ids),
+            }
+        )
+        figure = _mechanism_figure(
+            matrix,
+            labels,
+            f"{comparison}: {metric}",
+            stem.with_name(f"{stem.name}_{comparison}_{metric}"),
+        )
+        parts.append(
+            _img(figure, f"{comparison} · {metric}: distances, MDS, dendrogram", wide=True)
+        )
+    if rows:
+        parts.insert(1, _html_table(pd.DataFrame(rows)))
+    return "".join(parts)
+
+
+def _mechanism_figure(matrix: np.ndarray, labels: list[str], title: str, stem: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
+
+    variants = list(dict.fromkeys(labels))
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
+    image = left.imshow(matrix, cmap="viridis")
+    figure.colorbar(image, ax=left, fraction=0.046)
+    edges = [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+    for edge in edges:
+        left.axhline(edge - 0.5, color="w", lw=0.8)
+        left.axvline(edge - 0.5, color="w", lw=0.8)
+    left.set_title("distance matrix (ordered by variant)", fontsize=9)
+    left.set_xticks([])
+    left.set_yticks([])
+    coordinates = stats.mds(matrix)
+    for variant in variants:
+        chosen = [i for i, label in enumerate(labels) if label == variant]
+        middle.scatter(*coordinates[chosen].T, color=colours[variant], label=_short(variant), s=30)
+    middle.legend(fontsize=7, loc="best")
+    middle.set_title("2-D MDS embedding", fontsize=9)
+    middle.set_xticks([])
+    middle.set_yticks([])
+    if len(labels) > 2:
+        tree = dendrogram(
+            stats.linkage_of(matrix),
+            ax=right,
+            no_labels=True,
+            color_threshold=0,
+            above_threshold_color="#555",
+        )
+        for position, leaf in enumerate(tree["leaves"]):
+            right.scatter(5 + 10 * position, 0, color=colours[labels[leaf]], s=25, clip_on=False)
+    right.set_title("average-linkage dendrogram (leaves coloured by variant)", fontsize=9)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    for extension in ("png", "svg"):
+        figure.savefig(stem.with_suffix(f".{extension}"), dpi=100)
+    plt.close(figure)
+    return stem.with_suffix(".png")
 
 
 def _claims_html(verdicts: pd.DataFrame) -> str:

@@ -222,3 +222,168 @@ def _spearman_interval(
         return math.nan, math.nan
     alpha = (1 - CONFIDENCE) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+# Statistics on distance matrices: is the distance between networks explained by a label
+# (their variant, architecture, training regime)?
+
+
+def _check_distances(distances: np.ndarray, labels: Sequence[object]) -> tuple[np.ndarray, list]:
+    distances = np.asarray(distances, dtype=float)
+    labels = list(labels)
+    if distances.ndim != 2 or distances.shape[0] != distances.shape[1]:
+        raise ValueError(f"distances must be a square matrix, got shape {distances.shape}")
+    if len(labels) != distances.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {distances.shape[0]} networks")
+    if not np.all(np.isfinite(distances)):
+        raise ValueError("distances must be finite")
+    return distances, labels
+
+
+def pseudo_f(distances: np.ndarray, labels: Sequence[object]) -> float:
+    """PERMANOVA's pseudo-F (Anderson 2001) of a distance matrix grouped by `labels`.
+
+    F = (SS_between / (g − 1)) / (SS_within / (n − g)), with SS computed from squared
+    distances; large when networks of one label are closer to each other than to the rest.
+    NaN when it is undefined (one group, or every network its own group).
+    """
+    distances, labels = _check_distances(distances, labels)
+    codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1]
+    n, groups = len(codes), int(codes.max()) + 1 if len(codes) else 0
+    if groups < 2 or groups >= n:
+        return math.nan
+    squared = distances**2
+    total = squared[np.triu_indices(n, 1)].sum() / n
+    within = 0.0
+    for group in range(groups):
+        members = np.flatnonzero(codes == group)
+        block = squared[np.ix_(members, members)]
+        within += block[np.triu_indices(len(members), 1)].sum() / len(members)
+    between = total - within
+    if within <= 0:
+        return math.inf if between > 0 else math.nan
+    return float((between / (groups - 1)) / (within / (n - groups)))
+
+
+def permanova(
+    distances: np.ndarray,
+    labels: Sequence[object],
+    *,
+    permutations: int = 9999,
+    seed: int = 0,
+) -> dict[str, float]:
+    """PERMANOVA: pseudo-F and its permutation p-value (labels permuted across networks).
+
+    Returns:
+        ``pseudo_f``, ``p_value`` ((1 + #{F_perm ≥ F}) / (1 + permutations)), ``min_p`` (the
+        smallest p the design can reach: 1 / the number of distinct labellings, or
+        1 / (1 + permutations)), ``n`` and ``groups``.
+    """
+    distances, labels = _check_distances(distances, labels)
+    observed = pseudo_f(distances, labels)
+    text = np.asarray(labels, dtype=object).astype(str)
+    n, groups = len(text), len(set(text))
+    sizes = [int(np.sum(text == g)) for g in sorted(set(text))]
+    labellings = math.factorial(n) // math.prod(math.factorial(s) for s in sizes) if n else 1
+    floor = max(1.0 / max(labellings, 1), 1.0 / (1 + permutations))
+    if not math.isfinite(observed) and observed != math.inf:
+        return {"pseudo_f": math.nan, "p_value": math.nan, "min_p": floor, "n": n, "groups": groups}
+    rng = np.random.default_rng(seed)
+    exceed = sum(
+        pseudo_f(distances, rng.permutation(text)) >= observed - 1e-12 for _ in range(permutations)
+    )
+    p_value = max((1 + exceed) / (1 + permutations), floor)
+    return {
+        "pseudo_f": observed,
+        "p_value": float(p_value),
+        "min_p": floor,
+        "n": n,
+        "groups": groups,
+    }
+
+
+def nearest_neighbour_accuracy(distances: np.ndarray, labels: Sequence[object]) -> float:
+    """Leave-one-out 1-nearest-neighbour accuracy of `labels` under `distances`.
+
+    Each network is labelled by its nearest other network; ties count as the fraction of the
+    tied neighbours that share the label (so a tie is never luck).
+    """
+    distances, labels = _check_distances(distances, labels)
+    text = np.asarray(labels, dtype=object).astype(str)
+    n = len(text)
+    if n < 2:
+        return math.nan
+    scores = []
+    for i in range(n):
+        others = np.delete(np.arange(n), i)
+        row = distances[i, others]
+        nearest = others[np.isclose(row, row.min(), rtol=1e-9, atol=1e-12)]
+        scores.append(float(np.mean(text[nearest] == text[i])))
+    return float(np.mean(scores))
+
+
+def cluster(distances: np.ndarray, n_clusters: int, *, method: str = "average") -> np.ndarray:
+    """Hierarchical clusters (scipy linkage on the condensed matrix) cut into `n_clusters`.
+
+    Returns:
+        One cluster number (1 … n_clusters) per network.
+    """
+    from scipy.cluster.hierarchy import fcluster
+
+    return fcluster(linkage_of(distances, method=method), n_clusters, criterion="maxclust")
+
+
+def linkage_of(distances: np.ndarray, *, method: str = "average") -> np.ndarray:
+    """The scipy linkage matrix of a symmetric distance matrix (for clusters, dendrograms)."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    distances = np.asarray(distances, dtype=float)
+    symmetric = (distances + distances.T) / 2
+    np.fill_diagonal(symmetric, 0.0)
+    return linkage(squareform(symmetric, checks=False), method=method)
+
+
+def mds(distances: np.ndarray, *, dimensions: int = 2) -> np.ndarray:
+    """Classical (Torgerson) multidimensional scaling: coordinates whose distances fit.
+
+    Returns:
+        ``[n, dimensions]`` coordinates (axes of negative eigenvalues are zero).
+    """
+    distances = np.asarray(distances, dtype=float)
+    n = len(distances)
+    centring = np.eye(n) - np.ones((n, n)) / n
+    gram = -0.5 * centring @ (distances**2) @ centring
+    values, vectors = np.linalg.eigh((gram + gram.T) / 2)
+    order = np.argsort(values)[::-1][:dimensions]
+    coordinates = vectors[:, order] * np.sqrt(np.clip(values[order], 0, None))
+    if coordinates.shape[1] < dimensions:
+        coordinates = np.pad(coordinates, ((0, 0), (0, dimensions - coordinates.shape[1])))
+    return coordinates
+
+
+def within_between(
+    distances: np.ndarray, labels: Sequence[object], a: object, b: object
+) -> dict[str, float]:
+    """Mean distance between networks of labels `a` and `b`, and within each label.
+
+    Returns:
+        ``between``, ``within`` (the mean over both labels' within-pairs), ``difference``
+        (between − within), ``n_a`` and ``n_b``.
+    """
+    distances, labels = _check_distances(distances, labels)
+    text = np.asarray(labels, dtype=object).astype(str)
+    in_a, in_b = np.flatnonzero(text == str(a)), np.flatnonzero(text == str(b))
+    between = distances[np.ix_(in_a, in_b)].ravel()
+    within = np.concatenate(
+        [distances[np.ix_(g, g)][np.triu_indices(len(g), 1)] for g in (in_a, in_b)]
+    )
+    mean_between = float(between.mean()) if between.size else math.nan
+    mean_within = float(within.mean()) if within.size else math.nan
+    return {
+        "between": mean_between,
+        "within": mean_within,
+        "difference": mean_between - mean_within,
+        "n_a": len(in_a),
+        "n_b": len(in_b),
+    }

@@ -146,6 +146,7 @@ class Suite:
         self.runs = self._plan()
         probes = [p["name"] for p in self.runs[0].experiment.config["probes"]]
         self.comparisons = resolve_comparisons(comparisons, self.plugins.registry, probes=probes)
+        self._check_mechanism_claims()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:
