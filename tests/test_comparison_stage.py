@@ -1,0 +1,243 @@
+"""The comparison stage of a suite: validation before training, caching, resumption, claims."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import mechscope
+from mechscope.comparison import AbstractComparison, stack_representations
+from mechscope.errors import ConfigError
+from mechscope.plugins import PluginManager
+from mechscope.report import write_report
+from mechscope.store import RunStore
+from mechscope.suite import Suite
+
+from .toys import ToyPlugin
+
+REPRESENTED: list[str] = []
+
+
+class OutputsConfig(mechscope.Config):
+    """Distance between two networks' condition outputs."""
+
+    scale: float = 1.0
+
+
+class OutputsComparison(AbstractComparison):
+    """A transparent comparison: Euclidean and max distance between condition outputs."""
+
+    config: OutputsConfig = eqx.field(static=True)
+    metrics = ("euclidean", "largest")
+    pair_batch = 2  # small, so batching, padding and resumption are exercised
+
+    def represent(self, trained, task, *, key, conditions, probes):
+        REPRESENTED.append(str(id(trained)))
+        return {"outputs": self.config.scale * np.asarray(conditions.outputs)}
+
+    def distance(self, a, b):
+        difference = a["outputs"] - b["outputs"]
+        return {
+            "euclidean": jnp.sqrt(jnp.sum(difference**2)),
+            "largest": jnp.max(jnp.abs(difference)),
+        }
+
+
+class NeedsProbeComparison(OutputsComparison):
+    requires = ("fixed_points",)
+
+
+class ComparisonPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_comparisons(self, register):
+        register("outputs", OutputsConfig, OutputsComparison)
+        register("needs_fixed_points", OutputsConfig, NeedsProbeComparison)
+
+
+@pytest.fixture
+def plugins():
+    manager = PluginManager()
+    manager.load_entry_points(disabled=[])
+    manager.register(ToyPlugin(), name="toys")
+    manager.register(ComparisonPlugin(), name="toy-comparisons")
+    return manager
+
+
+BASE = {
+    "task": "toy_task",
+    "model": {"name": "toy_model", "n_units": 3},
+    "trainer": {"name": "toy_trainer", "steps": 3},
+    "probes": ["toy_probe"],
+}
+
+
+def suite(plugins, taus=(0.1, 0.2), **kwargs):
+    return Suite(
+        base=BASE,
+        vary={"model.tau": list(taus)},
+        seeds=2,
+        comparisons=kwargs.pop("comparisons", ["outputs"]),
+        plugins=plugins,
+        **kwargs,
+    )
+
+
+def direct_distances(store, plugins, run_ids):
+    """Distances computed here from the stored networks, independently of the stage."""
+    outputs = {}
+    for run_id in run_ids:
+        run = store.load(run_id, registry=plugins.registry)
+        experiment = mechscope.experiment.Experiment.from_dict(run.header.config, plugins=plugins)
+        task = experiment.build_task()
+        trials = task.conditions()
+        outputs[run_id] = np.asarray(
+            mechscope.simulate(run.trained.model, trials.inputs, trials.times).outputs
+        )
+    return {
+        (a, b): float(np.sqrt(np.sum((outputs[a] - outputs[b]) ** 2)))
+        for a, b in itertools.combinations(sorted(run_ids), 2)
+    }
+
+
+def test_every_pair_is_compared_once_and_matches_a_direct_computation(plugins, tmp_path):
+    REPRESENTED.clear()
+    job = suite(plugins)
+    table = job.run(store=tmp_path, progress=False)
+    pairs = job.pairs(tmp_path)
+    assert list(pairs.columns) == ["comparison", "run_a", "run_b", "metric", "value"]
+    assert set(pairs["metric"]) == {"euclidean", "largest"}
+    euclidean = pairs[pairs["metric"] == "euclidean"]
+    assert len(euclidean) == math.comb(4, 2)
+    assert (euclidean["run_a"] < euclidean["run_b"]).all()
+    expected = direct_distances(RunStore(tmp_path), plugins, table["run_id"])
+    got = {
+        (a, b): v for a, b, v in zip(euclidean.run_a, euclidean.run_b, euclidean.value, strict=True)
+    }
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
+    assert len(REPRESENTED) == 4, "one representation per network"
+
+
+def test_adding_a_variant_computes_only_new_representations_and_pairs(plugins, tmp_path):
+    suite(plugins).run(store=tmp_path, progress=False)
+    REPRESENTED.clear()
+    bigger = suite(plugins, taus=(0.1, 0.2, 0.3))
+    bigger.run(store=tmp_path, progress=False)
+    assert len(REPRESENTED) == 2, "only the new variant's two networks are represented"
+    cache = RunStore(tmp_path).comparisons.load_pairs(bigger.comparisons[0].key)
+    # 6 old pairs + 9 new (2 new networks × 4 old + 1 between them), two metrics each.
+    assert len(cache) == 2 * math.comb(6, 2)
+    assert len(bigger.pairs(tmp_path)) == 2 * math.comb(6, 2)
+
+
+def test_a_killed_stage_resumes_from_its_cached_batches(plugins, tmp_path, monkeypatch):
+    job = suite(plugins, taus=(0.1, 0.2, 0.3))
+    calls = []
+    original = OutputsComparison.distances
+
+    def die_after_first_batch(self, representations, pairs):
+        calls.append(len(pairs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, representations, pairs)
+
+    monkeypatch.setattr(OutputsComparison, "distances", die_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(store=tmp_path, progress=False)
+    monkeypatch.setattr(OutputsComparison, "distances", original)
+    cached = RunStore(tmp_path).comparisons.load_pairs(job.comparisons[0].key)
+    assert len(cached) == 2 * calls[0], "the first batch was kept"
+    REPRESENTED.clear()
+    job.run(store=tmp_path, progress=False)
+    assert REPRESENTED == [], "representations were stored beside the runs"
+    assert len(job.pairs(tmp_path)) == 2 * math.comb(6, 2)
+
+
+def test_bad_comparison_settings_fail_before_training(plugins, tmp_path):
+    with pytest.raises(ConfigError, match="unknown comparison 'outptus'.*did you mean 'outputs'"):
+        suite(plugins, comparisons=["outptus"])
+    with pytest.raises(ConfigError, match="needs the probe.*fixed_points.*toy_probe"):
+        suite(plugins, comparisons=["needs_fixed_points"])
+    with pytest.raises(ConfigError, match="scale"):
+        suite(plugins, comparisons=[{"name": "outputs", "scale": "big"}])
+    with pytest.raises(ConfigError, match="listed twice"):
+        suite(plugins, comparisons=["outputs", {"name": "outputs"}])
+    claim = {
+        "kind": "different_mechanism",
+        "title": "t",
+        "comparison": "outputs",
+        "metric": "euclidian",
+        "by": "model.tau",
+        "a": 0.1,
+        "b": 0.2,
+    }
+    with pytest.raises(ConfigError, match="no metric 'euclidian'.*did you mean 'euclidean'"):
+        suite(plugins, claims=[claim])
+    with pytest.raises(ConfigError, match="comparison 'dsa' is not in"):
+        suite(plugins, claims=[{**claim, "comparison": "dsa", "metric": "angular"}])
+    assert not any(tmp_path.iterdir()), "nothing ran"
+
+
+def test_fewer_than_two_completed_runs_skips_the_stage_with_one_line(plugins, tmp_path):
+    job = Suite(base=BASE, seeds=1, comparisons=["outputs"], plugins=plugins)
+    with pytest.warns(UserWarning, match="comparisons skipped: 1 completed run"):
+        table = job.run(store=tmp_path, progress=False)
+    assert (table["status"] == "completed").all()
+    assert job.pairs(tmp_path).empty
+
+
+def test_mechanism_claims_and_report(plugins, tmp_path):
+    claims = [
+        {
+            "kind": "different_mechanism",
+            "title": "taus differ",
+            "comparison": "outputs",
+            "metric": "euclidean",
+            "by": "model.tau",
+            "a": 0.1,
+            "b": 0.2,
+            "permutations": 199,
+        },
+        {
+            "kind": "same_mechanism",
+            "title": "taus alike",
+            "comparison": "outputs",
+            "metric": "euclidean",
+            "by": "model.tau",
+            "a": 0.1,
+            "b": 0.2,
+            "margin": 1e-9,
+        },
+    ]
+    job = Suite(
+        base=BASE,
+        vary={"model.tau": [0.1, 0.2]},
+        seeds=2,
+        comparisons=["outputs"],
+        claims=claims,
+        plugins=plugins,
+        name="mech",
+    )
+    job.run(store=tmp_path, progress=False)
+    page = write_report(tmp_path).read_text()
+    assert "Mechanism comparison" in page and "outputs · euclidean" in page
+    verdicts = pd.read_csv(tmp_path / "report" / "mech_claims.csv")
+    # Two networks per group: 4!/(2!2!) = 6 labellings, so p can never be below 1/6.
+    different = verdicts[verdicts["title"] == "taus differ"].iloc[0]
+    assert different["p_value"] >= 1 / 6 - 1e-12
+    assert different["verdict"] == "did not hold"
+    same = verdicts[verdicts["title"] == "taus alike"].iloc[0]
+    assert same["verdict"] == "did not hold", "a margin of 1e-9 cannot hold for distinct nets"
+
+
+def test_stacking_names_the_array_whose_shape_differs():
+    with pytest.raises(ValueError, match="shape of 'x'"):
+        stack_representations([{"x": np.zeros(3)}, {"x": np.zeros(4)}])
+    with pytest.raises(ValueError, match="arrays"):
+        stack_representations([{"x": np.zeros(3)}, {"y": np.zeros(3)}])
