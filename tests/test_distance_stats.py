@@ -1,0 +1,100 @@
+"""Statistics on distance matrices, against direct computations and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+
+from mechscope import stats
+
+
+def points_in_groups(separation, *, per_group=4, groups=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = separation * np.eye(groups, 5)
+    points = np.concatenate([c + rng.normal(size=(per_group, 5)) for c in centres])
+    labels = np.repeat([f"g{i}" for i in range(groups)], per_group)
+    return squareform(pdist(points)), labels, points
+
+
+def test_pseudo_f_matches_the_euclidean_anova_f():
+    # With Euclidean distances, PERMANOVA's pseudo-F is the classical multivariate ANOVA F
+    # (trace form): between-group / within-group sums of squares about the centroids.
+    distances, labels, points = points_in_groups(2.0)
+    grand = points.mean(axis=0)
+    between = sum(
+        np.sum(labels == g) * np.sum((points[labels == g].mean(axis=0) - grand) ** 2)
+        for g in np.unique(labels)
+    )
+    within = sum(
+        np.sum((points[labels == g] - points[labels == g].mean(axis=0)) ** 2)
+        for g in np.unique(labels)
+    )
+    n, k = len(labels), 3
+    expected = (between / (k - 1)) / (within / (n - k))
+    assert stats.pseudo_f(distances, labels) == pytest.approx(expected, rel=1e-10)
+
+
+def test_permanova_separates_groups_and_not_noise():
+    distances, labels, _ = points_in_groups(8.0)
+    separated = stats.permanova(distances, labels, permutations=999)
+    assert separated["p_value"] == pytest.approx(1 / 1000)
+    noise, labels, _ = points_in_groups(0.0, seed=3)
+    assert stats.permanova(noise, labels, permutations=999)["p_value"] > 0.05
+
+
+def test_permanova_reports_the_smallest_attainable_p():
+    distances, labels, _ = points_in_groups(50.0, per_group=2, groups=2)
+    result = stats.permanova(distances, labels, permutations=999)
+    # 4 networks in two pairs: 4!/(2!·2!) = 6 labellings, so p ≥ 1/6 however strong.
+    assert result["min_p"] == pytest.approx(1 / 6)
+    assert result["p_value"] >= 1 / 6
+
+
+def test_nearest_neighbour_accuracy():
+    distances, labels, _ = points_in_groups(20.0)
+    assert stats.nearest_neighbour_accuracy(distances, labels) == 1.0
+    flipped = labels.copy()
+    flipped[[0, 4]] = flipped[[4, 0]]
+    masked = distances + np.diag(np.full(len(labels), np.inf))
+    expected = np.mean(flipped[np.argmin(masked, axis=1)] == flipped)
+    assert expected < 1
+    assert stats.nearest_neighbour_accuracy(distances, flipped) == pytest.approx(expected)
+    tied = np.ones((3, 3)) - np.eye(3)
+    # Every neighbour tied: each network scores the share of others sharing its label.
+    assert stats.nearest_neighbour_accuracy(tied, ["a", "a", "b"]) == pytest.approx(
+        (0.5 + 0.5 + 0.0) / 3
+    )
+
+
+def test_mds_recovers_a_planar_configuration_up_to_rigid_motion():
+    rng = np.random.default_rng(1)
+    plane = rng.normal(size=(7, 2))
+    coordinates = stats.mds(squareform(pdist(plane)))
+    np.testing.assert_allclose(squareform(pdist(coordinates)), squareform(pdist(plane)), atol=1e-9)
+
+
+def test_clusters_follow_groups():
+    distances, labels, _ = points_in_groups(20.0)
+    clusters = stats.cluster(distances, 3)
+    assert len(set(clusters)) == 3
+    for group in np.unique(labels):
+        assert len(set(clusters[labels == group])) == 1
+
+
+def test_within_between_means():
+    distances = np.array([[0, 1, 5, 6], [1, 0, 7, 8], [5, 7, 0, 2], [6, 8, 2, 0]], float)
+    result = stats.within_between(distances, ["a", "a", "b", "b"], "a", "b")
+    assert result["between"] == pytest.approx((5 + 6 + 7 + 8) / 4)
+    assert result["within"] == pytest.approx((1 + 2) / 2)
+    assert result["difference"] == pytest.approx(6.5 - 1.5)
+
+
+def test_bad_matrices_are_refused():
+    with pytest.raises(ValueError, match="square"):
+        stats.pseudo_f(np.zeros((2, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match="labels"):
+        stats.pseudo_f(np.zeros((3, 3)), ["a", "b"])
+    assert math.isnan(stats.pseudo_f(np.ones((3, 3)) - np.eye(3), ["a", "a", "a"]))
