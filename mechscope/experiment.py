@@ -364,6 +364,7 @@ def _run_group(
             outcome = trained[experiment.run_id]
             if isinstance(outcome, RunFailure):
                 done[experiment.run_id] = outcome
+                started.remove(experiment)
                 hook.mechscope_run_end(
                     run_id=experiment.run_id,
                     config=experiment.config,
@@ -373,13 +374,13 @@ def _run_group(
             else:
                 result = experiment.finish(outcome, task=task, store=store)
                 done[experiment.run_id] = result
+                started.remove(experiment)
                 hook.mechscope_run_end(
                     run_id=experiment.run_id,
                     config=experiment.config,
                     status=result.status,
                     reason=result.trained.reason,
                 )
-            started.remove(experiment)
     except BaseException as error:
         # Interrupted, or the store refused a write: close every run that was opened.
         reason = (
