@@ -20,7 +20,6 @@ from mechscope_bptt import (
     load_checkpoint,
     loss_terms,
     make_train_step,
-    output_r2,
     read_header,
     simple_dynamics_penalty,
     weight_matrices,
@@ -215,7 +214,7 @@ def leaves(model):
 def condition_stats(model):
     conditions = TASK.conditions()
     trajectory = mechscope.simulate(model, conditions.inputs, conditions.times)
-    r2 = output_r2(trajectory.outputs, conditions.targets, conditions.mask)
+    r2 = mechscope.masked_r2(trajectory.outputs, conditions.targets, conditions.mask)
     return float(r2), float(jnp.mean(trajectory.rates**2))
 
 
@@ -619,7 +618,7 @@ def test_real_ctrnn_learns_short_delayed_reach(getkey):
     assert run.status == "completed" and "target" in run.reason
     conditions = task.conditions()
     outputs = mechscope.simulate(run.model, conditions.inputs, conditions.times).outputs
-    r2 = float(output_r2(outputs, conditions.targets, conditions.mask))
+    r2 = float(mechscope.masked_r2(outputs, conditions.targets, conditions.mask))
     assert r2 >= 0.8 and r2 == pytest.approx(run.history["r2"][-1], abs=1e-5)
 
 

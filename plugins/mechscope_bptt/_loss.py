@@ -106,24 +106,6 @@ def masked_mse(
     return jnp.sum(mask * (outputs - targets) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def output_r2(
-    outputs: Float[Array, "*batch time n_outputs"],
-    targets: Float[Array, "*batch time n_outputs"],
-    mask: Float[Array, "*batch time n_outputs"],
-) -> Scalar:
-    """Masked coefficient of determination pooled over output channels.
-
-    R² = 1 − Σ m·(z − y)² / Σ m·(y − ȳ_c)², where ȳ_c is the masked mean of target channel c
-    over trials and times.
-    """
-    axes = tuple(range(targets.ndim - 1))
-    counts = jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
-    means = jnp.sum(mask * targets, axis=axes) / counts
-    residual = jnp.sum(mask * (outputs - targets) ** 2)
-    total = jnp.sum(mask * (targets - means) ** 2)
-    return 1.0 - residual / total
-
-
 def loss_terms(
     model: mechscope.AbstractModel,
     trials: mechscope.Trials,
@@ -170,6 +152,6 @@ def loss_terms(
         "weight_penalty": weight_penalty,
         "dynamics_penalty": dynamics_penalty,
         "mean_rate_sq": mean_rate_sq,
-        "train_r2": output_r2(trajectory.outputs, trials.targets, trials.mask),
+        "train_r2": mechscope.masked_r2(trajectory.outputs, trials.targets, trials.mask),
     }
     return loss, terms
