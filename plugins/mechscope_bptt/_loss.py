@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import equinox as eqx
@@ -54,7 +55,10 @@ def weight_matrices(model: mechscope.AbstractModel) -> tuple[Float[Array, "m n"]
     """
     declared = getattr(model, "weight_matrices", None)
     if callable(declared):
-        return tuple(declared())
+        matrices = declared()
+        if not isinstance(matrices, Iterable):
+            raise TypeError(f"{type(model).__name__}.weight_matrices() must return matrices")
+        return tuple(jnp.asarray(matrix) for matrix in matrices)
     leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
     return tuple(leaf for leaf in leaves if leaf.ndim == 2)
 
@@ -68,7 +72,11 @@ def recurrent_weights(model: mechscope.AbstractModel) -> Float[Array, "n_units n
     weights = getattr(model, "recurrent_weights", None)
     if callable(weights):
         weights = weights()
-    if weights is None or jnp.ndim(weights) != 2 or weights.shape[0] != weights.shape[1]:
+    if (
+        not isinstance(weights, jax.Array)
+        or weights.ndim != 2
+        or weights.shape[0] != weights.shape[1]
+    ):
         raise TypeError(
             f"simple_dynamics_reg needs a model with a square 'recurrent_weights' matrix "
             f"(W_rec in tau·dx/dt = -x + W_rec·φ(x) + ...); {type(model).__name__} has none. "

@@ -228,7 +228,9 @@ def integrate_scan(
         draws = jax.tree.map(lambda a: a.reshape(n_intervals, substeps, *a.shape[1:]), tuple(draws))
 
     def control(draws_j):
-        return None if draws_j is None else HeldIncrement(increment(*draws_j))
+        if draws_j is None or increment is None:
+            return None
+        return HeldIncrement(increment(*draws_j))
 
     first_draws = None if draws is None else jax.tree.map(lambda a: a[0, 0], draws)
     solver_state = solver.init(
@@ -528,7 +530,10 @@ def integrate_diffeqsolve(
         max_steps=steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints),
     )
-    return solution.ys
+    states = solution.ys
+    if states is None:  # SaveAt(ts=times) always saves; this narrows diffrax's Optional
+        raise RuntimeError("diffeqsolve returned no states")
+    return states
 
 
 def checkpoint_chunk_for(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import TypeVar
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
@@ -23,6 +25,8 @@ from mechscope_ctrnn._integrate import (
     integrate_euler_adjoint,
     integrate_scan,
 )
+
+_Model = TypeVar("_Model", bound="AbstractCTRNN")
 
 
 def _is_concretely_zero(noise: mechscope.Noise) -> bool:
@@ -348,7 +352,7 @@ def _check_shapes(model: AbstractCTRNN) -> None:
             raise ValueError(f"{name} has shape {got}, expected {want} for {n} units")
 
 
-def _place(model: AbstractCTRNN, device: str | None) -> AbstractCTRNN:
+def _place(model: _Model, device: str | None) -> _Model:
     if device is None:
         return model
     target = resolve_device(device)

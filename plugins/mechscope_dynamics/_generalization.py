@@ -81,7 +81,7 @@ def reach_metrics(
 ) -> dict[str, np.ndarray]:
     """Per trial: endpoint error to the final target, success, reaction time (s)."""
     position = outputs[..., list(position_channels)]
-    mask = np.asarray(trials.mask).any(axis=-1)
+    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
     last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
     batch = np.arange(len(last))
     final_target = np.asarray(trials.targets)[batch, last][:, list(position_channels)]

@@ -135,7 +135,7 @@ def _r2_per_repeat(
 
 def _endpoint_error(outputs: np.ndarray, trials: mechscope.Trials, channels: tuple[int, ...]):
     """Distance at each trial's last masked sample, ``[..., b]``."""
-    mask = np.asarray(trials.mask).any(axis=-1)
+    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
     last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
     chosen = [c for c in channels if c < outputs.shape[-1]] or list(range(outputs.shape[-1]))
     batch = np.arange(len(last))
