@@ -18,6 +18,7 @@ from mechscope.errors import (
 )
 from mechscope.executor import AbstractExecutor, Outcome
 from mechscope.hookspecs import Register, hookimpl
+from mechscope.metrics import masked_r2
 from mechscope.model import AbstractModel, Noise, Trajectory, simulate
 from mechscope.plugins import (
     ComponentEntry,
@@ -26,7 +27,7 @@ from mechscope.plugins import (
     get_plugin_manager,
     get_registry,
 )
-from mechscope.probe import AbstractProbe, ProbeResult
+from mechscope.probe import AbstractProbe, ConditionRun, ProbeResult, condition_run
 from mechscope.task import AbstractTask, Trials
 from mechscope.training import AbstractTrainer, Callback, TrainedRun
 
@@ -45,6 +46,7 @@ __all__ = [
     "Callback",
     "ComponentEntry",
     "ComponentSpec",
+    "ConditionRun",
     "Config",
     "ConfigError",
     "DuplicateComponentError",
@@ -62,8 +64,10 @@ __all__ = [
     "Trials",
     "UnknownComponentError",
     "__version__",
+    "condition_run",
     "get_plugin_manager",
     "get_registry",
     "hookimpl",
+    "masked_r2",
     "simulate",
 ]

@@ -24,7 +24,13 @@ import jax
 from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
-from mechscope.probe import AbstractProbe, ProbeResult
+from mechscope.probe import (
+    AbstractProbe,
+    ConditionRun,
+    ProbeResult,
+    accepts_conditions,
+    condition_run,
+)
 from mechscope.progress import HookBridge, ProgressBar
 from mechscope.store import RunHeader, RunStore, StoredRun, metric_columns, read_run, write_run
 from mechscope.task import AbstractTask
@@ -228,7 +234,15 @@ class Experiment:
         results: dict[str, ProbeResult] = {}
         errors: dict[str, str] = {}
         probe_key = self.keys()["probe"]
-        for name, probe in self.build_probes().items():
+        probes = self.build_probes()
+        # One noise-free run on the conditions, shared by every probe that takes it.
+        shared: dict[str, ConditionRun] = {}
+        if any(accepts_conditions(probe) for probe in probes.values()):
+            try:
+                shared["conditions"] = condition_run(trained.model, task)
+            except Exception:  # noqa: BLE001 - each probe then runs it and reports the error
+                pass
+        for name, probe in probes.items():
             missing = [r for r in probe.requires if r not in results]
             if missing:
                 errors[name] = f"skipped: required probe(s) {', '.join(missing)} failed"
@@ -241,6 +255,7 @@ class Experiment:
                     task,
                     key=key,
                     dependencies={r: results[r] for r in probe.requires},
+                    **(shared if accepts_conditions(probe) else {}),
                 )
             except Exception as error:  # noqa: BLE001 - one failing probe must not lose the run
                 errors[name] = f"{type(error).__name__}: {error}"

@@ -1,9 +1,10 @@
-"""The probe interface and the result every probe returns."""
+"""The probe interface, the result every probe returns and the shared noise-free condition run."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import equinox as eqx
+import jax
 import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from mechscope.config import Config
 from mechscope.errors import StoreError
-from mechscope.task import AbstractTask
+from mechscope.model import AbstractModel, simulate
+from mechscope.task import AbstractTask, Trials
 from mechscope.training import TrainedRun
 
 if TYPE_CHECKING:
@@ -77,6 +80,74 @@ class ProbeResult:
         return cls(metrics=metrics, arrays=arrays, figure_files=files)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConditionRun:
+    """A model's noise-free response to ``task.conditions()``, on the host in float64.
+
+    Most probes start from this one simulation; :class:`~mechscope.experiment.Experiment`
+    computes it once per trained network and hands it to every probe (``conditions=``), so
+    it is not recomputed per probe. Build one with :func:`condition_run`.
+
+    Attributes:
+        trials: the condition trials.
+        states: hidden states x, ``[condition, time, n_units]``.
+        rates: firing rates r = φ(x), ``[condition, time, n_units]``.
+        outputs: readout z, ``[condition, time, n_outputs]``.
+        center: mean state over conditions and times, ``[n_units]``.
+        scale: RMS distance of the states from `center` (the trajectories' size; > 0).
+        speed_scale: RMS of ‖f(x, u)‖ along the trajectories (their typical speed; > 0).
+    """
+
+    trials: Trials
+    states: Float[np.ndarray, "condition time n_units"]
+    rates: Float[np.ndarray, "condition time n_units"]
+    outputs: Float[np.ndarray, "condition time n_outputs"]
+    center: Float[np.ndarray, " n_units"]
+    scale: float
+    speed_scale: float
+
+
+@eqx.filter_jit
+def _simulate_conditions(
+    model: AbstractModel, inputs: Float[Array, "b t i"], times: Float[Array, " t"]
+) -> tuple[Float[Array, "b t n"], Float[Array, "b t n"], Float[Array, "b t o"], Array]:
+    trajectory = simulate(model, inputs, times)
+    velocity = jax.vmap(jax.vmap(lambda x, u: model.vector_field(0.0, x, u)))(
+        trajectory.states, inputs
+    )
+    return trajectory.states, trajectory.rates, trajectory.outputs, velocity
+
+
+def condition_run(model: AbstractModel, task: AbstractTask) -> ConditionRun:
+    """Simulate `model` noise-free on ``task.conditions()`` and measure its scales.
+
+    Args:
+        model: the (trained) model.
+        task: the task whose conditions to run.
+
+    Returns:
+        The states, rates and outputs as float64 NumPy arrays, with the trajectories' centre,
+        size and typical speed (both floored at 1e-12 so they can divide).
+    """
+    trials = task.conditions()
+    states, rates, outputs, velocity = (
+        np.asarray(a, np.float64) for a in _simulate_conditions(model, trials.inputs, trials.times)
+    )
+    flat = states.reshape(-1, states.shape[-1])
+    center = flat.mean(axis=0)
+    scale = float(np.sqrt(np.mean(np.sum((flat - center) ** 2, axis=1))))
+    speed = float(np.sqrt(np.mean(np.sum(velocity**2, axis=-1))))
+    return ConditionRun(
+        trials=trials,
+        states=states,
+        rates=rates,
+        outputs=outputs,
+        center=center,
+        scale=max(scale, 1e-12),
+        speed_scale=max(speed, 1e-12),
+    )
+
+
 class AbstractProbe(eqx.Module):
     """An analysis of a trained network on a task.
 
@@ -96,6 +167,7 @@ class AbstractProbe(eqx.Module):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, ProbeResult] | None = None,
+        conditions: ConditionRun | None = None,
     ) -> ProbeResult:
         """Measure `trained` on `task`.
 
@@ -104,4 +176,22 @@ class AbstractProbe(eqx.Module):
             task: the task the network was trained on; probes use ``task.conditions()``.
             key: PRNG key for anything random (noise, initial states).
             dependencies: results of the probes named in ``requires``.
+            conditions: ``condition_run(trained.model, task)``, computed once by the caller
+                and shared between probes; None when called directly, and a probe that uses
+                it then computes it itself (``conditions or condition_run(...)``). Using it
+                must not change the result. A probe that never needs it may leave this
+                parameter out of its signature: callers pass it only to probes that take it
+                (see :func:`accepts_conditions`).
         """
+
+
+def accepts_conditions(probe: AbstractProbe) -> bool:
+    """Whether ``probe.run`` takes the shared condition run (a ``conditions`` parameter).
+
+    Probes written before ``conditions`` existed have no such parameter; callers check this
+    instead of passing it blindly, so those probes keep working unchanged.
+    """
+    parameters = inspect.signature(probe.run).parameters
+    return "conditions" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )

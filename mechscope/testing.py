@@ -3,6 +3,9 @@
 Call these from your own tests; mechscope's test suite runs them over every registered
 component. Each check raises ``AssertionError`` with a message saying which contract broke.
 
+Checks: :func:`check_task`, :func:`check_model`, :func:`check_trainer`, :func:`check_probe`
+and :func:`check_executor` (plus :func:`check_config_roundtrip`, which they all run).
+
 Example:
     >>> from mechscope.testing import check_task
     >>> check_task(MyTask(MyTaskConfig()), key=jax.random.key(0))
@@ -21,10 +24,11 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from mechscope.config import Config
+from mechscope.executor import AbstractExecutor, Outcome
 from mechscope.model import AbstractModel, Noise, Trajectory
-from mechscope.probe import AbstractProbe, ProbeResult
+from mechscope.probe import AbstractProbe, ProbeResult, accepts_conditions, condition_run
 from mechscope.task import AbstractTask, Trials
-from mechscope.training import AbstractTrainer, TrainedRun
+from mechscope.training import AbstractTrainer, Callback, TrainedRun
 
 
 def check_config_roundtrip(config: Config) -> None:
@@ -205,19 +209,43 @@ def check_model(
     )
 
 
+class _RecordingCallback(Callback):
+    """Counts the training events a trainer sends."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_train_start(self, *, model: AbstractModel, task: AbstractTask, n_steps: int) -> None:
+        self.events.append("start")
+
+    def on_evaluation(self, *, step: int, metrics: Mapping[str, float]) -> None:
+        self.events.append("evaluation")
+
+    def on_train_end(self, *, run: TrainedRun) -> None:
+        self.events.append("end")
+
+
 def check_trainer(
     trainer: AbstractTrainer, model: AbstractModel, task: AbstractTask, *, key: PRNGKeyArray
 ) -> TrainedRun:
-    """The trainer contract: a TrainedRun of the same structure, history, determinism.
+    """The trainer contract: it trains, deterministically in the key, with history and events.
 
-    Use a trainer config with very few steps; this trains twice.
+    Use a trainer config with very few steps; this trains three times.
+
+    Args:
+        trainer: the trainer to check.
+        model: an untrained model for `task`.
+        task: the task to train on.
+        key: a PRNG key.
 
     Returns:
-        The first of the two runs, for further checks.
+        The first of the runs, for further checks.
     """
     check_config_roundtrip(trainer.config)
-    first = trainer.fit(model, task, key=key)
+    recorder = _RecordingCallback()
+    first = trainer.fit(model, task, key=key, callbacks=[recorder])
     second = trainer.fit(model, task, key=key)
+    other = trainer.fit(model, task, key=jax.random.split(key)[1])
     assert isinstance(first, TrainedRun), "fit must return a mechscope.TrainedRun"
     assert first.status in ("completed", "diverged", "stopped"), f"bad status {first.status}"
     assert jax.tree.structure(eqx.filter(first.model, eqx.is_array)) == jax.tree.structure(
@@ -226,11 +254,18 @@ def check_trainer(
     lengths = {name: len(np.asarray(values)) for name, values in first.history.items()}
     assert "step" in lengths, "history must record 'step'"
     assert len(set(lengths.values())) == 1, f"history arrays differ in length: {lengths}"
-    for left, right in zip(
-        jax.tree.leaves(eqx.filter(first.model, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(second.model, eqx.is_array)),
-        strict=True,
-    ):
+    events = recorder.events
+    assert events[:1] == ["start"] and events[-1:] == ["end"], (
+        f"callbacks must get on_train_start first and on_train_end last, got {events}"
+    )
+    assert events.count("start") == events.count("end") == 1, f"one start and end: {events}"
+    weights = [jax.tree.leaves(eqx.filter(m.model, eqx.is_array)) for m in (first, second, other)]
+    initial = jax.tree.leaves(eqx.filter(model, eqx.is_array))
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(weights[0], initial, strict=True)
+    ), "fit did not change any weight: does it train?"
+    for left, right in zip(weights[0], weights[1], strict=True):
         np.testing.assert_allclose(
             np.asarray(left),
             np.asarray(right),
@@ -238,6 +273,10 @@ def check_trainer(
             atol=1e-6,
             err_msg="the same key must give the same trained weights",
         )
+    assert any(
+        not np.allclose(np.asarray(a), np.asarray(b))
+        for a, b in zip(weights[0], weights[2], strict=True)
+    ), "different keys gave identical trained weights: is the key used?"
     return first
 
 
@@ -250,7 +289,10 @@ def check_probe(
     dependencies: Mapping[str, ProbeResult] | None = None,
     tmp_path: Any = None,
 ) -> ProbeResult:
-    """The probe contract: metrics are named floats, deterministic in the key, savable.
+    """The probe contract: named float metrics, deterministic, the same with a shared run, savable.
+
+    A probe whose ``run`` takes ``conditions`` must give the same metrics whether it is handed
+    ``condition_run(trained.model, task)`` (as an experiment does) or computes it itself.
 
     Args:
         probe: the probe to check.
@@ -271,13 +313,11 @@ def check_probe(
         assert isinstance(name, str) and name, "metric names must be non-empty strings"
         assert isinstance(value, float), f"metric '{name}' is not a float"
     again = probe.run(trained, task, key=key, dependencies=dependencies)
-    assert set(again.metrics) == set(result.metrics), "metric names must not depend on the run"
-    for name, value in result.metrics.items():
-        other = again.metrics[name]
-        same = (math.isnan(value) and math.isnan(other)) or math.isclose(
-            value, other, rel_tol=1e-5, abs_tol=1e-8
-        )
-        assert same, f"metric '{name}' differs for the same key: {value} vs {other}"
+    _assert_same_metrics(result, again, "for the same key")
+    if accepts_conditions(probe):
+        shared = condition_run(trained.model, task)
+        given = probe.run(trained, task, key=key, dependencies=dependencies, conditions=shared)
+        _assert_same_metrics(result, given, "when given the shared condition run")
     if tmp_path is not None:
         result.save(tmp_path)
         loaded = ProbeResult.load(tmp_path)
@@ -286,3 +326,68 @@ def check_probe(
         for name, array in result.arrays.items():
             np.testing.assert_array_equal(loaded.arrays[name], array, err_msg=name)
     return result
+
+
+def _assert_same_metrics(expected: ProbeResult, got: ProbeResult, when: str) -> None:
+    assert set(got.metrics) == set(expected.metrics), f"metric names change {when}"
+    for name, value in expected.metrics.items():
+        other = got.metrics[name]
+        same = (math.isnan(value) and math.isnan(other)) or math.isclose(
+            value, other, rel_tol=1e-5, abs_tol=1e-8
+        )
+        assert same, f"metric '{name}' differs {when}: {value} vs {other}"
+
+
+#: The item of :func:`check_executor`'s workload that raises.
+FAILING_ITEM = 3
+
+
+def contract_item(item: int) -> int:
+    """The workload of :func:`check_executor`: ``item²``, raising for :data:`FAILING_ITEM`.
+
+    Module-level, so executors that ship work to other processes can pickle it by reference.
+    """
+    if item == FAILING_ITEM:
+        raise ValueError(f"contract item {item} fails on purpose")
+    return item * item
+
+
+def check_executor(executor: AbstractExecutor, *, n_items: int = 6) -> list[Outcome[int]]:
+    """The executor contract: one outcome per item, right values, failures isolated.
+
+    Maps :func:`contract_item` over ``range(n_items)``, whose item :data:`FAILING_ITEM`
+    raises: every other item must still come back with its own index and value, the failing
+    one as an error outcome naming the exception; no items give no outcomes.
+
+    Args:
+        executor: the executor to check (it may start workers: a dask cluster, ...).
+        n_items: number of items (more than :data:`FAILING_ITEM`).
+
+    Returns:
+        The outcomes, sorted by index.
+    """
+    assert isinstance(executor, AbstractExecutor), (
+        "an executor must subclass mechscope.AbstractExecutor"
+    )
+    assert n_items > FAILING_ITEM, f"n_items must exceed {FAILING_ITEM}"
+    check_config_roundtrip(executor.config)
+    outcomes = list(executor.map(contract_item, list(range(n_items))))
+    for outcome in outcomes:
+        assert isinstance(outcome, Outcome), "map must yield mechscope.Outcome objects"
+    indices = sorted(outcome.index for outcome in outcomes)
+    assert indices == list(range(n_items)), (
+        f"map must yield exactly one outcome per item, got indices {indices}"
+    )
+    for outcome in sorted(outcomes, key=lambda o: o.index):
+        if outcome.index == FAILING_ITEM:
+            assert not outcome.ok and outcome.value is None, "a raising item must be an error"
+            assert "fails on purpose" in str(outcome.error), (
+                f"the error must describe the exception, got {outcome.error!r}"
+            )
+        else:
+            assert outcome.ok, f"item {outcome.index} failed: {outcome.error}"
+            assert outcome.value == outcome.index**2, (
+                f"item {outcome.index} gave {outcome.value!r}, expected {outcome.index**2}"
+            )
+    assert list(executor.map(contract_item, [])) == [], "no items must give no outcomes"
+    return sorted(outcomes, key=lambda o: o.index)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import equinox as eqx
 import jax
@@ -20,13 +19,14 @@ from mechscope_bptt import (
     load_checkpoint,
     loss_terms,
     make_train_step,
-    output_r2,
     read_header,
     simple_dynamics_penalty,
     weight_matrices,
 )
 
 import mechscope
+
+from .toys import ToyRNNConfig, make_toy_rnn
 
 # ---------------------------------------------------------------------------------------------
 # Test doubles: a tiny reach task and a tiny Euler CT-RNN, written against the public interface.
@@ -91,90 +91,6 @@ class TinyReach(mechscope.AbstractTask):
         return self._trials(2 * jnp.pi * jnp.arange(self.config.n_targets) / self.config.n_targets)
 
 
-class TinyRNNConfig(mechscope.Config):
-    """Tiny Euler-integrated continuous-time RNN."""
-
-    n_units: int = 16
-    tau: float = 0.1
-    gain: float = 0.9
-    activation: str = "tanh"
-
-
-ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus}
-
-
-class TinyRNN(mechscope.AbstractModel):
-    """tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b; z = W_out·φ(x) + b_out (Euler at the task dt)."""
-
-    config: TinyRNNConfig = eqx.field(static=True)
-    w_rec: jax.Array
-    w_in: jax.Array
-    w_out: jax.Array
-    b: jax.Array
-    b_out: jax.Array
-
-    @property
-    def n_inputs(self) -> int:
-        return self.w_in.shape[1]
-
-    @property
-    def n_outputs(self) -> int:
-        return self.w_out.shape[0]
-
-    @property
-    def n_units(self) -> int:
-        return self.w_rec.shape[0]
-
-    @property
-    def recurrent_weights(self):
-        return self.w_rec
-
-    def vector_field(self, t, x, u):
-        return (-x + self.w_rec @ self.rates(x) + self.w_in @ u + self.b) / self.config.tau
-
-    def rates(self, x):
-        return ACTIVATIONS[self.config.activation](x)
-
-    def readout(self, r):
-        return self.w_out @ r + self.b_out
-
-    def initial_state(self):
-        return jnp.zeros(self.n_units)
-
-    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
-        dt = times[1] - times[0]
-        noise = mechscope.Noise.none() if noise is None else noise
-        key = jax.random.key(0) if key is None else key
-        input_key, state_key = jax.random.split(key)
-        u = inputs + noise.input * jax.random.normal(input_key, inputs.shape)
-        kicks = jax.random.normal(state_key, (times.size, self.n_units))
-        scale = noise.recurrent * jnp.sqrt(2 * self.config.tau / dt) * dt / self.config.tau
-
-        def euler(x, step):
-            u_t, kick = step
-            return x + dt * self.vector_field(0.0, x, u_t) + scale * kick, x
-
-        start = self.initial_state() if x0 is None else x0
-        _, states = jax.lax.scan(euler, start, (u, kicks))
-        rates = jax.vmap(self.rates)(states)
-        return mechscope.Trajectory(
-            times=times, states=states, rates=rates, outputs=jax.vmap(self.readout)(rates)
-        )
-
-
-def make_tiny_rnn(config, *, n_inputs, n_outputs, key):
-    k1, k2, k3 = jax.random.split(key, 3)
-    n = config.n_units
-    return TinyRNN(
-        config=config,
-        w_rec=config.gain * jax.random.normal(k1, (n, n)) / math.sqrt(n),
-        w_in=jax.random.normal(k2, (n, n_inputs)) / math.sqrt(n_inputs),
-        w_out=jax.random.normal(k3, (n_outputs, n)) / math.sqrt(n),
-        b=jnp.zeros(n),
-        b_out=jnp.zeros(n_outputs),
-    )
-
-
 class _TestDoubles:
     @mechscope.hookimpl
     def mechscope_register_tasks(self, register):
@@ -182,7 +98,7 @@ class _TestDoubles:
 
     @mechscope.hookimpl
     def mechscope_register_models(self, register):
-        register("bptt_test_rnn", TinyRNNConfig, make_tiny_rnn)
+        register("bptt_test_rnn", ToyRNNConfig, make_toy_rnn)
 
 
 @pytest.fixture
@@ -200,7 +116,7 @@ QUIET = {"input_noise": 0.0, "recurrent_noise": 0.0}
 
 
 def tiny_model(key, **params):
-    return make_tiny_rnn(TinyRNNConfig(**params), n_inputs=3, n_outputs=2, key=key)
+    return make_toy_rnn(ToyRNNConfig(**params), n_inputs=3, n_outputs=2, key=key)
 
 
 def trainer(**params):
@@ -215,7 +131,7 @@ def leaves(model):
 def condition_stats(model):
     conditions = TASK.conditions()
     trajectory = mechscope.simulate(model, conditions.inputs, conditions.times)
-    r2 = output_r2(trajectory.outputs, conditions.targets, conditions.mask)
+    r2 = mechscope.masked_r2(trajectory.outputs, conditions.targets, conditions.mask)
     return float(r2), float(jnp.mean(trajectory.rates**2))
 
 
@@ -620,7 +536,7 @@ def test_real_ctrnn_learns_short_delayed_reach(getkey):
     assert run.status == "completed" and "target" in run.reason
     conditions = task.conditions()
     outputs = mechscope.simulate(run.model, conditions.inputs, conditions.times).outputs
-    r2 = float(output_r2(outputs, conditions.targets, conditions.mask))
+    r2 = float(mechscope.masked_r2(outputs, conditions.targets, conditions.mask))
     assert r2 >= 0.8 and r2 == pytest.approx(run.history["r2"][-1], abs=1e-5)
 
 

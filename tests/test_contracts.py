@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import mechscope
-from mechscope.testing import check_model, check_probe, check_task, check_trainer
+from mechscope.testing import (
+    check_executor,
+    check_model,
+    check_probe,
+    check_task,
+    check_trainer,
+)
 
 from .toys import (
     ToyModel,
@@ -56,6 +63,75 @@ def test_registered_configs_roundtrip_and_build(entry):
     }[entry.kind]
     if entry.kind != "model":
         assert isinstance(entry.build(config), interface)
+
+
+#: Settings that keep each probe's contract check cheap on the tiny network (a few seconds).
+CHEAP_PROBE_SETTINGS = {
+    "fixed_points": {"n_starts": 8},
+    "robustness": {
+        "input_noise": (0.0, 0.1),
+        "recurrent_noise": (0.0, 0.1),
+        "kick": (0.0, 0.2),
+        "n_repeats": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_reach_run():
+    """A tiny ctrnn briefly trained on a coarse delayed reach: every first-party probe needs
+    a reach task (events, target labels; generalization builds switch/relocation trials that
+    match it), and a trained network gives the probes non-degenerate trajectories."""
+    task_entry = REGISTRY.get("task", "delayed_reach")
+    task = task_entry.build(task_entry.validate({"dt": 0.02}))
+    model_entry = REGISTRY.get("model", "ctrnn")
+    model = model_entry.build(
+        model_entry.validate({"n_units": 8}),
+        n_inputs=task.n_inputs,
+        n_outputs=task.n_outputs,
+        key=jax.random.key(0),
+    )
+    trainer_entry = REGISTRY.get("trainer", "bptt")
+    trainer = trainer_entry.build(
+        trainer_entry.validate({"steps": 10, "batch_size": 8, "eval_every": 10})
+    )
+    return task, trainer.fit(model, task, key=jax.random.key(1))
+
+
+@pytest.mark.parametrize("entry", REGISTRY.entries("probe"), ids=ids(REGISTRY.entries("probe")))
+def test_registered_probes_meet_contract(entry, tiny_reach_run, getkey, tmp_path):
+    task, trained = tiny_reach_run
+    probe = entry.build(entry.validate(CHEAP_PROBE_SETTINGS.get(entry.name, {})))
+    dependencies = {}
+    for name in probe.requires:
+        needed = REGISTRY.get("probe", name)
+        dependencies[name] = needed.build(needed.validate({})).run(trained, task, key=getkey())
+    result = check_probe(
+        probe, trained, task, key=getkey(), dependencies=dependencies, tmp_path=tmp_path
+    )
+    assert any(np.isfinite(v) for v in result.metrics.values()), "every metric is NaN"
+
+
+def _cheap_trainer_settings(entry) -> dict:
+    fields = entry.config_class.model_fields
+    return {k: v for k, v in {"steps": 3, "batch_size": 4}.items() if k in fields}
+
+
+@pytest.mark.parametrize("entry", REGISTRY.entries("trainer"), ids=ids(REGISTRY.entries("trainer")))
+def test_registered_trainers_meet_contract(entry, getkey):
+    task, model = toy_setup(getkey())
+    trainer = entry.build(entry.validate(_cheap_trainer_settings(entry)))
+    check_trainer(trainer, model, task, key=getkey())
+
+
+@pytest.mark.parametrize(
+    "entry", REGISTRY.entries("executor"), ids=ids(REGISTRY.entries("executor"))
+)
+def test_registered_executors_meet_contract(entry):
+    if entry.name == "dask":
+        pytest.importorskip("dask.distributed")
+    outcomes = check_executor(entry.build(entry.validate({})))
+    assert [o.index for o in outcomes if not o.ok] == [3]
 
 
 def toy_setup(key):
@@ -141,3 +217,92 @@ def test_check_probe_catches_nondeterminism(getkey):
         check_probe(
             RandomProbe(ToyProbeConfig()), mechscope.TrainedRun(model=model), task, key=getkey()
         )
+
+
+class SharedRunMisusingProbe(ToyProbe):
+    """Breaks the shared-run rule: its metric changes when it is handed the condition run."""
+
+    def run(self, trained, task, *, key, dependencies=None, conditions=None):
+        result = super().run(trained, task, key=key)
+        if conditions is not None:
+            result.metrics["mse"] = float(np.mean(conditions.outputs**2))
+        return result
+
+
+def test_check_probe_catches_probe_that_misuses_the_shared_run(getkey):
+    task, model = toy_setup(getkey())
+    with pytest.raises(AssertionError, match="when given the shared condition run"):
+        check_probe(
+            SharedRunMisusingProbe(ToyProbeConfig()),
+            mechscope.TrainedRun(model=model),
+            task,
+            key=getkey(),
+        )
+
+
+class KeyIgnoringTrainer(ToyTrainer):
+    """Breaks determinism in reverse: every key trains the same weights."""
+
+    def fit(self, model, task, *, key, callbacks=(), checkpoint_dir=None):
+        return super().fit(model, task, key=jax.random.key(0), callbacks=callbacks)
+
+
+class LazyTrainer(ToyTrainer):
+    """Claims to train but returns the initial weights."""
+
+    def fit(self, model, task, *, key, callbacks=(), checkpoint_dir=None):
+        run = super().fit(model, task, key=key, callbacks=callbacks)
+        return mechscope.TrainedRun(model=model, history=run.history)
+
+
+class SilentTrainer(ToyTrainer):
+    """Never tells its callbacks anything."""
+
+    def fit(self, model, task, *, key, callbacks=(), checkpoint_dir=None):
+        return super().fit(model, task, key=key)
+
+
+def test_check_trainer_catches_broken_trainers(getkey):
+    task, model = toy_setup(getkey())
+    config = ToyTrainerConfig(steps=3)
+    with pytest.raises(AssertionError, match="different keys gave identical"):
+        check_trainer(KeyIgnoringTrainer(config), model, task, key=getkey())
+    with pytest.raises(AssertionError, match="does it train"):
+        check_trainer(LazyTrainer(config), model, task, key=getkey())
+    with pytest.raises(AssertionError, match="on_train_start"):
+        check_trainer(SilentTrainer(config), model, task, key=getkey())
+
+
+class StopAtFirstFailureExecutor(mechscope.AbstractExecutor):
+    """Breaks failure isolation: the first raising item ends the whole map."""
+
+    config: mechscope.Config
+
+    def map(self, function, items):
+        for index, item in enumerate(items):
+            try:
+                value = function(item)
+            except Exception:  # noqa: BLE001 - the broken behaviour under test
+                return
+            yield mechscope.Outcome(index, value=value)
+
+
+class OffByOneExecutor(mechscope.AbstractExecutor):
+    """Reports every value under the wrong index."""
+
+    config: mechscope.Config
+
+    def map(self, function, items):
+        for index in range(len(items)):
+            try:
+                yield mechscope.Outcome(index, value=function(items[(index + 1) % len(items)]))
+            except Exception as error:  # noqa: BLE001
+                yield mechscope.Outcome(index, error=str(error))
+
+
+def test_check_executor_catches_broken_executors():
+    config = ToyProbeConfig()  # any hashable Config
+    with pytest.raises(AssertionError, match="one outcome per item"):
+        check_executor(StopAtFirstFailureExecutor(config))
+    with pytest.raises(AssertionError, match="gave|must be an error|failed"):
+        check_executor(OffByOneExecutor(config))

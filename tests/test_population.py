@@ -15,6 +15,8 @@ import scipy.io
 import mechscope
 from mechscope.testing import check_probe
 
+from .toys import toy_rnn
+
 DT = 0.01
 
 
@@ -311,64 +313,14 @@ class TinyTask(mechscope.AbstractTask):
         return self._trials(angle.reshape(-1), delay.reshape(-1))
 
 
-class TinyModelConfig(mechscope.Config):
-    """A small tanh CT-RNN integrated with Euler steps."""
-
-    n_units: int = 16
-
-
-class TinyModel(mechscope.AbstractModel):
-    config: TinyModelConfig = eqx.field(static=True)
-    w_rec: jax.Array
-    w_in: jax.Array
-    w_out: jax.Array
-
-    @property
-    def n_inputs(self) -> int:
-        return self.w_in.shape[1]
-
-    @property
-    def n_outputs(self) -> int:
-        return self.w_out.shape[0]
-
-    @property
-    def n_units(self) -> int:
-        return self.config.n_units
-
-    def vector_field(self, t, x, u):
-        return (-x + self.w_rec @ jnp.tanh(x) + self.w_in @ u) / 0.05
-
-    def rates(self, x):
-        return jnp.tanh(x)
-
-    def readout(self, r):
-        return self.w_out @ r
-
-    def initial_state(self):
-        return jnp.zeros(self.config.n_units)
-
-    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
-        dt = times[1] - times[0]
-        start = self.initial_state() if x0 is None else x0
-
-        def step(x, u):
-            return x + dt * self.vector_field(0.0, x, u), x
-
-        _, states = jax.lax.scan(step, start, inputs)
-        rates = jnp.tanh(states)
-        return mechscope.Trajectory(
-            times=times, states=states, rates=rates, outputs=rates @ self.w_out.T
-        )
-
-
 def make_tiny(key):
     k1, k2, k3 = jax.random.split(key, 3)
     n = 16
-    model = TinyModel(
-        config=TinyModelConfig(n_units=n),
-        w_rec=1.2 * jax.random.normal(k1, (n, n)) / jnp.sqrt(n),
-        w_in=jax.random.normal(k2, (n, 3)),
-        w_out=jax.random.normal(k3, (2, n)) / jnp.sqrt(n),
+    model = toy_rnn(
+        1.2 * jax.random.normal(k1, (n, n)) / jnp.sqrt(n),
+        jax.random.normal(k2, (n, 3)),
+        jax.random.normal(k3, (2, n)) / jnp.sqrt(n),
+        tau=0.05,
     )
     return mechscope.TrainedRun(model=model), TinyTask(config=TinyTaskConfig())
 

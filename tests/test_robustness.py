@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,65 +10,7 @@ from mechscope_dynamics import RobustnessConfig, RobustnessProbe, area_under_cur
 
 import mechscope
 
-
-class LeakyConfig(mechscope.Config):
-    """A test double."""
-
-
-class Leaky(mechscope.AbstractModel):
-    """Linear leaky integrator with Euler steps and noise on inputs and state."""
-
-    config: LeakyConfig = eqx.field(static=True)
-    w_in: jax.Array
-    w_out: jax.Array
-
-    @property
-    def n_inputs(self):
-        return self.w_in.shape[1]
-
-    @property
-    def n_outputs(self):
-        return self.w_out.shape[0]
-
-    @property
-    def n_units(self):
-        return self.w_in.shape[0]
-
-    def vector_field(self, t, x, u):
-        return (-x + self.w_in @ u) / 0.05
-
-    def rates(self, x):
-        return x
-
-    def readout(self, r):
-        return self.w_out @ r
-
-    def initial_state(self):
-        return jnp.zeros(self.n_units)
-
-    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
-        dt = times[1] - times[0]
-        noise = noise or mechscope.Noise.none()
-        key = jax.random.key(0) if key is None else key
-        k1, k2 = jax.random.split(key)
-        inputs = inputs + noise.input * jnp.sqrt(2 * 0.05 / dt) * jax.random.normal(
-            k1, inputs.shape
-        )
-        kicks = (
-            noise.recurrent
-            * jnp.sqrt(2 * dt / 0.05)
-            * jax.random.normal(k2, (times.shape[0], self.n_units))
-        )
-
-        def step(x, slice_):
-            u, kick = slice_
-            return x + dt * self.vector_field(0.0, x, u) + kick, x
-
-        start = self.initial_state() if x0 is None else x0
-        _, states = jax.lax.scan(step, start, (inputs, kicks))
-        return mechscope.Trajectory(
-            times=times, states=states, rates=states, outputs=jax.vmap(self.readout)(states)
-        )
+from .toys import toy_rnn
 
 
 class RampConfig(mechscope.Config):
@@ -111,7 +52,8 @@ class Ramp(mechscope.AbstractTask):
 
 
 def _model():
-    return Leaky(LeakyConfig(), jnp.eye(3, 2), jnp.eye(2, 3))
+    """A linear leaky integrator (no recurrence), tau = 50 ms."""
+    return toy_rnn(jnp.zeros((3, 3)), jnp.eye(3, 2), jnp.eye(2, 3), tau=0.05, activation="linear")
 
 
 def _run(config, key):

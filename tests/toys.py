@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -127,6 +128,114 @@ class ToyModel(mechscope.AbstractModel):
         return mechscope.Trajectory(
             times=times, states=states, rates=rates, outputs=jax.vmap(self.readout)(rates)
         )
+
+
+class ToyRNNConfig(mechscope.Config):
+    """A tiny Euler-integrated CT-RNN, the shared test double for trainers and probes."""
+
+    n_units: int = pydantic.Field(16, ge=1)
+    tau: float = pydantic.Field(0.1, gt=0)
+    gain: float = pydantic.Field(0.9, description="W_rec ~ N(0, gain²/N) at init")
+    activation: Literal["tanh", "softplus", "linear"] = "tanh"
+
+
+_TOY_ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus, "linear": lambda x: x}
+
+
+class ToyRNN(mechscope.AbstractModel):
+    """tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b; z = W_out·φ(x) + b_out (Euler at the task dt).
+
+    Noise follows the ctrnn convention: the input gets σ_in·sqrt(2·tau/dt)·η and each step's
+    state σ_rec·sqrt(2·dt/tau)·ξ, from the two halves of ``jax.random.split(key)``. Build it
+    with :func:`make_toy_rnn` (random weights) or directly from chosen weights.
+    """
+
+    config: ToyRNNConfig = eqx.field(static=True)
+    w_rec: jax.Array
+    w_in: jax.Array
+    w_out: jax.Array
+    b: jax.Array
+    b_out: jax.Array
+
+    @property
+    def n_inputs(self) -> int:
+        return self.w_in.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.w_out.shape[0]
+
+    @property
+    def n_units(self) -> int:
+        return self.w_rec.shape[0]
+
+    @property
+    def recurrent_weights(self):
+        return self.w_rec
+
+    def vector_field(self, t, x, u):
+        return (-x + self.w_rec @ self.rates(x) + self.w_in @ u + self.b) / self.config.tau
+
+    def rates(self, x):
+        return _TOY_ACTIVATIONS[self.config.activation](x)
+
+    def readout(self, r):
+        return self.w_out @ r + self.b_out
+
+    def initial_state(self):
+        return jnp.zeros(self.n_units)
+
+    def __call__(self, inputs, times, *, key=None, noise=None, x0=None):
+        dt = times[1] - times[0]
+        tau = self.config.tau
+        noise = mechscope.Noise.none() if noise is None else noise
+        key = jax.random.key(0) if key is None else key
+        input_key, state_key = jax.random.split(key)
+        u = inputs + noise.input * jnp.sqrt(2 * tau / dt) * jax.random.normal(
+            input_key, inputs.shape
+        )
+        kicks = (
+            noise.recurrent
+            * jnp.sqrt(2 * dt / tau)
+            * jax.random.normal(state_key, (times.shape[0], self.n_units))
+        )
+
+        def euler(x, step):
+            u_t, kick = step
+            return x + dt * self.vector_field(0.0, x, u_t) + kick, x
+
+        start = self.initial_state() if x0 is None else x0
+        _, states = jax.lax.scan(euler, start, (u, kicks))
+        rates = jax.vmap(self.rates)(states)
+        return mechscope.Trajectory(
+            times=times, states=states, rates=rates, outputs=jax.vmap(self.readout)(rates)
+        )
+
+
+def make_toy_rnn(config: ToyRNNConfig, *, n_inputs: int, n_outputs: int, key) -> ToyRNN:
+    """A ToyRNN with W_rec ~ N(0, g²/N), W_in ~ N(0, 1/n_inputs), W_out ~ N(0, 1/N), no biases."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    n = config.n_units
+    return ToyRNN(
+        config=config,
+        w_rec=config.gain * jax.random.normal(k1, (n, n)) / np.sqrt(n),
+        w_in=jax.random.normal(k2, (n, n_inputs)) / np.sqrt(n_inputs),
+        w_out=jax.random.normal(k3, (n_outputs, n)) / np.sqrt(n),
+        b=jnp.zeros(n),
+        b_out=jnp.zeros(n_outputs),
+    )
+
+
+def toy_rnn(w_rec, w_in, w_out, *, tau: float, activation: str = "tanh") -> ToyRNN:
+    """A ToyRNN with the given weights and zero biases."""
+    return ToyRNN(
+        config=ToyRNNConfig(n_units=w_rec.shape[0], tau=tau, activation=activation),
+        w_rec=jnp.asarray(w_rec),
+        w_in=jnp.asarray(w_in),
+        w_out=jnp.asarray(w_out),
+        b=jnp.zeros(w_rec.shape[0]),
+        b_out=jnp.zeros(w_out.shape[0]),
+    )
 
 
 #: Every ToyTrainer.fit call, so tests can tell a cached run from a retrained one.

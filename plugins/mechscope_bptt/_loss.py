@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import equinox as eqx
@@ -54,7 +55,10 @@ def weight_matrices(model: mechscope.AbstractModel) -> tuple[Float[Array, "m n"]
     """
     declared = getattr(model, "weight_matrices", None)
     if callable(declared):
-        return tuple(declared())
+        matrices = declared()
+        if not isinstance(matrices, Iterable):
+            raise TypeError(f"{type(model).__name__}.weight_matrices() must return matrices")
+        return tuple(jnp.asarray(matrix) for matrix in matrices)
     leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
     return tuple(leaf for leaf in leaves if leaf.ndim == 2)
 
@@ -68,7 +72,11 @@ def recurrent_weights(model: mechscope.AbstractModel) -> Float[Array, "n_units n
     weights = getattr(model, "recurrent_weights", None)
     if callable(weights):
         weights = weights()
-    if weights is None or jnp.ndim(weights) != 2 or weights.shape[0] != weights.shape[1]:
+    if (
+        not isinstance(weights, jax.Array)
+        or weights.ndim != 2
+        or weights.shape[0] != weights.shape[1]
+    ):
         raise TypeError(
             f"simple_dynamics_reg needs a model with a square 'recurrent_weights' matrix "
             f"(W_rec in tau·dx/dt = -x + W_rec·φ(x) + ...); {type(model).__name__} has none. "
@@ -104,24 +112,6 @@ def masked_mse(
 ) -> Scalar:
     """Σ mask·(z − y)² / Σ mask (0 when the mask is empty)."""
     return jnp.sum(mask * (outputs - targets) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def output_r2(
-    outputs: Float[Array, "*batch time n_outputs"],
-    targets: Float[Array, "*batch time n_outputs"],
-    mask: Float[Array, "*batch time n_outputs"],
-) -> Scalar:
-    """Masked coefficient of determination pooled over output channels.
-
-    R² = 1 − Σ m·(z − y)² / Σ m·(y − ȳ_c)², where ȳ_c is the masked mean of target channel c
-    over trials and times.
-    """
-    axes = tuple(range(targets.ndim - 1))
-    counts = jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
-    means = jnp.sum(mask * targets, axis=axes) / counts
-    residual = jnp.sum(mask * (outputs - targets) ** 2)
-    total = jnp.sum(mask * (targets - means) ** 2)
-    return 1.0 - residual / total
 
 
 def loss_terms(
@@ -170,6 +160,6 @@ def loss_terms(
         "weight_penalty": weight_penalty,
         "dynamics_penalty": dynamics_penalty,
         "mean_rate_sq": mean_rate_sq,
-        "train_r2": output_r2(trajectory.outputs, trials.targets, trials.mask),
+        "train_r2": mechscope.masked_r2(trajectory.outputs, trials.targets, trials.mask),
     }
     return loss, terms

@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar, UInt32
 import mechscope
 
 from ._config import BPTTConfig, build_optimizer, build_schedule
-from ._loss import Hyperparameters, loss_terms, output_r2
+from ._loss import Hyperparameters, loss_terms
 
 #: Quantities averaged over the steps between two evaluations.
 WINDOW_METRICS = (
@@ -215,7 +215,7 @@ def make_train_step(
 
 def _evaluate(model: mechscope.AbstractModel, trials: mechscope.Trials) -> Scalar:
     trajectory = mechscope.simulate(model, trials.inputs, trials.times)
-    return output_r2(trajectory.outputs, trials.targets, trials.mask)
+    return mechscope.masked_r2(trajectory.outputs, trials.targets, trials.mask)
 
 
 @eqx.filter_jit

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -92,7 +92,7 @@ class _Seed:
     step: int
     resumed_from: int
     running: bool = True
-    status: str = "completed"
+    status: Literal["completed", "diverged", "stopped"] = "completed"
     reason: str = ""
 
 
@@ -108,8 +108,7 @@ class _Batch:
 
 
 def _masked(state: TrainState, mask: np.ndarray, build: Callable[[Any, Any], Any]) -> TrainState:
-    mask = jnp.asarray(mask).reshape(np.shape(state.step))
-    return build(state, mask)
+    return build(state, jnp.asarray(mask).reshape(np.shape(state.step)))
 
 
 def _deactivate(state: TrainState, mask: np.ndarray) -> TrainState:
@@ -217,148 +216,22 @@ class BPTTTrainer(mechscope.AbstractTrainer):
         batch: _Batch,
         stacked: bool,
     ) -> list[mechscope.TrainedRun]:
-        config = self.config
-        trainer_json = _json_config(config)
         seeds: list[_Seed] = []
         states: list[TrainState] = []
         for model, key, directory in zip(models, keys, directories, strict=True):
             state, seed = self._start(model, key, None if directory is None else Path(directory))
             states.append(state)
             seeds.append(seed)
-        state = _stack(states) if stacked else states[0]
-        del states
-        n = len(seeds)
-        static = compile_config(config)
-        hyper = Hyperparameters.from_config(config)
-
-        def tag(i: int, metrics: dict[str, float]) -> dict[str, float]:
-            return {**metrics, "seed": float(i)} if stacked else metrics
-
-        for seed in seeds:
-            for callback in callbacks:
-                callback.on_train_start(model=seed.initial_model, task=task, n_steps=config.steps)
-            if seed.step >= config.steps or not seed.running:
-                seed.running = False
-                seed.reason = seed.reason or f"ran {seed.step} steps"
-        start = time.perf_counter()
-        steps_taken = 0
-
-        def checkpoint(i: int) -> None:
-            seed = seeds[i]
-            if seed.directory is None:
-                return
-            save_checkpoint(
-                seed.directory,
-                batch.get(state, i),
-                history=seed.history,
-                trainer_config=trainer_json,
-                model_config=_json_config(seed.initial_model.config),
-                status="running" if seed.running else seed.status,
-                reason=seed.reason,
-            )
-
-        try:
-            if stacked and any(not s.running for s in seeds):
-                state = batch.set_inactive(state, np.array([not s.running for s in seeds]))
-            while any(seed.running for seed in seeds):
-                state = batch.step(state)
-                steps_taken += 1
-                evaluate = np.zeros(n, bool)
-                save = np.zeros(n, bool)
-                for i, seed in enumerate(seeds):
-                    if not seed.running:
-                        continue
-                    seed.step += 1
-                    evaluate[i] = seed.step % config.eval_every == 0 or seed.step >= config.steps
-                    save[i] = seed.directory is not None and (
-                        (
-                            config.checkpoint_every is not None
-                            and seed.step % config.checkpoint_every == 0
-                        )
-                        or seed.step >= config.steps
-                    )
-                if not (evaluate.any() or save.any()):
-                    continue
-                # One synchronisation: divergence first, so nothing non-finite is recorded.
-                active, failure, failed_step, device_step = (
-                    np.atleast_1d(np.asarray(x))
-                    for x in jax.device_get(
-                        (state.active, state.failure, state.failed_step, state.step)
-                    )
-                )
-                for i, seed in enumerate(seeds):
-                    if seed.running and not active[i]:
-                        seed.running = False
-                        seed.status = "diverged"
-                        seed.step = int(device_step[i])
-                        seed.reason = _failure_reason(int(failure[i]), int(failed_step[i]))
-                        evaluate[i] = save[i] = False
-                if evaluate.any():
-                    r2 = batch.r2(state)
-                    sums = {k: np.atleast_1d(np.asarray(v)) for k, v in state.sums.items()}
-                    count = np.atleast_1d(np.asarray(state.count))
-                    rate = np.atleast_1d(np.asarray(learning_rate_at(state.step, hyper, static)))
-                    for i in np.flatnonzero(evaluate):
-                        seed = seeds[i]
-                        row = {"step": float(seed.step)}
-                        row.update({k: float(sums[k][i]) / max(int(count[i]), 1) for k in sums})
-                        row["r2"] = float(r2[i])
-                        row["learning_rate"] = float(rate[i])
-                        for name in HISTORY_COLUMNS:
-                            seed.history[name].append(row[name])
-                        for callback in callbacks:
-                            callback.on_evaluation(step=seed.step, metrics=tag(i, row))
-                        if config.target_r2 is not None and row["r2"] >= config.target_r2:
-                            seed.running = False
-                            seed.reason = (
-                                f"reached the target R² {config.target_r2} "
-                                f"(R² = {row['r2']:.4f}) at step {seed.step}"
-                            )
-                            save[i] = seed.directory is not None
-                    state = batch.reset_window(state, evaluate)
-                for seed in seeds:
-                    if seed.running and seed.step >= config.steps:
-                        seed.running = False
-                        seed.reason = f"ran {seed.step} steps"
-                for i in np.flatnonzero(save):
-                    checkpoint(int(i))
-                if stacked:
-                    state = batch.set_inactive(state, np.array([not s.running for s in seeds]))
-        except KeyboardInterrupt:
-            # Keep what was computed: an exact checkpoint of every healthy network, then stop.
-            active = np.atleast_1d(np.asarray(state.active))
-            for i, seed in enumerate(seeds):
-                if seed.running and active[i]:
-                    checkpoint(i)
-            raise
-
-        elapsed = time.perf_counter() - start
-        runs = []
-        for i, seed in enumerate(seeds):
-            history = {
-                name: np.asarray(values, dtype=np.int64 if name == "step" else np.float64)
-                for name, values in seed.history.items()
-            }
-            run = mechscope.TrainedRun(
-                model=batch.get(state, i).model,
-                history=history,
-                status=seed.status,
-                reason=seed.reason,
-                metadata={
-                    "trainer": "bptt",
-                    "trainer_config": trainer_json,
-                    "steps": seed.step,
-                    "resumed_from_step": seed.resumed_from,
-                    "loop_iterations": steps_taken,
-                    "wall_time_s": elapsed,
-                    "parallel_seeds": n if stacked else 1,
-                    "final_r2": float(history["r2"][-1]) if len(history["r2"]) else None,
-                },
-            )
-            for callback in callbacks:
-                callback.on_train_end(run=run)
-            runs.append(run)
-        return runs
+        loop = _TrainingLoop(
+            config=self.config,
+            task=task,
+            callbacks=callbacks,
+            batch=batch,
+            stacked=stacked,
+            seeds=seeds,
+            state=_stack(states) if stacked else states[0],
+        )
+        return loop.run()
 
     def _start(
         self, model: mechscope.AbstractModel, key: PRNGKeyArray, directory: Path | None
@@ -400,3 +273,186 @@ class BPTTTrainer(mechscope.AbstractTrainer):
                 seed.running = False
                 seed.reason = header["reason"]
         return saved, seed
+
+
+@dataclasses.dataclass
+class _TrainingLoop:
+    """The Python loop of :class:`BPTTTrainer`: step, catch divergence, evaluate, checkpoint.
+
+    One jitted step advances every network at once; everything else here runs on the host,
+    synchronising with the device only when some network evaluates or checkpoints.
+    """
+
+    config: BPTTConfig
+    task: mechscope.AbstractTask
+    callbacks: Sequence[mechscope.Callback]
+    batch: _Batch
+    stacked: bool
+    seeds: list[_Seed]
+    state: TrainState
+    steps_taken: int = 0
+
+    def __post_init__(self) -> None:
+        self.trainer_json = _json_config(self.config)
+        self.static = compile_config(self.config)
+        self.hyper = Hyperparameters.from_config(self.config)
+
+    def run(self) -> list[mechscope.TrainedRun]:
+        """Train until every network has stopped; the runs, in order."""
+        self._announce_start()
+        start = time.perf_counter()
+        try:
+            self._deactivate_stopped()
+            while any(seed.running for seed in self.seeds):
+                self._one_iteration()
+        except KeyboardInterrupt:
+            # Keep what was computed: an exact checkpoint of every healthy network, then stop.
+            active = np.atleast_1d(np.asarray(self.state.active))
+            for i, seed in enumerate(self.seeds):
+                if seed.running and active[i]:
+                    self._checkpoint(i)
+            raise
+        return self._results(time.perf_counter() - start)
+
+    def _announce_start(self) -> None:
+        """Call ``on_train_start``; a network resumed at or past its last step is done."""
+        for seed in self.seeds:
+            for callback in self.callbacks:
+                callback.on_train_start(
+                    model=seed.initial_model, task=self.task, n_steps=self.config.steps
+                )
+            if seed.step >= self.config.steps or not seed.running:
+                seed.running = False
+                seed.reason = seed.reason or f"ran {seed.step} steps"
+
+    def _deactivate_stopped(self) -> None:
+        """Freeze stopped networks of a stacked batch, so the shared step leaves them alone."""
+        if self.stacked and any(not s.running for s in self.seeds):
+            stopped = np.array([not s.running for s in self.seeds])
+            self.state = self.batch.set_inactive(self.state, stopped)
+
+    def _one_iteration(self) -> None:
+        """One step of every running network, then whatever bookkeeping is due."""
+        self.state = self.batch.step(self.state)
+        self.steps_taken += 1
+        evaluate, save = self._due()
+        if not (evaluate.any() or save.any()):
+            return
+        # One synchronisation: divergence first, so nothing non-finite is recorded.
+        self._catch_divergence(evaluate, save)
+        if evaluate.any():
+            self._evaluate(evaluate, save)
+        for seed in self.seeds:
+            if seed.running and seed.step >= self.config.steps:
+                seed.running = False
+                seed.reason = f"ran {seed.step} steps"
+        for i in np.flatnonzero(save):
+            self._checkpoint(int(i))
+        if self.stacked:
+            self.state = self.batch.set_inactive(
+                self.state, np.array([not s.running for s in self.seeds])
+            )
+
+    def _due(self) -> tuple[np.ndarray, np.ndarray]:
+        """Count the step; which networks evaluate and which checkpoint now."""
+        config = self.config
+        n = len(self.seeds)
+        evaluate = np.zeros(n, bool)
+        save = np.zeros(n, bool)
+        for i, seed in enumerate(self.seeds):
+            if not seed.running:
+                continue
+            seed.step += 1
+            evaluate[i] = seed.step % config.eval_every == 0 or seed.step >= config.steps
+            save[i] = seed.directory is not None and (
+                (config.checkpoint_every is not None and seed.step % config.checkpoint_every == 0)
+                or seed.step >= config.steps
+            )
+        return evaluate, save
+
+    def _catch_divergence(self, evaluate: np.ndarray, save: np.ndarray) -> None:
+        """Stop every network whose step was rejected; it neither evaluates nor saves."""
+        state = self.state
+        active, failure, failed_step, device_step = (
+            np.atleast_1d(np.asarray(x))
+            for x in jax.device_get((state.active, state.failure, state.failed_step, state.step))
+        )
+        for i, seed in enumerate(self.seeds):
+            if seed.running and not active[i]:
+                seed.running = False
+                seed.status = "diverged"
+                seed.step = int(device_step[i])
+                seed.reason = _failure_reason(int(failure[i]), int(failed_step[i]))
+                evaluate[i] = save[i] = False
+
+    def _evaluate(self, evaluate: np.ndarray, save: np.ndarray) -> None:
+        """Record a history row per evaluating network, tell callbacks, apply the R² stop."""
+        config = self.config
+        state = self.state
+        r2 = self.batch.r2(state)
+        sums = {k: np.atleast_1d(np.asarray(v)) for k, v in state.sums.items()}
+        count = np.atleast_1d(np.asarray(state.count))
+        rate = np.atleast_1d(np.asarray(learning_rate_at(state.step, self.hyper, self.static)))
+        for i in np.flatnonzero(evaluate):
+            seed = self.seeds[i]
+            row = {"step": float(seed.step)}
+            row.update({k: float(sums[k][i]) / max(int(count[i]), 1) for k in sums})
+            row["r2"] = float(r2[i])
+            row["learning_rate"] = float(rate[i])
+            for name in HISTORY_COLUMNS:
+                seed.history[name].append(row[name])
+            tagged = {**row, "seed": float(i)} if self.stacked else row
+            for callback in self.callbacks:
+                callback.on_evaluation(step=seed.step, metrics=tagged)
+            if config.target_r2 is not None and row["r2"] >= config.target_r2:
+                seed.running = False
+                seed.reason = (
+                    f"reached the target R² {config.target_r2} "
+                    f"(R² = {row['r2']:.4f}) at step {seed.step}"
+                )
+                save[i] = seed.directory is not None
+        self.state = self.batch.reset_window(state, evaluate)
+
+    def _checkpoint(self, i: int) -> None:
+        """Write network `i`'s checkpoint, if it has a directory."""
+        seed = self.seeds[i]
+        if seed.directory is None:
+            return
+        save_checkpoint(
+            seed.directory,
+            self.batch.get(self.state, i),
+            history=seed.history,
+            trainer_config=self.trainer_json,
+            model_config=_json_config(seed.initial_model.config),
+            status="running" if seed.running else seed.status,
+            reason=seed.reason,
+        )
+
+    def _results(self, elapsed: float) -> list[mechscope.TrainedRun]:
+        """One TrainedRun per network (``on_train_end`` called for each)."""
+        runs = []
+        for i, seed in enumerate(self.seeds):
+            history = {
+                name: np.asarray(values, dtype=np.int64 if name == "step" else np.float64)
+                for name, values in seed.history.items()
+            }
+            run = mechscope.TrainedRun(
+                model=self.batch.get(self.state, i).model,
+                history=history,
+                status=seed.status,
+                reason=seed.reason,
+                metadata={
+                    "trainer": "bptt",
+                    "trainer_config": self.trainer_json,
+                    "steps": seed.step,
+                    "resumed_from_step": seed.resumed_from,
+                    "loop_iterations": self.steps_taken,
+                    "wall_time_s": elapsed,
+                    "parallel_seeds": len(self.seeds) if self.stacked else 1,
+                    "final_r2": float(history["r2"][-1]) if len(history["r2"]) else None,
+                },
+            )
+            for callback in self.callbacks:
+                callback.on_train_end(run=run)
+            runs.append(run)
+        return runs

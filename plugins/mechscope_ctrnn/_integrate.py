@@ -33,6 +33,9 @@ Drift = Callable[[Float[Array, " n"], Float[Array, " i"]], Float[Array, " n"]]
 #: arrays with a leading step axis and ``increment(*draws_j)`` is step j's state increment.
 StepNoise = tuple[Callable[..., Float[Array, " n"]], tuple[Float[Array, "steps ..."], ...]]
 
+#: A noisy run's noise: the source and its per-step draws ξ ``[steps, n]`` and η ``[steps, i]``.
+NoiseDraws = tuple["NoiseSource", Float[Array, "steps n"], Float[Array, "steps i"]]
+
 #: 'auto' checkpointing turns on once (solver steps × units) reaches this.
 AUTO_CHECKPOINT_SIZE = 2**18
 
@@ -225,7 +228,9 @@ def integrate_scan(
         draws = jax.tree.map(lambda a: a.reshape(n_intervals, substeps, *a.shape[1:]), tuple(draws))
 
     def control(draws_j):
-        return None if draws_j is None else HeldIncrement(increment(*draws_j))
+        if draws_j is None or increment is None:
+            return None
+        return HeldIncrement(increment(*draws_j))
 
     first_draws = None if draws is None else jax.tree.map(lambda a: a[0, 0], draws)
     solver_state = solver.init(
@@ -269,19 +274,47 @@ def integrate_scan(
     return jnp.concatenate([x0[None], states])
 
 
-def rate_drift(
-    w_rec: Float[Array, "n n"],
-    w_in: Float[Array, "n i"],
-    bias: Float[Array, " n"],
-    activation: Activation,
-    tau: float,
-) -> Drift:
-    """``drift(x, u) = (−x + W_rec·φ(x) + W_in·u + b) / tau``, the one formula every path uses."""
+class RateDynamics(eqx.Module):
+    """tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b: the one place the CT-RNN's formula lives.
 
-    def drift(x, u):
-        return (-x + w_rec @ activation.fn(x) + w_in @ u + bias) / tau
+    The models' vector field and Jacobian and every integration path (scan, Euler adjoint,
+    diffeqsolve) evaluate it through this module, with the model's effective weights.
 
-    return drift
+    Attributes:
+        w_rec: W_rec, ``[n, n]`` (row = postsynaptic unit).
+        w_in: W_in, ``[n, i]``.
+        bias: b, ``[n]``.
+        activation: φ and φ'.
+        tau: the time constant (s).
+    """
+
+    w_rec: Float[Array, "n n"]
+    w_in: Float[Array, "n i"]
+    bias: Float[Array, " n"]
+    activation: Activation = eqx.field(static=True)
+    tau: float = eqx.field(static=True)
+
+    def _leak_and_recurrence(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        return -x + self.w_rec @ self.activation.fn(x)
+
+    def __call__(self, x: Float[Array, " n"], u: Float[Array, " i"]) -> Float[Array, " n"]:
+        """dx/dt = (−x + W_rec·φ(x) + W_in·u + b) / tau (a :data:`Drift`)."""
+        return (self._leak_and_recurrence(x) + self.w_in @ u + self.bias) / self.tau
+
+    def without_input(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        """(−x + W_rec·φ(x) + b) / tau: the drift with the input term left out."""
+        return (self._leak_and_recurrence(x) + self.bias) / self.tau
+
+    @property
+    def input_gain(self) -> Float[Array, "n i"]:
+        """W_in / tau, so that the input adds ``input_gain @ u`` to dx/dt."""
+        return self.w_in / self.tau
+
+    def jacobian(self, x: Float[Array, " n"]) -> Float[Array, "n n"]:
+        """∂(dx/dt)/∂x = (−I + W_rec·diag(φ'(x))) / tau, in closed form."""
+        slope = self.activation.derivative(x)
+        eye = jnp.eye(self.w_rec.shape[0], dtype=x.dtype)
+        return (-eye + self.w_rec * slope[None, :]) / self.tau
 
 
 class EulerParameters(eqx.Module):
@@ -299,12 +332,12 @@ def integrate_euler_adjoint(
     tau: float,
     parameters: EulerParameters,
     times: Float[Array, " time"],
-    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+    noise: NoiseDraws | None,
 ) -> Float[Array, "time n"]:
     """Euler integration (one step per sample interval) with a hand-written reverse pass.
 
     The forward pass is :func:`integrate_scan` with :class:`diffrax.Euler` and the drift of
-    :func:`rate_drift`, so the states are bit for bit those of the autodiff path. The
+    :class:`RateDynamics`, so the states are bit for bit those of the autodiff path. The
     reverse pass is the discrete adjoint of
 
         x_{k+1} = x_k + a_k·(−x_k + R_k + D_k) + N_k,
@@ -335,7 +368,7 @@ def integrate_euler_adjoint(
         The state at every sample time (``[0]`` is x0).
     """
     frozen, frozen_noise = jax.lax.stop_gradient((parameters, noise))
-    drift = rate_drift(frozen.w_rec, frozen.w_in, frozen.bias, activation, tau)
+    drift = RateDynamics(frozen.w_rec, frozen.w_in, frozen.bias, activation, tau)
     step_noise = None
     if frozen_noise is not None:
         source, xi, eta = frozen_noise
@@ -430,7 +463,7 @@ def integrate_diffeqsolve(
     x0: Float[Array, " n"],
     inputs: Float[Array, "time i"],
     times: Float[Array, " time"],
-    noise: tuple[NoiseSource, Float[Array, "steps n"], Float[Array, "steps i"]] | None,
+    noise: NoiseDraws | None,
     *,
     substeps: int,
     adaptive: bool,
@@ -497,7 +530,10 @@ def integrate_diffeqsolve(
         max_steps=steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints),
     )
-    return solution.ys
+    states = solution.ys
+    if states is None:  # SaveAt(ts=times) always saves; this narrows diffrax's Optional
+        raise RuntimeError("diffeqsolve returned no states")
+    return states
 
 
 def checkpoint_chunk_for(
@@ -519,11 +555,12 @@ __all__ = [
     "GridIncrements",
     "HeldIncrement",
     "HeldInputIntegral",
+    "NoiseDraws",
     "NoiseSource",
+    "RateDynamics",
     "StepNoise",
     "checkpoint_chunk_for",
     "integrate_diffeqsolve",
     "integrate_euler_adjoint",
     "integrate_scan",
-    "rate_drift",
 ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import TypeVar
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
@@ -15,13 +17,16 @@ from mechscope_ctrnn._activations import get_activation
 from mechscope_ctrnn._config import CTRNNConfig, EICTRNNConfig, make_solver
 from mechscope_ctrnn._integrate import (
     EulerParameters,
+    NoiseDraws,
     NoiseSource,
+    RateDynamics,
     checkpoint_chunk_for,
     integrate_diffeqsolve,
     integrate_euler_adjoint,
     integrate_scan,
-    rate_drift,
 )
+
+_Model = TypeVar("_Model", bound="AbstractCTRNN")
 
 
 def _is_concretely_zero(noise: mechscope.Noise) -> bool:
@@ -38,7 +43,8 @@ class AbstractCTRNN(mechscope.AbstractModel):
     """A rate network tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b with readout z = W_out·φ(x) + b_out.
 
     Concrete subclasses choose how the stored (raw) parameters map to the effective weight
-    matrices; everything else (dynamics, Jacobian, integration, noise) lives here.
+    matrices; everything else (integration, noise) lives here, and the formula itself in
+    :class:`~mechscope_ctrnn._integrate.RateDynamics` (:meth:`dynamics`).
     """
 
     config: eqx.AbstractVar[CTRNNConfig | EICTRNNConfig]
@@ -90,22 +96,30 @@ class AbstractCTRNN(mechscope.AbstractModel):
             return self.x0
         return jax.lax.stop_gradient(self.x0)
 
+    def dynamics(self) -> RateDynamics:
+        """The right-hand side tau·dx/dt = −x + W_rec·φ(x) + W_in·u + b, effective weights."""
+        config = self.config
+        return RateDynamics(
+            self.recurrent_weights(),
+            self.input_weights(),
+            self.bias,
+            get_activation(config.activation),
+            config.tau,
+        )
+
     def vector_field(
         self, t: ScalarLike, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]
     ) -> Float[Array, " n_units"]:
         """dx/dt = (−x + W_rec·φ(x) + W_in·u + b) / tau, noise-free."""
         del t
-        drive = self.input_weights() @ u + self.bias
-        return (-x + self.recurrent_weights() @ self.rates(x) + drive) / self.config.tau
+        return self.dynamics()(x, u)
 
     def jacobian(
         self, t: ScalarLike, x: Float[Array, " n_units"], u: Float[Array, " n_inputs"]
     ) -> Float[Array, "n_units n_units"]:
         """∂f/∂x = (−I + W_rec·diag(φ'(x))) / tau, in closed form."""
         del t, u
-        slope = get_activation(self.config.activation).derivative(x)
-        eye = jnp.eye(self.n_units, dtype=x.dtype)
-        return (-eye + self.recurrent_weights() * slope[None, :]) / self.config.tau
+        return self.dynamics().jacobian(x)
 
     def __call__(
         self,
@@ -136,7 +150,27 @@ class AbstractCTRNN(mechscope.AbstractModel):
         Raises:
             ValueError: on mismatched shapes, or noise without a key.
         """
-        config = self.config
+        noise = self._checked_noise(inputs, times, key, noise)
+        start = self.initial_state() if x0 is None else x0
+        dynamics = self.dynamics()
+        draws = None
+        if noise is not None:
+            assert key is not None  # _checked_noise raised otherwise
+            draws = self._noise_draws(dynamics, noise, times, key, start.dtype)
+        states = self._integrate(dynamics, start, inputs, times, draws)
+        rates = dynamics.activation.fn(states)
+        return mechscope.Trajectory(
+            times=times, states=states, rates=rates, outputs=self.readout(rates)
+        )
+
+    def _checked_noise(
+        self,
+        inputs: Float[Array, "time n_inputs"],
+        times: Float[Array, " time"],
+        key: PRNGKeyArray | None,
+        noise: mechscope.Noise | None,
+    ) -> mechscope.Noise | None:
+        """Validate a call's shapes and noise; concretely zero noise becomes None."""
         if times.ndim != 1 or times.shape[0] < 2:
             raise ValueError(f"times must be 1-d with at least 2 samples, got {times.shape}")
         if inputs.shape != (times.shape[0], self.n_inputs):
@@ -148,87 +182,92 @@ class AbstractCTRNN(mechscope.AbstractModel):
             noise = None
         if noise is not None and key is None:
             raise ValueError("a PRNG key is required when noise is given (pass key=...)")
-        if noise is not None and config.adaptive:
+        if noise is not None and self.config.adaptive:
             raise ValueError(
                 "noise needs fixed-step integration (adaptive=False; Euler is then "
                 "Euler-Maruyama); adaptive stepping is for noise-free runs"
             )
-        start = self.initial_state() if x0 is None else x0
-        w_rec = self.recurrent_weights()
-        w_in = self.input_weights()
-        bias = self.bias
-        activation = get_activation(config.activation)
-        phi = activation.fn
-        tau = config.tau
-        drift = rate_drift(w_rec, w_in, bias, activation, tau)
+        return noise
 
+    def _noise_draws(
+        self,
+        dynamics: RateDynamics,
+        noise: mechscope.Noise,
+        times: Float[Array, " time"],
+        key: PRNGKeyArray,
+        dtype: jnp.dtype,
+    ) -> NoiseDraws:
+        """The noise source and one trial's standard-normal draws for every solver step."""
+        substeps = self.config.substeps
+        # Convention (see the docs): one ξ per unit and one η per input channel per step,
+        # drawn from the two halves of jax.random.split(key).
+        key_rec, key_in = jax.random.split(key)
+        n_steps = (times.shape[0] - 1) * substeps
+        h = (times[1] - times[0]) / substeps
+        source = NoiseSource(
+            input_weights=dynamics.w_in,
+            sigma_recurrent=jnp.asarray(noise.recurrent, dtype),
+            sigma_input=jnp.asarray(noise.input, dtype),
+            scale=jnp.sqrt(2.0 * h / dynamics.tau).astype(dtype),
+        )
+        return (
+            source,
+            jax.random.normal(key_rec, (n_steps, self.n_units), dtype),
+            jax.random.normal(key_in, (n_steps, self.n_inputs), dtype),
+        )
+
+    def _integrate(
+        self,
+        dynamics: RateDynamics,
+        start: Float[Array, " n_units"],
+        inputs: Float[Array, "time n_inputs"],
+        times: Float[Array, " time"],
+        draws: NoiseDraws | None,
+    ) -> Float[Array, "time n_units"]:
+        """The states at `times` by the path the config selects (adjoint, scan, diffeqsolve)."""
+        config = self.config
         n_intervals = times.shape[0] - 1
         substeps = config.substeps
         solver = make_solver(config.solver)
-
-        noise_draws = source = None
-        if noise is not None:
-            # Convention (see the docs): one ξ per unit and one η per input channel per step,
-            # drawn from the two halves of jax.random.split(key).
-            key_rec, key_in = jax.random.split(key)
-            n_steps = n_intervals * substeps
-            h = (times[1] - times[0]) / substeps
-            source = NoiseSource(
-                input_weights=w_in,
-                sigma_recurrent=jnp.asarray(noise.recurrent, start.dtype),
-                sigma_input=jnp.asarray(noise.input, start.dtype),
-                scale=jnp.sqrt(2.0 * h / tau).astype(start.dtype),
-            )
-            noise_draws = (
-                source,
-                jax.random.normal(key_rec, (n_steps, self.n_units), start.dtype),
-                jax.random.normal(key_in, (n_steps, self.n_inputs), start.dtype),
-            )
-
         chunk = checkpoint_chunk_for(
             config.checkpointing, config.checkpoint_chunk, n_intervals, substeps, self.n_units
         )
         if config.uses_adjoint(chunk):
-            states = integrate_euler_adjoint(
-                activation,
-                tau,
-                EulerParameters(w_rec, w_in, bias, start, inputs),
-                times,
-                noise_draws,
+            parameters = EulerParameters(
+                dynamics.w_rec, dynamics.w_in, dynamics.bias, start, inputs
             )
-        elif config.uses_scan:
-            states = integrate_scan(
-                drift,
+            return integrate_euler_adjoint(
+                dynamics.activation, dynamics.tau, parameters, times, draws
+            )
+        if config.uses_scan:
+            step_noise = None if draws is None else (draws[0].increment, draws[1:])
+            return integrate_scan(
+                dynamics,
                 solver,
                 start,
                 inputs,
                 times,
-                None if noise_draws is None else (source.increment, noise_draws[1:]),
+                step_noise,
                 substeps=substeps,
                 checkpoint_chunk=chunk,
             )
-        else:
-            checkpoints = None
-            if config.checkpointing == "never" and not config.adaptive:
-                checkpoints = n_intervals * substeps
-            states = integrate_diffeqsolve(
-                lambda x: (-x + w_rec @ phi(x) + bias) / tau,
-                w_in / tau,
-                solver,
-                start,
-                inputs,
-                times,
-                noise_draws,
-                substeps=substeps,
-                adaptive=config.adaptive,
-                rtol=config.rtol,
-                atol=config.atol,
-                max_steps=config.max_steps,
-                checkpoints=checkpoints,
-            )
-        rates = phi(states)
-        return mechscope.Trajectory(
-            times=times, states=states, rates=rates, outputs=self.readout(rates)
+        checkpoints = None
+        if config.checkpointing == "never" and not config.adaptive:
+            checkpoints = n_intervals * substeps
+        return integrate_diffeqsolve(
+            dynamics.without_input,
+            dynamics.input_gain,
+            solver,
+            start,
+            inputs,
+            times,
+            draws,
+            substeps=substeps,
+            adaptive=config.adaptive,
+            rtol=config.rtol,
+            atol=config.atol,
+            max_steps=config.max_steps,
+            checkpoints=checkpoints,
         )
 
 
@@ -313,7 +352,7 @@ def _check_shapes(model: AbstractCTRNN) -> None:
             raise ValueError(f"{name} has shape {got}, expected {want} for {n} units")
 
 
-def _place(model: AbstractCTRNN, device: str | None) -> AbstractCTRNN:
+def _place(model: _Model, device: str | None) -> _Model:
     if device is None:
         return model
     target = resolve_device(device)

@@ -12,7 +12,7 @@ target-relocation trials.
 from __future__ import annotations
 
 import mechscope
-from mechscope_dynamics._common import ConditionRun, condition_run, pca_basis, r_squared
+from mechscope_dynamics._common import ConditionRun, condition_run, pca_basis
 from mechscope_dynamics._fixed_points import (
     FixedPointsConfig,
     FixedPointsProbe,
@@ -49,7 +49,6 @@ __all__ = [
     "mechscope_register_probes",
     "pca_basis",
     "preparation_index",
-    "r_squared",
     "reach_metrics",
     "sample_starts",
 ]

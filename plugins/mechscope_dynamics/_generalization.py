@@ -81,7 +81,7 @@ def reach_metrics(
 ) -> dict[str, np.ndarray]:
     """Per trial: endpoint error to the final target, success, reaction time (s)."""
     position = outputs[..., list(position_channels)]
-    mask = np.asarray(trials.mask).any(axis=-1)
+    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
     last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
     batch = np.arange(len(last))
     final_target = np.asarray(trials.targets)[batch, last][:, list(position_channels)]
@@ -157,12 +157,13 @@ class GeneralizationProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Evaluate on each configured task (noise-free; the key is unused)."""
         del key, dependencies
         config = self.config
         model = trained.model
-        base = condition_run(model, task)
+        base = conditions or condition_run(model, task)
         go = event_index(base.trials, "go")
         prep = base.states[np.arange(base.states.shape[0]), go] if go is not None else None
         prep_targets = np.asarray(base.trials.labels.get("target", np.zeros((0, 2))))

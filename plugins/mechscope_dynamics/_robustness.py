@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pydantic
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from pydantic import Field
 
 import mechscope
-from mechscope_dynamics._common import condition_run, event_index, pca_basis, r_squared
+from mechscope_dynamics._common import event_index, pca_basis
 
 _DIRECTION = re.compile(r"^(random|pc[1-9][0-9]*)$")
 
@@ -122,9 +122,20 @@ def _kicked_outputs(
     return per_level(inputs, states, outputs, go, kicks)
 
 
+@eqx.filter_jit
+def _r2_per_repeat(
+    outputs: Float[ArrayLike, "levels repeats b t o"],
+    targets: Float[Array, "b t o"],
+    mask: Float[Array, "b t o"],
+) -> Float[Array, "levels repeats"]:
+    """:func:`mechscope.masked_r2` of every level's every repeat."""
+    per_repeat = jax.vmap(mechscope.masked_r2, in_axes=(0, None, None))
+    return jax.vmap(per_repeat, in_axes=(0, None, None))(jnp.asarray(outputs), targets, mask)
+
+
 def _endpoint_error(outputs: np.ndarray, trials: mechscope.Trials, channels: tuple[int, ...]):
     """Distance at each trial's last masked sample, ``[..., b]``."""
-    mask = np.asarray(trials.mask).any(axis=-1)
+    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
     last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
     chosen = [c for c in channels if c < outputs.shape[-1]] or list(range(outputs.shape[-1]))
     batch = np.arange(len(last))
@@ -145,12 +156,13 @@ class RobustnessProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Re-run condition trials under each perturbation level; R², endpoint error, AUC."""
         del dependencies
         config = self.config
         model = trained.model
-        run = condition_run(model, task)
+        run = conditions or mechscope.condition_run(model, task)
         trials = run.trials
         key_in, key_rec, key_kick, key_dir = jax.random.split(key, 4)
         curves: dict[str, np.ndarray] = {}
@@ -184,18 +196,14 @@ class RobustnessProbe(mechscope.AbstractProbe):
             )
             curves["kick"] = np.asarray(config.kick, float)
         metrics: dict[str, float] = {
-            "clean_r2": r_squared(run.outputs, trials.targets, trials.mask)
+            "clean_r2": float(mechscope.masked_r2(run.outputs, trials.targets, trials.mask))
         }
         arrays: dict[str, np.ndarray] = {}
         r2_curves, error_curves = {}, {}
         for kind, levels in curves.items():
             outputs = outputs_by_kind[kind]
-            r2 = np.asarray(
-                [
-                    np.mean([r_squared(o, trials.targets, trials.mask) for o in per_level])
-                    for per_level in outputs
-                ]
-            )
+            # One R² per level and repeat (over all trials), averaged over the repeats.
+            r2 = np.asarray(_r2_per_repeat(outputs, trials.targets, trials.mask), float).mean(1)
             error = _endpoint_error(outputs, trials, config.endpoint_channels).mean(axis=(1, 2))
             r2_curves[kind], error_curves[kind] = r2, error
             metrics[f"auc_{kind}"] = area_under_curve(levels, r2)

@@ -266,9 +266,17 @@ def condition_average(
 
 
 def model_neural_data(
-    trained: mechscope.TrainedRun, task: mechscope.AbstractTask
+    trained: mechscope.TrainedRun,
+    task: mechscope.AbstractTask,
+    conditions: mechscope.ConditionRun | None = None,
 ) -> tuple[NeuralData, NeuralData, np.ndarray]:
     """A model's noiseless rates and outputs on the task's conditions, and its readout matrix.
+
+    Args:
+        trained: the trained run.
+        task: the task whose ``conditions()`` the model runs.
+        conditions: ``mechscope.condition_run(trained.model, task)`` if already computed
+            (e.g. handed to a probe by the experiment); computed here when None.
 
     Returns:
         (rates, outputs, readout) where `readout` is the ``[n_outputs, n_units]`` Jacobian of
@@ -277,12 +285,11 @@ def model_neural_data(
     import jax
     import jax.numpy as jnp
 
-    trials = task.conditions()
-    trajectory = mechscope.simulate(trained.model, trials.inputs, trials.times)
+    run = conditions or mechscope.condition_run(trained.model, task)
     model = trained.model
     readout = jax.jacfwd(model.readout)(jnp.zeros(model.n_units))
-    rates = NeuralData.from_trials(trials, np.asarray(trajectory.rates))
-    outputs = NeuralData.from_trials(trials, np.asarray(trajectory.outputs))
+    rates = NeuralData.from_trials(run.trials, run.rates)
+    outputs = NeuralData.from_trials(run.trials, run.outputs)
     return rates, outputs, np.asarray(readout)
 
 

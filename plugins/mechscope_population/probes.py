@@ -1,8 +1,9 @@
 """The ``jpca``, ``tuning`` and ``population`` probes: the analyses run on a model's rates.
 
-Each probe simulates the trained model (noise-free) on ``task.conditions()``, wraps the rates
-in a :class:`~mechscope_population.data.NeuralData` and calls the same public analysis
-function users call on recorded data.
+Each probe takes the trained model's noise-free run on ``task.conditions()`` (the shared
+``conditions`` an experiment hands every probe, or its own simulation when called directly),
+wraps the rates in a :class:`~mechscope_population.data.NeuralData` and calls the same public
+analysis function users call on recorded data.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class JPCAProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Run jPCA on the model's noiseless rates on ``task.conditions()``."""
         del key, dependencies  # deterministic; needs no other probe
-        rates, _, _ = model_neural_data(trained, task)
+        rates, _, _ = model_neural_data(trained, task, conditions)
         flat = rates.rates.reshape(-1, rates.n_neurons)
         span = np.nanmax(flat, axis=0) - np.nanmin(flat, axis=0)
         # Model rates have arbitrary units: scale the softening to the units' typical range.
@@ -62,10 +64,11 @@ class TuningProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Fit cosine tuning per epoch to the model's noiseless rates."""
         del key, dependencies
-        rates, _, _ = model_neural_data(trained, task)
+        rates, _, _ = model_neural_data(trained, task, conditions)
         result = tuning_analysis(rates, self.config)
         return mechscope.ProbeResult(
             metrics=result.metrics(), arrays=result.arrays(), figures=result.figures()
@@ -84,10 +87,11 @@ class PopulationProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Population analyses of the model's noiseless rates and outputs."""
         del key, dependencies
-        rates, outputs, readout = model_neural_data(trained, task)
+        rates, outputs, readout = model_neural_data(trained, task, conditions)
         reference = None
         if self.config.reference_path is not None:
             reference = load_neural_data(

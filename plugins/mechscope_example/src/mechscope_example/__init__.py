@@ -108,24 +108,25 @@ class OutputError(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
-        """Masked RMSE and R² (1 − SSE/SST, over every masked sample and channel)."""
-        trials = task.conditions()
-        trajectory = mechscope.simulate(trained.model, trials.inputs, trials.times)
-        outputs = np.asarray(trajectory.outputs, dtype=np.float64)
-        targets = np.asarray(trials.targets, dtype=np.float64)
-        mask = np.asarray(trials.mask, dtype=np.float64)
-        weight = mask.sum()
+        """Masked RMSE and R² (``mechscope.masked_r2``, over every masked sample and channel).
+
+        Uses the noise-free condition run the experiment shares between probes, or computes
+        it when the probe is called on its own.
+        """
+        run = conditions or mechscope.condition_run(trained.model, task)
+        outputs = run.outputs
+        targets = np.asarray(run.trials.targets, dtype=np.float64)
+        mask = np.asarray(run.trials.mask, dtype=np.float64)
         residual = ((outputs - targets) ** 2 * mask).sum()
-        mean = (targets * mask).sum(axis=(0, 1)) / mask.sum(axis=(0, 1))
-        total = ((targets - mean) ** 2 * mask).sum()
         metrics = {
-            "rmse": float(np.sqrt(residual / weight)),
-            "r2": float(1.0 - residual / total) if total > 0 else float("nan"),
+            "rmse": float(np.sqrt(residual / mask.sum())),
+            "r2": float(mechscope.masked_r2(outputs, targets, mask)),
         }
         figures = {}
         if self.config.figure:
-            times = np.asarray(trials.times)
+            times = np.asarray(run.trials.times)
             figures["outputs"] = lambda: _plot_outputs(times, outputs, targets)
         return mechscope.ProbeResult(
             metrics=metrics, arrays={"outputs": outputs, "targets": targets}, figures=figures
