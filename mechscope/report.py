@@ -104,12 +104,12 @@ def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out
         + (f"; last run took {wall:.0f} s" if isinstance(wall, int | float) else "")
         + ".</p>"
     )
-    pairs = _suite_pairs(runs, name)
+    distances = _suite_pairs(runs, name)
     claims = definition.get("claims") or []
     if claims:
         from mechscope.claims import evaluate_all, parse_claims
 
-        verdicts = evaluate_all(parse_claims(claims), table, pairs)
+        verdicts = evaluate_all(parse_claims(claims), table, distances)
         verdicts.to_csv(out / f"{safe}_claims.csv", index=False)
         parts.append(
             "<h3>Claims</h3><p class=note>Each claim is a hypothesis stated in the "
@@ -148,9 +148,9 @@ def _suite_section(record: SuiteRecord, table: pd.DataFrame, runs: RunStore, out
             "bootstrap 95% CI over networks.</p>"
         )
         parts.append(_html_table(correlations))
-    if len(pairs):
-        pairs.to_csv(out / f"{safe}_comparisons_pairs.csv", index=False)
-        parts.append(_mechanism_section(table, pairs, out / "figures" / f"{safe}_mechanism"))
+    if len(distances):
+        distances.to_csv(out / f"{safe}_distances.csv", index=False)
+        parts.append(_mechanism_section(table, distances, out / "figures" / f"{safe}_mechanism"))
     parts.append("<h3>Figures per variant</h3>")
     for variant, frame in table.groupby("variant", sort=False):
         done = frame[frame["status"] == "completed"]

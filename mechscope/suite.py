@@ -148,6 +148,27 @@ class Suite:
         self.comparisons = resolve_comparisons(comparisons, self.plugins.registry, probes=probes)
         self._check_mechanism_claims()
 
+    def _check_mechanism_claims(self) -> None:
+        """Mechanism claims must name a comparison the suite runs, and one of its metrics."""
+        from mechscope.claims import MECHANISM_CLAIMS, parse_claims
+
+        metrics = {c.name: list(c.build().metrics) for c in self.comparisons}
+        for claim in parse_claims(self.claims):
+            if not isinstance(claim, MECHANISM_CLAIMS):
+                continue
+            if claim.comparison not in metrics:
+                raise ConfigError(
+                    f"claim '{claim.title}': comparison '{claim.comparison}' is not in the "
+                    f"suite's [[comparisons]] ({', '.join(metrics) or 'none'})"
+                )
+            known = metrics[claim.comparison]
+            if known and claim.metric not in known:
+                raise ConfigError(
+                    f"claim '{claim.title}': comparison '{claim.comparison}' has no metric "
+                    f"'{claim.metric}'{close_matches(claim.metric, known)}; it has "
+                    f"{', '.join(known)}"
+                )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:
         """Build from the mapping a suite TOML file holds."""
