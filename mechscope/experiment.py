@@ -26,8 +26,8 @@ from mechscope.errors import ConfigError, MechscopeError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
 from mechscope.probe import (
     AbstractProbe,
-    ConditionRun,
     ProbeResult,
+    accepts,
     accepts_conditions,
     condition_run,
 )
@@ -236,12 +236,13 @@ class Experiment:
         probe_key = self.keys()["probe"]
         probes = self.build_probes()
         # One noise-free run on the conditions, shared by every probe that takes it.
-        shared: dict[str, ConditionRun] = {}
+        shared: dict[str, Any] = {}
         if any(accepts_conditions(probe) for probe in probes.values()):
             try:
                 shared["conditions"] = condition_run(trained.model, task)
             except Exception:  # noqa: BLE001 - each probe then runs it and reports the error
                 pass
+        context = {**shared, "registry": self.plugins.registry}
         for name, probe in probes.items():
             missing = [r for r in probe.requires if r not in results]
             if missing:
@@ -255,7 +256,7 @@ class Experiment:
                     task,
                     key=key,
                     dependencies={r: results[r] for r in probe.requires},
-                    **(shared if accepts_conditions(probe) else {}),
+                    **{k: v for k, v in context.items() if accepts(probe, k)},
                 )
             except Exception as error:  # noqa: BLE001 - one failing probe must not lose the run
                 errors[name] = f"{type(error).__name__}: {error}"

@@ -185,13 +185,20 @@ class AbstractProbe(eqx.Module):
         """
 
 
-def accepts_conditions(probe: AbstractProbe) -> bool:
-    """Whether ``probe.run`` takes the shared condition run (a ``conditions`` parameter).
+def accepts(probe: AbstractProbe, parameter: str) -> bool:
+    """Whether ``probe.run`` takes the optional keyword `parameter`.
 
-    Probes written before ``conditions`` existed have no such parameter; callers check this
-    instead of passing it blindly, so those probes keep working unchanged.
+    The optional context a runner hands a probe — ``conditions`` (the shared condition run)
+    and ``registry`` (the experiment's component registry, for probes that build other
+    registered components, e.g. a target-switch task) — is passed only to probes that take
+    it, so probes written without it keep working unchanged.
     """
     parameters = inspect.signature(probe.run).parameters
-    return "conditions" in parameters or any(
+    return parameter in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
+
+
+def accepts_conditions(probe: AbstractProbe) -> bool:
+    """Whether ``probe.run`` takes the shared condition run (a ``conditions`` parameter)."""
+    return accepts(probe, "conditions")

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,7 +27,14 @@ from jaxtyping import PRNGKeyArray
 from mechscope.config import Config
 from mechscope.executor import AbstractExecutor, Outcome
 from mechscope.model import AbstractModel, Noise, Trajectory
-from mechscope.probe import AbstractProbe, ProbeResult, accepts_conditions, condition_run
+from mechscope.plugins import Registry
+from mechscope.probe import (
+    AbstractProbe,
+    ProbeResult,
+    accepts,
+    accepts_conditions,
+    condition_run,
+)
 from mechscope.task import AbstractTask, Trials
 from mechscope.training import AbstractTrainer, Callback, TrainedRun
 
@@ -288,6 +296,7 @@ def check_probe(
     key: PRNGKeyArray,
     dependencies: Mapping[str, ProbeResult] | None = None,
     tmp_path: Any = None,
+    registry: Registry | None = None,
 ) -> ProbeResult:
     """The probe contract: named float metrics, deterministic, the same with a shared run, savable.
 
@@ -301,22 +310,30 @@ def check_probe(
         key: a PRNG key.
         dependencies: results of the probes named in ``probe.requires``.
         tmp_path: a directory for a save/load round-trip (skipped when None).
+        registry: handed to probes whose ``run`` takes ``registry`` (as an experiment does).
 
     Returns:
         The probe's result, for further checks.
     """
     check_config_roundtrip(probe.config)
-    result = probe.run(trained, task, key=key, dependencies=dependencies)
+    if accepts(probe, "registry"):
+        if registry is None:
+            raise TypeError(f"{type(probe).__name__}.run takes a registry: pass registry=")
+        dependencies = dict(dependencies or {})
+        run = functools.partial(probe.run, registry=registry)
+    else:
+        run = probe.run
+    result = run(trained, task, key=key, dependencies=dependencies)
     assert isinstance(result, ProbeResult), "run must return a mechscope.ProbeResult"
     assert result.metrics, "a probe must report at least one metric"
     for name, value in result.metrics.items():
         assert isinstance(name, str) and name, "metric names must be non-empty strings"
         assert isinstance(value, float), f"metric '{name}' is not a float"
-    again = probe.run(trained, task, key=key, dependencies=dependencies)
+    again = run(trained, task, key=key, dependencies=dependencies)
     _assert_same_metrics(result, again, "for the same key")
     if accepts_conditions(probe):
         shared = condition_run(trained.model, task)
-        given = probe.run(trained, task, key=key, dependencies=dependencies, conditions=shared)
+        given = run(trained, task, key=key, dependencies=dependencies, conditions=shared)
         _assert_same_metrics(result, given, "when given the shared condition run")
     if tmp_path is not None:
         result.save(tmp_path)

@@ -107,7 +107,13 @@ def test_registered_probes_meet_contract(entry, tiny_reach_run, getkey, tmp_path
         needed = REGISTRY.get("probe", name)
         dependencies[name] = needed.build(needed.validate({})).run(trained, task, key=getkey())
     result = check_probe(
-        probe, trained, task, key=getkey(), dependencies=dependencies, tmp_path=tmp_path
+        probe,
+        trained,
+        task,
+        key=getkey(),
+        dependencies=dependencies,
+        tmp_path=tmp_path,
+        registry=REGISTRY,
     )
     assert any(np.isfinite(v) for v in result.metrics.values()), "every metric is NaN"
 

@@ -81,7 +81,8 @@ def _model(ignore_switch):
     base = registry.get("task", "delayed_reach")
     reach = base.build(base.validate(REACH))
     tables = [reach.conditions()] + [
-        matching_task(reach, name).conditions() for name in ("target_switch", "target_relocation")
+        matching_task(reach, name, registry=registry).conditions()
+        for name in ("target_switch", "target_relocation")
     ]
     inputs = jnp.concatenate([t.inputs for t in tables])
     targets = jnp.concatenate([t.targets for t in tables])
@@ -106,7 +107,12 @@ def results():
     out = {}
     for ignore in (False, True):
         model, reach = _model(ignore)
-        out[ignore] = probe.run(mechscope.TrainedRun(model=model), reach, key=jax.random.key(0))
+        out[ignore] = probe.run(
+            mechscope.TrainedRun(model=model),
+            reach,
+            key=jax.random.key(0),
+            registry=mechscope.get_registry(),
+        )
     return out
 
 
@@ -136,6 +142,6 @@ def test_matching_task_copies_geometry():
     registry = mechscope.get_registry()
     base = registry.get("task", "delayed_reach")
     reach = base.build(base.validate({**REACH, "radius": 2.0}))
-    switch = matching_task(reach, "target_switch", {"switch_epoch": "after_go"})
+    switch = matching_task(reach, "target_switch", {"switch_epoch": "after_go"}, registry=registry)
     assert switch.config.radius == 2.0 and switch.config.n_targets == 4
     assert switch.config.switch_epoch == "after_go"

@@ -62,10 +62,21 @@ class GeneralizationConfig(mechscope.Config):
 
 
 def matching_task(
-    trained_task: mechscope.AbstractTask, name: str, overrides: Mapping[str, Any] = {}
+    trained_task: mechscope.AbstractTask,
+    name: str,
+    overrides: Mapping[str, Any] = {},
+    *,
+    registry: mechscope.Registry,
 ) -> mechscope.AbstractTask:
-    """Build registered task `name` with the trained task's shared config fields."""
-    entry = mechscope.get_registry().get("task", name)
+    """Build registered task `name` with the trained task's shared config fields.
+
+    Args:
+        trained_task: the task the network was trained on (its geometry is copied).
+        name: the registered task to build (e.g. ``"target_switch"``).
+        overrides: config fields to set on top.
+        registry: where `name` is registered (the experiment's, never a process-wide one).
+    """
+    entry = registry.get("task", name)
     fields = entry.config_class.model_fields
     shared = {k: v for k, v in trained_task.config.model_dump().items() if k in fields}
     return entry.build(entry.validate({**shared, **dict(overrides)}))
@@ -158,9 +169,20 @@ class GeneralizationProbe(mechscope.AbstractProbe):
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
         conditions: mechscope.ConditionRun | None = None,
+        registry: mechscope.Registry | None = None,
     ) -> mechscope.ProbeResult:
-        """Evaluate on each configured task (noise-free; the key is unused)."""
+        """Evaluate on each configured task (noise-free; the key is unused).
+
+        Raises:
+            mechscope.ConfigError: without `registry` (an experiment always passes its own),
+                since the other tasks are built from it.
+        """
         del key, dependencies
+        if registry is None:
+            raise mechscope.ConfigError(
+                "generalization builds other registered tasks: pass registry= (experiments "
+                "pass their plugin registry)"
+            )
         config = self.config
         model = trained.model
         base = conditions or condition_run(model, task)
@@ -172,7 +194,7 @@ class GeneralizationProbe(mechscope.AbstractProbe):
         arrays: dict[str, np.ndarray] = {}
         panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in config.tasks:
-            other = matching_task(task, name, dict(config.task_params))
+            other = matching_task(task, name, dict(config.task_params), registry=registry)
             run = condition_run(model, other)
             result = reach_metrics(
                 run.outputs,
