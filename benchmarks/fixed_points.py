@@ -19,10 +19,10 @@ zero of a target input along its branch of zeros as the input turns around the c
 target inputs (pseudo-arclength continuation, float64) and prints how many distinct zeros of
 the 8 target inputs those branches carry: how large the set is that the reference samples.
 
-Reported per network and mode ("newton" = mechscope, "golub" = FixedPointFinder
-compatibility): wall time after compilation (and of the process's first call, which
-compiles), recall of the reference zeros, precision (reported points that are true zeros in
-float64) and stability-label agreement.
+Reported per network and search (``--search``, the probe's ``search.kind``: "lm" by default;
+"golub" = FixedPointFinder compatibility, skipped with ``--no-golub``): wall time after
+compilation (and of the process's first call, which compiles), recall of the reference zeros,
+precision (reported points that are true zeros in float64) and stability-label agreement.
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
 [--repeats 3] [--search lm|dense_lm|newton] [--other-starts] [--branches]``.
@@ -39,8 +39,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from mechscope_dynamics import SolverSettings, condition_run, find_fixed_points
-from mechscope_dynamics._solver import _cast, _unique_per_input
+from mechscope_dynamics import (
+    DenseLMConfig,
+    GolubConfig,
+    MatrixFreeLMConfig,
+    NewtonConfig,
+    condition_run,
+    find_fixed_points,
+)
+from mechscope_dynamics._fp_clustering import unique_per_input
+from mechscope_dynamics._fp_kernels import cast_model
 
 import mechscope
 
@@ -172,7 +180,7 @@ def reference(name, run, condition, starts, inputs, tag=""):
     tol = 1e-7 * condition.speed_scale
     ends = {"newton": [], "lm": []}  # per method: end points and ‖f‖ there, in row order
     with jax.enable_x64(True):
-        model = _cast(run.model, jnp.float64)
+        model = cast_model(run.model, jnp.float64)
         for chunk in np.array_split(np.arange(len(x0)), k):
             x_newton, speed_newton, x_lm, speed_lm = _solvers_jit(
                 model, jnp.asarray(x0[chunk]), jnp.asarray(u[chunk]), 60, 200
@@ -186,7 +194,7 @@ def reference(name, run, condition, starts, inputs, tag=""):
         input_index = np.concatenate([index[ok] for ok in method_ok])
         near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale
         points, input_index = points[near], input_index[near]
-        keep = _unique_per_input(points, input_index, np.zeros(len(points)), 1e-4 * condition.scale)
+        keep = unique_per_input(points, input_index, np.zeros(len(points)), 1e-4 * condition.scale)
         points, input_index = points[keep], input_index[keep]
         reached_by = np.zeros((len(points), 2), dtype=int)
         for j, (point, zero_input) in enumerate(zip(points, input_index, strict=True)):
@@ -223,7 +231,7 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
     angles = np.arctan2(inputs[targets, 1], inputs[targets, 0])
     tol = 1e-7 * condition.speed_scale
     with jax.enable_x64(True):
-        model = _cast(run.model, jnp.float64)
+        model = cast_model(run.model, jnp.float64)
 
         def u_of(theta):
             return jnp.stack([jnp.cos(theta), jnp.sin(theta), jnp.zeros_like(theta)])
@@ -294,7 +302,7 @@ def branch_zeros(run, condition, points, input_index, inputs, max_steps: int = 5
         )
         zero = speed <= tol
         x, k = x[zero], k[zero]
-    keep = _unique_per_input(x, k, np.zeros(len(x)), 1e-4 * scale)
+    keep = unique_per_input(x, k, np.zeros(len(x)), 1e-4 * scale)
     return x[keep], k[keep], len(rows)
 
 
@@ -308,8 +316,15 @@ def match(points, input_index, point, k, tol):
     return int(rows[j]) if gaps[j] <= tol else None
 
 
-def timed_solve(model, condition, starts, inputs, settings, repeats: int):
-    """Solve once (compiling), then `repeats` more times.
+#: The searches by their config's ``kind``, with their default settings.
+SEARCHES = {
+    config.model_fields["kind"].default: config
+    for config in (MatrixFreeLMConfig, DenseLMConfig, NewtonConfig, GolubConfig)
+}
+
+
+def timed_solve(model, condition, starts, inputs, search, repeats: int):
+    """Solve with the search module `search` once (compiling), then `repeats` more times.
 
     Returns:
         The last result, the median time of the repeats and the time of the first call.
@@ -318,10 +333,10 @@ def timed_solve(model, condition, starts, inputs, settings, repeats: int):
         scale=condition.scale,
         speed_scale=condition.speed_scale,
         center=condition.center,
-        settings=settings,
+        search=search,
     )
     start = time.perf_counter()
-    find_fixed_points(model, inputs, starts, **kwargs)
+    fps = find_fixed_points(model, inputs, starts, **kwargs)
     first_call = time.perf_counter() - start
     times = []
     for _ in range(repeats):
@@ -339,7 +354,7 @@ def score(fps, ref_points, ref_index, ref_stable, run, condition):
             hits += 1
             labels_right += int(bool(fps.stable[row]) == bool(stable))
     with jax.enable_x64(True):
-        model = _cast(run.model, jnp.float64)
+        model = cast_model(run.model, jnp.float64)
         speed = np.linalg.norm(
             np.asarray(
                 jax.vmap(lambda x, u: model.vector_field(0.0, x, u))(
@@ -355,7 +370,7 @@ def score(fps, ref_points, ref_index, ref_stable, run, condition):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
     parser.add_argument("--no-golub", action="store_true")
     parser.add_argument(
@@ -374,7 +389,7 @@ def main() -> None:
         "--search",
         choices=["lm", "dense_lm", "newton"],
         default="lm",
-        help="the fast solver's search (SolverSettings.search; default lm)",
+        help="the fast solver's search (the probe's search.kind; default lm)",
     )
     parser.add_argument(
         "--repeats",
@@ -434,12 +449,12 @@ def main() -> None:
                 f"{time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-        modes = ["newton"] if args.no_golub else ["newton", "golub"]
-        for mode in modes:
-            settings = SolverSettings(mode=mode, golub_dt=task.dt, search=args.search)
-            repeats = 1 if mode == "golub" else args.repeats
+        kinds = [args.search] if args.no_golub else [args.search, "golub"]
+        for kind in kinds:
+            search = SEARCHES[kind]().build(task.dt)
+            repeats = 1 if kind == "golub" else args.repeats
             fps, elapsed, first_call = timed_solve(
-                run.model, condition, starts, inputs, settings, repeats
+                run.model, condition, starts, inputs, search, repeats
             )
             recall, precision, labels = score(
                 fps, ref_points, ref_index, ref_stable, run, condition
@@ -448,7 +463,7 @@ def main() -> None:
             compiled = f"; first call, compiling, {first_call:.1f} s" if first else ""
             first = False
             print(
-                f"  {mode:7s} time {elapsed:6.2f} s (median of {repeats}{compiled})  "
+                f"  {kind:8s} time {elapsed:6.2f} s (median of {repeats}{compiled})  "
                 f"reported {len(fps.points):4d}  "
                 f"recall {recall:.3f}  precision {precision:.3f}  stability labels "
                 f"{labels:.3f}  slow points {len(fps.slow_points)}",

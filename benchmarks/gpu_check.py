@@ -10,8 +10,8 @@ Run on a machine with a GPU (it exits with a message when JAX sees none). It
    250 steps) on each device, and a larger one (N = 512, 1,000 steps) on the GPU;
 4. with ``--fixed-points``, runs the fixed-point benchmark's problems
    (``benchmarks/fixed_points.py``: its committed networks and references) on the GPU, with
-   the default search and with ``search = "dense_lm"``: time after compilation (median of
-   ``--fp-repeats``), recall, precision and stability labels.
+   the default search and with ``search = {kind = "dense_lm"}``: time after compilation
+   (median of ``--fp-repeats``), recall, precision and stability labels.
 
 Usage: ``python benchmarks/gpu_check.py [--steps 200] [--json] [--fixed-points
 [--fp-networks regularised chaotic] [--fp-repeats 2]]``.
@@ -77,7 +77,7 @@ def step_ms(device, n_units: int, n_times: int, rounds: int = 30) -> float:
 def fixed_points_on(device, networks, repeats: int) -> dict:
     """The fixed-point benchmark's problems solved on `device`: time, recall, precision."""
     import fixed_points as bench
-    from mechscope_dynamics import SolverSettings
+    from mechscope_dynamics import DenseLMSearch, MatrixFreeLMSearch
 
     registry = mechscope.get_registry()
     entry = registry.get("task", "delayed_reach")
@@ -88,20 +88,20 @@ def fixed_points_on(device, networks, repeats: int) -> dict:
         with jax.default_device(jax.devices("cpu")[0]):  # the problem the references are for
             condition, starts, inputs = bench.problem(run, task)
         ref_points, ref_index, ref_stable, _ = bench.reference(name, run, condition, starts, inputs)
-        for search in ("lm", "dense_lm"):
+        for kind, search in (("lm", MatrixFreeLMSearch()), ("dense_lm", DenseLMSearch())):
             with jax.default_device(device):
                 fps, elapsed, _ = bench.timed_solve(
                     jax.device_put(run.model, device),
                     condition,
                     starts,
                     inputs,
-                    SolverSettings(search=search),
+                    search,
                     repeats,
                 )
             recall, precision, labels = bench.score(
                 fps, ref_points, ref_index, ref_stable, run, condition
             )
-            out[f"fixed_points_{name}_{search}"] = {
+            out[f"fixed_points_{name}_{kind}"] = {
                 "time_s": elapsed,
                 "recall": round(recall, 3),
                 "precision": round(precision, 3),

@@ -11,19 +11,23 @@ import numpy as np
 import pytest
 import scipy.optimize
 from mechscope_dynamics import (
+    DenseLMConfig,
+    DenseLMSearch,
     FixedPointsConfig,
     FixedPointsProbe,
-    SolverSettings,
+    GolubConfig,
+    GolubSearch,
+    MatrixFreeLMConfig,
+    MatrixFreeLMSearch,
+    NewtonConfig,
+    NewtonSearch,
+    SolverConfig,
     find_fixed_points,
 )
-from mechscope_dynamics._solver import (
-    _cast,
-    _levenberg_marquardt,
-    _representatives_tree,
-    padded_size,
-    relaxation_step,
-    representatives,
-)
+from mechscope_dynamics._fp_batching import padded_size
+from mechscope_dynamics._fp_clustering import representatives, representatives_tree
+from mechscope_dynamics._fp_kernels import cast_model, relaxation_step
+from mechscope_dynamics._fp_lm import levenberg_marquardt
 
 import mechscope
 
@@ -37,7 +41,7 @@ class DoubleConfig(mechscope.Config):
 class FieldModel(mechscope.AbstractModel):
     """dx/dt = field(x) + B u, Euler-integrated; the field is chosen by `kind`."""
 
-    config: DoubleConfig = eqx.field(static=True)
+    config: DoubleConfig = eqx.field(static=True)  # pyright: ignore[reportIncompatibleVariableOverride]
     a: jax.Array
     b: jax.Array
 
@@ -108,7 +112,7 @@ def test_linear_system_fixed_point_and_eigenvalues_exact(getkey):
         )
         np.testing.assert_allclose(fps.points[row], exact, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(
-            np.sort(fps.eigenvalues[row].real), np.sort(eigenvalues), atol=1e-5
+            np.sort(np.real(fps.eigenvalues[row])), np.sort(eigenvalues), atol=1e-5
         )
         assert not fps.stable[row]
         # Time constants are −1/Re λ.
@@ -125,14 +129,16 @@ def _hopfield(n=16, n_patterns=3, gain=2.0):
     model = FieldModel(
         DoubleConfig(kind="hopfield"), jnp.asarray(w, jnp.float32), jnp.zeros((n, 1), jnp.float32)
     )
-    amplitude = scipy.optimize.brentq(lambda a: a - gain * math.tanh(a), 0.1, 10)
+    amplitude = scipy.optimize.root_scalar(
+        lambda a: a - gain * math.tanh(a), bracket=(0.1, 10), method="brentq"
+    ).root
     return model, patterns, amplitude
 
 
 import scipy.linalg  # noqa: E402
 
 
-@pytest.mark.parametrize("search", ["lm", "dense_lm"])
+@pytest.mark.parametrize("search", [MatrixFreeLMSearch(), DenseLMSearch()])
 def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
     model, patterns, amplitude = _hopfield()
     n = patterns.shape[1]
@@ -148,7 +154,7 @@ def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
         scale=amplitude * 4,
         speed_scale=1.0,
         center=np.zeros(n),
-        settings=SolverSettings(search=search),
+        search=search,
     )
     for memory in memories:
         gaps = np.linalg.norm(fps.points - memory, axis=1)
@@ -156,7 +162,7 @@ def test_hopfield_patterns_are_stable_fixed_points(getkey, search):
         assert gaps[i] < 1e-6, "a stored pattern was not found as a fixed point"
         assert fps.stable[i], "a stored pattern must be stable"
         expected = -1 + 2.0 / np.cosh(amplitude) ** 2  # along the pattern
-        assert np.isclose(fps.eigenvalues[i].real.max(), max(expected, -1.0), atol=1e-5)
+        assert np.isclose(np.real(fps.eigenvalues[i]).max(), max(expected, -1.0), atol=1e-5)
     # Every reported fixed point is a true zero; the origin is one and is unstable.
     speeds = np.linalg.norm(
         np.asarray(
@@ -186,14 +192,13 @@ def test_saddle_between_two_stable_nodes_is_classified():
     order = np.argsort(fps.points[:, 0])
     np.testing.assert_allclose(fps.points[order], [[-1, 0], [0, 0], [1, 0]], atol=1e-8)
     np.testing.assert_array_equal(fps.stable[order], [True, False, True])
-    np.testing.assert_allclose(np.sort(fps.eigenvalues[order[1]].real), [-1, 1], atol=1e-6)
-    np.testing.assert_allclose(np.sort(fps.eigenvalues[order[0]].real), [-2, -1], atol=1e-6)
+    np.testing.assert_allclose(np.sort(np.real(fps.eigenvalues[order[1]])), [-1, 1], atol=1e-6)
+    np.testing.assert_allclose(np.sort(np.real(fps.eigenvalues[order[0]])), [-2, -1], atol=1e-6)
 
 
 def test_golub_mode_uses_discrete_map_eigenvalues():
     model = _bistable()
     starts = np.random.default_rng(3).uniform(-2, 2, (32, 2))
-    settings = SolverSettings(mode="golub", golub_dt=0.1, golub_max_iters=3000)
     fps = find_fixed_points(
         model,
         np.zeros((1, 1)),
@@ -201,7 +206,7 @@ def test_golub_mode_uses_discrete_map_eigenvalues():
         scale=1.0,
         speed_scale=1.0,
         center=np.zeros(2),
-        settings=settings,
+        search=GolubSearch(dt=0.1, max_iters=3000),
     )
     near_node = np.linalg.norm(fps.points - [1.0, 0.0], axis=1) < 1e-2
     assert near_node.any()
@@ -275,7 +280,7 @@ def test_relaxing_first_finds_the_attractors_and_only_true_zeros():
     starts = np.concatenate(
         [memories + 0.3 * rng.standard_normal(memories.shape), rng.standard_normal((200, n))]
     )
-    settings = SolverSettings(relax_steps=60)
+    settings = SolverConfig(relax_steps=60)
     fps = find_fixed_points(
         model,
         np.zeros((1, 1)),
@@ -310,7 +315,7 @@ def test_relaxation_that_merges_nothing_falls_back_on_the_raw_starts():
         DoubleConfig(kind="linear"), jnp.asarray(a, jnp.float32), jnp.ones((5, 1), jnp.float32)
     )
     starts = rng.standard_normal((64, 5))
-    settings = SolverSettings(relax_steps=60)
+    settings = SolverConfig(relax_steps=60)
     fps = find_fixed_points(
         model, np.ones((1, 1)), starts, scale=1.0, speed_scale=1.0, settings=settings
     )
@@ -335,15 +340,9 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     u = np.array([[1.0], [-2.0], [0.5]])
     with jax.enable_x64(True):
         model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a), jnp.asarray(b))
-        x1, speed, damping = _levenberg_marquardt(
-            model,
-            jnp.asarray(x0),
-            jnp.asarray(u),
-            jnp.full(3, mu),
-            1,
-            n,
-            jax.random.key(0),
-            dense,
+        search = DenseLMSearch() if dense else MatrixFreeLMSearch(cg_steps=n)
+        x1, speed, damping = levenberg_marquardt(
+            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, search, jax.random.key(0)
         )
     solution = -np.linalg.solve(a, b @ u.T).T  # A x* + b u = 0
     expected = solution + (x0 - solution) * mu / (1 + mu)
@@ -354,53 +353,76 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
 
 
-def test_dense_steps_in_chunks_give_the_same_rows(monkeypatch):
+def test_dense_steps_in_chunks_give_the_same_rows():
     # Dense LM runs on bounded chunks of rows; rows are independent, so chunking must change
     # nothing, row for row. 64-row chunks (the smallest) split 240 rows four ways.
-    import mechscope_dynamics._solver as solver
-
     model, patterns, _ = _hopfield()
     n = patterns.shape[1]
     rng = np.random.default_rng(3)
     x = 2.0 * rng.standard_normal((240, n))
     damping = 10.0 ** rng.uniform(-4, 0, 240)
-    settings = SolverSettings(search="dense_lm")
 
-    def block():
+    def block(search):
         with jax.enable_x64(True):
-            wide = _cast(model, jnp.float64)
-            return solver._lm_block(
-                wide, x, np.zeros((240, 1)), damping, 4, settings, jax.random.key(0), jnp.float64
+            wide = cast_model(model, jnp.float64)
+            return search.block(
+                wide, x, np.zeros((240, 1)), damping, 4, jax.random.key(0), jnp.float64
             )
 
-    whole = block()
-    calls = []
-    original = solver._levenberg_marquardt_jit
-    monkeypatch.setattr(solver, "_DENSE_ELEMENTS", 64 * n * n)
-    monkeypatch.setattr(
-        solver,
-        "_levenberg_marquardt_jit",
-        lambda model, x, *rest: calls.append(len(x)) or original(model, x, *rest),
-    )
-    chunked = block()
-    assert calls == [64, 64, 64, 64]
+    whole_search, chunked_search = DenseLMSearch(), DenseLMSearch(chunk_elements=64 * n * n)
+    assert whole_search.chunk_rows(n) >= 240
+    assert chunked_search.chunk_rows(n) == 64
+    whole, chunked = block(whole_search), block(chunked_search)
     assert not np.allclose(whole[0], x), "the rows must have moved"
     for expected, actual in zip(whole, chunked, strict=True):
         assert actual.shape == expected.shape == (240, *expected.shape[1:])
         np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_search_dependent_defaults_and_explicit_values():
-    assert (SolverSettings().lm_steps, SolverSettings().handoff_tol) == (120, 1e-2)
-    dense = SolverSettings(search="dense_lm")
-    assert (dense.lm_steps, dense.handoff_tol) == (200, 1e-4)
-    chosen = SolverSettings(search="dense_lm", lm_steps=50, handoff_tol=3e-3)
-    assert (chosen.lm_steps, chosen.handoff_tol) == (50, 3e-3)
-    # The probe config leaves them unset unless given, and passes them through.
-    config = FixedPointsConfig(search="dense_lm")
-    assert (config.lm_steps, config.handoff_tol) == (None, None)
-    assert config.settings(0.01).lm_steps == 200
-    assert FixedPointsConfig(lm_steps=7).settings(0.01).lm_steps == 7
+def test_each_search_has_its_own_defaults_and_explicit_values():
+    assert (MatrixFreeLMSearch().steps, MatrixFreeLMSearch().handoff_tol) == (120, 1e-2)
+    dense = DenseLMSearch()
+    assert (dense.steps, dense.handoff_tol) == (200, 1e-4)
+    chosen = DenseLMSearch(steps=50, handoff_tol=3e-3)
+    assert (chosen.steps, chosen.handoff_tol) == (50, 3e-3)
+    # Every search config's defaults are its module's defaults (one source of truth each).
+    assert MatrixFreeLMConfig().build(0.01) == MatrixFreeLMSearch()
+    assert DenseLMConfig().build(0.01) == DenseLMSearch()
+    assert NewtonConfig().build(0.01) == NewtonSearch()
+    assert GolubConfig().build(0.01) == GolubSearch(dt=0.01)  # the task's dt unless set
+    assert GolubConfig(dt=0.1).build(0.01).dt == 0.1
+    # The probe config takes the search as a table tagged by its kind.
+    assert FixedPointsConfig().search == MatrixFreeLMConfig()
+    config = FixedPointsConfig.model_validate({"search": {"kind": "dense_lm"}})
+    assert config.search.build(0.01) == DenseLMSearch()
+    config = FixedPointsConfig.model_validate({"search": {"kind": "lm", "steps": 7}})
+    assert config.search.build(0.01) == MatrixFreeLMSearch(steps=7)
+
+
+def test_search_config_from_a_suite_toml_table():
+    import tomllib
+
+    probe = tomllib.loads(
+        """
+        [[probes]]
+        name = "fixed_points"
+        n_starts = 64
+        merge_tol = 0.02
+        search = { kind = "golub", max_iters = 100 }
+
+        [[probes]]
+        name = "fixed_points"
+        [probes.search]
+        kind = "dense_lm"
+        chunk_elements = 4096
+        """
+    )["probes"]
+    first = FixedPointsConfig(**{k: v for k, v in probe[0].items() if k != "name"})
+    assert (first.n_starts, first.merge_tol) == (64, 0.02)
+    assert first.search.build(0.01) == GolubSearch(dt=0.01, max_iters=100)
+    second = FixedPointsConfig(**{k: v for k, v in probe[1].items() if k != "name"})
+    assert second.search.build(0.01) == DenseLMSearch(chunk_elements=4096)
+    assert hash(first) != hash(second)
 
 
 def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
@@ -429,16 +451,15 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
             else:
                 mu[i] = 10.0 * mu[i]
     with jax.enable_x64(True):
-        wide = _cast(model, jnp.float64)
-        x1, speed, damping = _levenberg_marquardt(
+        wide = cast_model(model, jnp.float64)
+        x1, speed, damping = levenberg_marquardt(
             wide,
             jnp.asarray(x0),
             jnp.zeros((len(x0), 1)),
             jnp.full(len(x0), 1e-2),
             5,
-            1,
+            DenseLMSearch(),
             jax.random.key(0),
-            True,
         )
     np.testing.assert_allclose(np.asarray(x1), x, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(np.asarray(speed), np.sqrt(q), rtol=1e-8)
@@ -458,7 +479,7 @@ def test_dense_representatives_agree_with_the_tree_version():
     score = rng.random(len(points))
     for tol in (0.01, 0.3, 1.0, 2.0):
         dense = representatives(points, score, tol)
-        np.testing.assert_array_equal(dense, _representatives_tree(points, score, tol))
+        np.testing.assert_array_equal(dense, representatives_tree(points, score, tol))
     # Clusters are ≈ 0.45 across and ≥ 10 apart: at radius 1 each collapses to one leader;
     # the 100 scattered points (≈ 30 apart) stay.
     assert len(representatives(points, score, 1.0)) == 12 + 100
@@ -472,7 +493,7 @@ class StepTaskConfig(mechscope.Config):
 
 
 class StepTask(mechscope.AbstractTask):
-    config: StepTaskConfig = eqx.field(static=True)
+    config: StepTaskConfig = eqx.field(static=True)  # pyright: ignore[reportIncompatibleVariableOverride]
 
     @property
     def n_inputs(self):
@@ -532,3 +553,10 @@ def test_config_rejects_bad_values():
         FixedPointsConfig(fixed_tol=0.1, slow_tol=0.01)
     with pytest.raises(ValueError, match="inputs"):
         FixedPointsConfig(inputs=())
+    # A search's settings belong to it alone, and its kind must be one of the searches.
+    with pytest.raises(ValueError, match="chunk_elements"):
+        FixedPointsConfig.model_validate({"search": {"kind": "lm", "chunk_elements": 64}})
+    with pytest.raises(ValueError, match="kind"):
+        FixedPointsConfig.model_validate({"search": {"kind": "bfgs"}})
+    with pytest.raises(ValueError, match="lm_steps"):
+        FixedPointsConfig.model_validate({"lm_steps": 50})

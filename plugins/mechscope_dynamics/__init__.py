@@ -1,9 +1,9 @@
 """First-party dynamics probes: ``fixed_points``, ``robustness`` and ``generalization``.
 
-``fixed_points`` finds zeros of a model's vector field for constant inputs (batched,
-matrix-free Newton–Krylov from many starts, merging, optimistix polish in float64), classifies
-their stability, reports slow points separately and asks whether each condition's
-end-of-delay state sits on a stable fixed point of its delay input; a compatibility mode
+``fixed_points`` finds zeros of a model's vector field for constant inputs (batched
+Levenberg–Marquardt and Newton from many starts, merging, optimistix polish in float64),
+classifies their stability, reports slow points separately and asks whether each condition's
+end-of-delay state sits on a stable fixed point of its delay input; a compatibility search
 follows Golub & Sussillo's FixedPointFinder. ``robustness`` sweeps input noise, recurrent noise
 and state kicks at go; ``generalization`` runs a delayed-reach network on target-switch and
 target-relocation trials.
@@ -20,6 +20,17 @@ from mechscope_dynamics._fixed_points import (
     constant_inputs,
     sample_starts,
 )
+from mechscope_dynamics._fp_config import (
+    DenseLMConfig,
+    GolubConfig,
+    MatrixFreeLMConfig,
+    NewtonConfig,
+    SearchConfig,
+    SolverConfig,
+)
+from mechscope_dynamics._fp_golub import GolubSearch
+from mechscope_dynamics._fp_lm import AbstractLMSearch, DenseLMSearch, MatrixFreeLMSearch
+from mechscope_dynamics._fp_search import AbstractCandidateSearch, AbstractSearch, NewtonSearch
 from mechscope_dynamics._generalization import (
     GeneralizationConfig,
     GeneralizationProbe,
@@ -28,18 +39,30 @@ from mechscope_dynamics._generalization import (
     reach_metrics,
 )
 from mechscope_dynamics._robustness import RobustnessConfig, RobustnessProbe, area_under_curve
-from mechscope_dynamics._solver import FixedPoints, SolverSettings, find_fixed_points
+from mechscope_dynamics._solver import FixedPoints, find_fixed_points
 
 __all__ = [
+    "AbstractCandidateSearch",
+    "AbstractLMSearch",
+    "AbstractSearch",
     "ConditionRun",
+    "DenseLMConfig",
+    "DenseLMSearch",
     "FixedPoints",
     "FixedPointsConfig",
     "FixedPointsProbe",
     "GeneralizationConfig",
     "GeneralizationProbe",
+    "GolubConfig",
+    "GolubSearch",
+    "MatrixFreeLMConfig",
+    "MatrixFreeLMSearch",
+    "NewtonConfig",
+    "NewtonSearch",
     "RobustnessConfig",
     "RobustnessProbe",
-    "SolverSettings",
+    "SearchConfig",
+    "SolverConfig",
     "area_under_curve",
     "attractor_summary",
     "condition_run",

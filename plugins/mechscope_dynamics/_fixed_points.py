@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -15,144 +15,48 @@ from pydantic import Field
 
 import mechscope
 from mechscope_dynamics._common import ConditionRun, condition_run, event_index
-from mechscope_dynamics._solver import FixedPoints, SolverSettings, find_fixed_points
+from mechscope_dynamics._fp_config import MatrixFreeLMConfig, SearchConfig, SolverConfig
+from mechscope_dynamics._solver import FixedPoints, find_fixed_points
 
 InputKind = Literal["delay", "go", "zero"]
 
 
-class FixedPointsConfig(mechscope.Config):
+class FixedPointsConfig(SolverConfig):
     """Fixed and slow points of the vector field for constant inputs, and whether delay states sit on attractors."""  # noqa: E501
 
     inputs: tuple[InputKind, ...] = Field(
-        ("delay", "go", "zero"),
+        default=("delay", "go", "zero"),
         description="Constant inputs to analyse: 'delay' (each condition's input just before "
         "go), 'go' (each condition's input just after go), 'zero' (all inputs 0).",
     )
     n_starts: int = Field(
-        256, ge=1, description="Initial states per input, sampled from condition trajectories."
+        default=256,
+        ge=1,
+        description="Initial states per input, sampled from condition trajectories.",
     )
     start_noise: float = Field(
-        0.5, ge=0, description="Std of Gaussian noise added to sampled starts (state units)."
-    )
-    mode: Literal["newton", "golub"] = Field(
-        "newton",
-        description="'newton': relax along the flow, merge, matrix-free Levenberg–Marquardt "
-        "and globalised Newton on distinct candidates with merging, optimistix polish in "
-        "float64; "
-        "'golub': FixedPointFinder compatibility (discrete map, Adam on q, |λ| < 1).",
-    )
-    relax_steps: int = Field(
-        60,
+        default=0.5,
         ge=0,
-        description="Euler steps along the flow from every start first. Where an "
-        "input's flow collapses the starts (attractors), the search starts from the relaxed "
-        "end points and the slowest point of each path (where it passed a saddle); elsewhere "
-        "(a chaotic flow) from the raw starts. 0 = always the raw starts.",
+        description="Std of Gaussian noise added to sampled starts (state units).",
     )
-    relaxed_fraction: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="Use an input's relaxed points only if, merged, they "
-        "number at most this fraction of the starts.",
+    search: SearchConfig = Field(
+        default=MatrixFreeLMConfig(),
+        description="How candidates are brought to zeros, a table with a 'kind': "
+        "'lm' (default: relax along the flow, merge, matrix-free Levenberg–Marquardt, then "
+        "dense Newton with merging and an optimistix polish in float64), 'dense_lm' (the same "
+        "with exact dense LM steps, for accelerators), 'newton' (dense Newton on every "
+        "candidate) or 'golub' (FixedPointFinder compatibility: discrete map, Adam on q, "
+        "|λ| < 1); its other keys are that search's settings.",
     )
-    search: Literal["lm", "dense_lm", "newton"] = Field(
-        "lm",
-        description="'lm': matrix-free Levenberg–Marquardt (conjugate gradients on "
-        "JVPs/VJPs) brings every candidate near a zero, then dense Newton finishes; "
-        "'dense_lm': the same with exact dense LM steps (follows the exact LM paths; a "
-        "factorisation per candidate and iteration, meant for accelerators; candidates run in "
-        "chunks of at most 2^26 / n_units² rows to bound memory); "
-        "'newton': dense globalised Newton on every candidate (cheaper, finds fewer zeros).",
-    )
-    lm_steps: int | None = Field(
-        None,
-        ge=1,
-        description="Most Levenberg–Marquardt iterations per candidate ('lm', "
-        "'dense_lm'); None = 120 for 'lm', 200 for 'dense_lm'.",
-    )
-    lm_cg_steps: int = Field(
-        20,
-        ge=1,
-        description="Conjugate-gradient iterations per Levenberg–Marquardt step ('lm' only).",
-    )
-    handoff_tol: float | None = Field(
-        None,
-        gt=0,
-        description="A candidate leaves Levenberg–Marquardt for dense Newton when "
-        "‖f‖ ≤ handoff_tol × typical speed; None = 1e-2 for 'lm', 1e-4 for 'dense_lm' "
-        "(exact paths are worth following closer to the zero; inexact ones are not).",
-    )
-    relax_step: float | None = Field(
-        None,
-        gt=0,
-        description="Length of those steps; None = 1 / spectral radius of the "
-        "Jacobian at the trajectories' centroid.",
-    )
-    newton_steps: int = Field(
-        40, ge=1, description="Most float32 Newton iterations per distinct candidate."
-    )
-    stall_blocks: int = Field(
-        2,
-        ge=1,
-        description="A candidate whose ‖f‖ falls by less than 20 % in this many "
-        "consecutive blocks of two Newton iterations becomes a slow-point candidate.",
-    )
-    newton_tol: float = Field(
-        1e-4,
-        gt=0,
-        description="A candidate has converged (and goes to the float64 polish) "
-        "when ‖f‖ ≤ newton_tol × typical speed.",
-    )
-    merge_tol: float = Field(
-        1e-2,
-        gt=0,
-        description="Merge candidates closer than this × trajectory scale, and "
-        "drop candidates this close to a converged point.",
-    )
-    polish_steps: int = Field(
-        40, ge=1, description="Newton iterations when polishing (LM ×4, BFGS ×8)."
-    )
-    fixed_tol: float = Field(
-        1e-7,
-        gt=0,
-        description="Fixed point: ‖f(x*)‖ ≤ fixed_tol × typical speed along trajectories.",
-    )
-    slow_tol: float = Field(
-        0.05,
-        gt=0,
-        description="Slow point: a non-zero local minimum of q with ‖f‖ ≤ slow_tol × typical "
-        "speed.",
-    )
-    unique_tol: float = Field(
-        1e-4, gt=0, description="Fixed points closer than this × trajectory scale are one."
-    )
-    outlier_scale: float = Field(
-        10.0,
-        gt=0,
-        description="Drop points farther than this × trajectory scale from the "
-        "trajectories' centroid.",
-    )
-    float64: bool = Field(True, description="Polish and classify in float64.")
     attractor_radius: float = Field(
-        0.1,
+        default=0.1,
         gt=0,
         description="Verdict 'attractor' when the end-of-delay state is within this × "
         "trajectory scale of a stable fixed point of its delay input.",
     )
-    golub_dt: float | None = Field(
-        None, gt=0, description="Step of the discrete map in 'golub' mode; None = task dt."
+    flow_grid: int = Field(
+        default=25, ge=3, description="Grid points per side of the flow-field figure."
     )
-    golub_max_iters: int = Field(5000, ge=1, description="Adam iterations ('golub' mode).")
-    golub_tol_q: float = Field(1e-12, gt=0, description="Stop when all q < this ('golub').")
-    golub_tol_dq: float = Field(
-        1e-20, ge=0, description="Stop when mean q changes less than this ('golub')."
-    )
-    golub_learning_rate: float = Field(1.0, gt=0, description="Initial Adam rate ('golub').")
-    golub_unique_tol: float = Field(
-        1e-3, gt=0, description="Absolute distance of identical points ('golub')."
-    )
-    flow_grid: int = Field(25, ge=3, description="Grid points per side of the flow-field figure.")
 
     @pydantic.field_validator("inputs")
     @classmethod
@@ -160,41 +64,6 @@ class FixedPointsConfig(mechscope.Config):
         if len(value) == 0 or len(set(value)) != len(value):
             raise ValueError("inputs must name at least one of delay, go, zero, each once")
         return value
-
-    @pydantic.model_validator(mode="after")
-    def _check_tolerances(self) -> Self:
-        if self.fixed_tol >= self.slow_tol:
-            raise ValueError("fixed_tol must be smaller than slow_tol")
-        return self
-
-    def settings(self, dt: float) -> SolverSettings:
-        """The solver settings this config implies (`dt`: the task's step, for 'golub')."""
-        return SolverSettings(
-            mode=self.mode,
-            relax_steps=self.relax_steps,
-            relax_step=self.relax_step,
-            relaxed_fraction=self.relaxed_fraction,
-            search=self.search,
-            lm_steps=self.lm_steps,
-            lm_cg_steps=self.lm_cg_steps,
-            handoff_tol=self.handoff_tol,
-            newton_steps=self.newton_steps,
-            newton_tol=self.newton_tol,
-            stall_blocks=self.stall_blocks,
-            merge_tol=self.merge_tol,
-            polish_steps=self.polish_steps,
-            fixed_tol=self.fixed_tol,
-            slow_tol=self.slow_tol,
-            unique_tol=self.unique_tol,
-            outlier_scale=self.outlier_scale,
-            float64=self.float64,
-            golub_dt=self.golub_dt or dt,
-            golub_max_iters=self.golub_max_iters,
-            golub_tol_q=self.golub_tol_q,
-            golub_tol_dq=self.golub_tol_dq,
-            golub_learning_rate=self.golub_learning_rate,
-            golub_unique_tol=self.golub_unique_tol,
-        )
 
 
 def sample_starts(
@@ -279,7 +148,9 @@ def attractor_summary(
 class FixedPointsProbe(mechscope.AbstractProbe):
     """Fixed and slow points of the model for constant inputs, with stability and the delay-attractor verdict."""  # noqa: E501
 
-    config: FixedPointsConfig = eqx.field(static=True)
+    # equinox lets a subclass narrow an AbstractVar's type; pyright's invariance rule for
+    # mutable attributes does not know that AbstractVar fields are set once, at __init__.
+    config: FixedPointsConfig = eqx.field(static=True)  # pyright: ignore[reportIncompatibleVariableOverride]
 
     def run(
         self,
@@ -302,7 +173,8 @@ class FixedPointsProbe(mechscope.AbstractProbe):
             scale=run.scale,
             speed_scale=run.speed_scale,
             center=run.center,
-            settings=self.config.settings(task.dt),
+            search=self.config.search.build(task.dt),
+            settings=self.config,
         )
         summary = attractor_summary(run, fps, delay_row, self.config.attractor_radius)
         if "end_inputs" in summary:
@@ -319,8 +191,8 @@ class FixedPointsProbe(mechscope.AbstractProbe):
             "input_index": fps.input_index,
             "speed": fps.speed,
             "stable": fps.stable,
-            "eigenvalues_real": fps.eigenvalues.real,
-            "eigenvalues_imag": fps.eigenvalues.imag,
+            "eigenvalues_real": np.real(fps.eigenvalues),
+            "eigenvalues_imag": np.imag(fps.eigenvalues),
             "slow_points": fps.slow_points,
             "slow_input_index": fps.slow_input_index,
             "slow_speed": fps.slow_speed,

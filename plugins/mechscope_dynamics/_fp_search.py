@@ -1,0 +1,371 @@
+"""The search interface of the fixed-point solver and the pipeline its candidate searches share.
+
+A search is an :class:`AbstractSearch`: a final equinox module whose fields are its own
+settings (as optimistix solvers are). :class:`AbstractCandidateSearch` subclasses run the fast
+pipeline below and differ only in how they bring candidates close to zeros before dense
+Newton (:meth:`AbstractCandidateSearch.approach`); the FixedPointFinder-compatible search
+(:class:`~mechscope_dynamics._fp_golub.GolubSearch`) replaces the whole pipeline.
+
+The pipeline, with the settings shared by every search (:class:`SolverConfig`):
+
+1. :func:`relaxed_candidates`: every (input, start) pair takes ``relax_steps`` Euler steps
+   along the flow; per input, the relaxed points are used where they merge into few
+   candidates, the raw starts elsewhere; candidates closer than ``merge_tol`` × scale merge.
+2. ``search.approach``: e.g. Levenberg–Marquardt until a candidate comes close to a zero.
+3. :func:`newton_stage`: globalised float32 Newton in blocks of two with merging; converged
+   candidates leave as fixed-point candidates, stalled ones as slow-point candidates.
+4. :func:`polish_and_classify`: float64 polish with optimistix, the fixed/slow thresholds,
+   outliers, unique-ing, and the Jacobian's eigen-decomposition.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mechscope
+from mechscope_dynamics._fp_batching import call_padded
+from mechscope_dynamics._fp_clustering import (
+    merge_indices,
+    merged,
+    survivors,
+    unique_per_input,
+)
+from mechscope_dynamics._fp_kernels import (
+    PolishMethod,
+    cast_model,
+    eigen,
+    model_dtype,
+    newton,
+    norms,
+    polish_solve,
+    relax,
+    relaxation_step,
+    sort_modes,
+)
+from mechscope_dynamics._fp_types import Candidates, FixedPoints, Problem
+
+if TYPE_CHECKING:
+    from mechscope_dynamics._fp_config import SolverConfig
+
+
+class AbstractSearch(eqx.Module):
+    """How the solver finds the fixed points of a problem; its fields are its own settings."""
+
+    @abc.abstractmethod
+    def find(
+        self, model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig
+    ) -> FixedPoints:
+        """Fixed and slow points of `model` for `problem`, under the shared `settings`."""
+
+
+class AbstractCandidateSearch(AbstractSearch):
+    """A search of the fast pipeline: relax, merge, :meth:`approach`, Newton, polish."""
+
+    @abc.abstractmethod
+    def approach(
+        self,
+        model: mechscope.AbstractModel,
+        candidates: Candidates,
+        problem: Problem,
+        merge_radius: float,
+        dtype: Any,
+    ) -> tuple[Candidates, Candidates]:
+        """Bring merged `candidates` close to zeros before dense Newton.
+
+        Returns:
+            The candidates to hand to dense Newton (merged at `merge_radius`), and those that
+            did not come close (slow-point candidates).
+        """
+
+    def find(
+        self, model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig
+    ) -> FixedPoints:
+        """Run the pipeline of the module docstring with this search as its step 2."""
+        dtype = model_dtype(model)
+        merge_radius = settings.merge_tol * problem.scale
+        candidates = merged(relaxed_candidates(model, problem, settings, dtype), merge_radius)
+        close, far = self.approach(model, candidates, problem, merge_radius, dtype)
+        found, slow = newton_stage(model, close, problem, settings, dtype)
+        return polish_and_classify(
+            model,
+            problem,
+            settings,
+            found,
+            Candidates.concatenate([far, slow], problem.n_units),
+            n_candidates=len(candidates),
+        )
+
+
+class NewtonSearch(AbstractCandidateSearch):
+    """Dense globalised Newton on every candidate (cheaper than LM, finds fewer zeros)."""
+
+    def approach(
+        self,
+        model: mechscope.AbstractModel,
+        candidates: Candidates,
+        problem: Problem,
+        merge_radius: float,
+        dtype: Any,
+    ) -> tuple[Candidates, Candidates]:
+        """Every candidate goes straight to dense Newton."""
+        del model, merge_radius, dtype
+        return candidates, Candidates.empty(problem.n_units)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: relaxation along the flow.
+
+
+def relaxed_candidates(
+    model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig, dtype: Any
+) -> Candidates:
+    """Every (input, start) pair, relaxed along the flow where that collapses the starts.
+
+    Every pair relaxes in one compiled call; starts that fall into the same attractor end up
+    together. With ``relax_steps = 0`` (or no starts) the raw starts are the candidates.
+    """
+    k, s = len(problem.inputs), len(problem.starts)
+    x = np.tile(problem.starts, (k, 1))
+    row_input = np.repeat(np.arange(k), s)
+    u = problem.inputs[row_input]
+    if settings.relax_steps == 0 or len(x) == 0:
+        return Candidates(x, row_input, call_padded(norms, model, x, u, dtype))
+    # One step length for all inputs: the spectrum at the centroid sets the time scale (for a
+    # CT-RNN the Jacobian does not depend on the input at all).
+    step = settings.relax_step or relaxation_step(model, problem.center, problem.inputs[-1])
+    relaxed = call_padded(relax, model, x, u, dtype, jnp.asarray(step, dtype), settings.relax_steps)
+    return _prefer_relaxed(
+        model,
+        Candidates(x, row_input, np.zeros(len(x))),
+        np.stack(relaxed),
+        problem.inputs,
+        settings.merge_tol * problem.scale,
+        dtype,
+        settings.relaxed_fraction * s,
+    )
+
+
+def _prefer_relaxed(
+    model: mechscope.AbstractModel,
+    raw: Candidates,
+    relaxed: np.ndarray,
+    inputs: np.ndarray,
+    merge_radius: float,
+    dtype: Any,
+    most: float,
+) -> Candidates:
+    """Per input, the relaxed candidates where the flow merged them, else the raw starts.
+
+    Where an input's flow is dominated by attractors, relaxation collapses the starts onto a
+    few points (plus the saddles they passed) and the search need only solve from those.
+    Where it is not (a chaotic flow), relaxed points stay as many as the starts and are worse
+    starting points than the starts themselves (they sit on the attractor, far from the
+    unstable zeros), so that input keeps its raw starts.
+
+    Args:
+        model: the model.
+        raw: raw starts, one row per (input, start) pair (their ‖f‖ is not used).
+        relaxed: ``[2, rows, n]``: each row's end point and slowest point after relaxation.
+        inputs: the constant inputs.
+        merge_radius: candidates closer than this are merged.
+        dtype: working dtype.
+        most: the most distinct relaxed candidates an input may have to use them.
+
+    Returns:
+        The rows to search from, their inputs and ‖f‖ there.
+    """
+    relaxed_x = relaxed.reshape(-1, relaxed.shape[-1])
+    relaxed_k = np.tile(raw.input, 2)
+    relaxed_norm = call_padded(norms, model, relaxed_x, inputs[relaxed_k], dtype)
+    keep = merge_indices(relaxed_x, relaxed_k, relaxed_norm, merge_radius)
+    use = np.bincount(relaxed_k[keep], minlength=len(inputs)) <= most
+    keep = keep[use[relaxed_k[keep]]]
+    raw_rows = np.flatnonzero(~use[raw.input])
+    raw_norm = (
+        call_padded(norms, model, raw.x[raw_rows], inputs[raw.input[raw_rows]], dtype)
+        if len(raw_rows)
+        else np.zeros(0)
+    )
+    return Candidates(
+        np.concatenate([raw.x[raw_rows], relaxed_x[keep]]),
+        np.concatenate([raw.input[raw_rows], relaxed_k[keep]]),
+        np.concatenate([raw_norm, relaxed_norm[keep]]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3: dense Newton with merging.
+
+
+def newton_stage(
+    model: mechscope.AbstractModel,
+    candidates: Candidates,
+    problem: Problem,
+    settings: SolverConfig,
+    dtype: Any,
+) -> tuple[Candidates, Candidates]:
+    """Globalised float32 Newton on distinct candidates, in blocks of two iterations.
+
+    After every block, converged rows (‖f‖ ≤ ``newton_tol`` × speed scale) leave; rows that
+    reach an already converged point, or each other, are merged; rows whose ‖f‖ has not
+    fallen by 20 % in ``stall_blocks`` consecutive blocks leave as slow-point candidates.
+
+    Returns:
+        The converged candidates, made unique (radius 10 × ``unique_tol`` × scale), and the
+        slow-point candidates (the stalled ones, then those left after ``newton_steps``).
+    """
+    merge_radius = settings.merge_tol * problem.scale
+    newton_tol = settings.newton_tol * problem.speed_scale
+    found: list[Candidates] = []
+    slow: list[Candidates] = []
+    stalled_blocks = np.zeros(len(candidates), dtype=int)
+    block = 2
+    for _ in range(0, settings.newton_steps, block):
+        if len(candidates) == 0:
+            break
+        new_x, new_norm = call_padded(
+            newton, model, candidates.x, problem.inputs[candidates.input], dtype, block
+        )
+        finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
+        progress = finite & (new_norm < 0.8 * candidates.norm)
+        stalled_blocks = np.where(progress, 0, stalled_blocks + 1)
+        candidates = Candidates(
+            np.where(finite[:, None], new_x, candidates.x),
+            candidates.input,
+            np.where(finite, new_norm, candidates.norm),
+        )
+        done = candidates.norm <= newton_tol
+        found.append(candidates.take(done))
+        stuck = ~done & (stalled_blocks >= settings.stall_blocks)
+        slow.append(candidates.take(stuck))
+        going = survivors(candidates, done | stuck, found, merge_radius)
+        candidates, stalled_blocks = candidates.take(going), stalled_blocks[going]
+    slow.append(candidates)
+    converged = Candidates.concatenate(found, problem.n_units)
+    unique = merge_indices(
+        converged.x,
+        converged.input,
+        np.zeros(len(converged)),
+        settings.unique_tol * problem.scale * 10,
+    )
+    return converged.take(unique), Candidates.concatenate(slow, problem.n_units)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4: polish in float64 and classify.
+
+_POLISH_PLAN: tuple[tuple[PolishMethod, int], ...] = (("newton", 1), ("lm", 4), ("bfgs", 8))
+
+
+def polish(
+    model: mechscope.AbstractModel,
+    x0: np.ndarray,
+    u: np.ndarray,
+    steps: int,
+    threshold: float,
+    dtype: Any,
+    plan: tuple[tuple[PolishMethod, int], ...] = _POLISH_PLAN,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each method of `plan` in turn (``(name, step factor)``), only where the previous failed.
+
+    The default plan is Newton from every candidate, then Levenberg–Marquardt, then BFGS on q;
+    a row is done once its ‖f‖ ≤ `threshold`.
+
+    Returns:
+        The best point of each row and its ‖f‖.
+    """
+    x, speed = x0.copy(), np.full(len(x0), np.inf)
+    todo = np.arange(len(x0))
+    for method, factor in plan:
+        if len(todo) == 0:
+            break
+        new_x, new_speed = call_padded(
+            polish_solve, model, x0[todo], u[todo], dtype, factor * steps, method
+        )
+        better = np.isfinite(new_speed) & (new_speed < speed[todo])
+        x[todo[better]] = new_x[better]
+        speed[todo[better]] = new_speed[better]
+        todo = todo[~(speed[todo] <= threshold)]
+    return x, speed
+
+
+def polish_and_classify(
+    model: mechscope.AbstractModel,
+    problem: Problem,
+    settings: SolverConfig,
+    found: Candidates,
+    slow: Candidates,
+    *,
+    n_candidates: int,
+) -> FixedPoints:
+    """Polish the converged and slow-point candidates and sort them into fixed and slow points.
+
+    Converged candidates are polished with Newton, LM and BFGS (see :func:`polish`), slow-point
+    candidates with ‖f‖ ≤ ``slow_tol`` × speed scale with BFGS on q, in float64 with
+    optimistix when ``settings.float64``.
+    """
+    inputs, scale, speed_scale = problem.inputs, problem.scale, problem.speed_scale
+    # Only minima of q that could be slow points are worth polishing; slow regions are
+    # extended, so their candidates are merged at a coarser radius.
+    slow = merged(
+        slow.take(slow.norm <= settings.slow_tol * speed_scale), 10 * settings.merge_tol * scale
+    )
+    threshold = settings.fixed_tol * speed_scale
+    context = jax.enable_x64(True) if settings.float64 else contextlib.nullcontext()
+    with context:
+        dtype = jnp.float64 if settings.float64 else model_dtype(model)
+        wide = cast_model(model, dtype)
+        polished_found, speed_found = polish(
+            wide, found.x, inputs[found.input], settings.polish_steps, threshold, dtype
+        )
+        polished_slow, speed_slow = polish(
+            wide,
+            slow.x,
+            inputs[slow.input],
+            settings.polish_steps,
+            threshold,
+            dtype,
+            plan=(("bfgs", 1),),
+        )
+        polished = np.concatenate([polished_found, polished_slow])
+        speed = np.concatenate([speed_found, speed_slow])
+        cand_k = np.concatenate([found.input, slow.input]).astype(int)
+        finite = np.all(np.isfinite(polished), axis=1) & np.isfinite(speed)
+        near = np.linalg.norm(polished - problem.center, axis=1) <= settings.outlier_scale * scale
+        is_fixed = finite & near & (speed <= threshold)
+        is_slow = finite & near & ~is_fixed & (speed <= settings.slow_tol * speed_scale)
+        fixed_rows = _unique_rows(polished, cand_k, speed, is_fixed, settings.unique_tol * scale)
+        slow_rows = _unique_rows(polished, cand_k, speed, is_slow, settings.merge_tol * scale)
+        points = polished[fixed_rows]
+        values, vectors = eigen(wide, points, inputs[cand_k[fixed_rows]], dtype)
+    values, vectors = sort_modes(values, vectors, np.real(values))
+    stable = np.real(values[:, 0]) < 0 if len(values) else np.zeros(0, dtype=bool)
+    return FixedPoints(
+        inputs=inputs,
+        points=points,
+        input_index=cand_k[fixed_rows],
+        speed=speed[fixed_rows],
+        eigenvalues=values,
+        eigenvectors=vectors,
+        stable=stable,
+        slow_points=polished[slow_rows],
+        slow_input_index=cand_k[slow_rows],
+        slow_speed=speed[slow_rows],
+        discrete=False,
+        n_candidates=n_candidates,
+    )
+
+
+def _unique_rows(
+    points: np.ndarray, input_index: np.ndarray, speed: np.ndarray, chosen: np.ndarray, tol: float
+) -> np.ndarray:
+    """The `chosen` rows that lead their cluster (radius `tol`, lowest speed) per input."""
+    rows = np.flatnonzero(chosen)
+    return rows[unique_per_input(points[rows], input_index[rows], speed[rows], tol)]
