@@ -79,9 +79,9 @@ NETWORKS = {
 
 def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.TrainedRun:
     directory = CACHE / name
-    if (directory / "trained.json").exists():
-        return mechscope.TrainedRun.load(directory)
     registry = mechscope.get_registry()
+    if (directory / "trained.json").exists():
+        return mechscope.TrainedRun.load(directory, registry=registry)
     model_params, trainer_params = NETWORKS[name]
     model_entry = registry.get("model", "ctrnn")
     model = model_entry.build(
@@ -93,7 +93,7 @@ def trained_network(name: str, task: mechscope.AbstractTask) -> mechscope.Traine
     trainer_entry = registry.get("trainer", "bptt")
     trainer = trainer_entry.build(trainer_entry.validate(trainer_params))
     run = trainer.fit(model, task, key=jax.random.key(1))
-    run.save(directory)
+    run.save(directory, registry=registry)
     return run
 
 
