@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -56,7 +56,9 @@ class ProbeResult:
         # NaN is a legitimate "not measurable" value; JSON has no NaN, so store it as null.
         metrics = {k: (None if math.isnan(v) else v) for k, v in self.metrics.items()}
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        np.savez(directory / "arrays.npz", **self.arrays)
+        # Typed Any: pyright matches **arrays against savez's keyword `allow_pickle`.
+        arrays: dict[str, Any] = dict(self.arrays)
+        np.savez(directory / "arrays.npz", **arrays)
         for name, draw in self.figures.items():
             figure = draw()
             try:

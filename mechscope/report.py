@@ -271,7 +271,7 @@ def _mechanism_figure(matrix: np.ndarray, labels: list[str], title: str, stem: P
             color_threshold=0,
             above_threshold_color="#555",
         )
-        for position, leaf in enumerate(tree["leaves"]):
+        for position, leaf in enumerate(tree.get("leaves") or []):
             right.scatter(5 + 10 * position, 0, color=colours[labels[leaf]], s=25, clip_on=False)
     right.set_title("average-linkage dendrogram (leaves coloured by variant)", fontsize=9)
     figure.suptitle(title, fontsize=11)

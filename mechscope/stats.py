@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -290,7 +291,8 @@ def permanova(
         return {"pseudo_f": math.nan, "p_value": math.nan, "min_p": floor, "n": n, "groups": groups}
     rng = np.random.default_rng(seed)
     exceed = sum(
-        pseudo_f(distances, rng.permutation(text)) >= observed - 1e-12 for _ in range(permutations)
+        pseudo_f(distances, list(rng.permutation(text))) >= observed - 1e-12
+        for _ in range(permutations)
     )
     p_value = max((1 + exceed) / (1 + permutations), floor)
     return {
@@ -322,7 +324,9 @@ def nearest_neighbour_accuracy(distances: np.ndarray, labels: Sequence[object]) 
     return float(np.mean(scores))
 
 
-def cluster(distances: np.ndarray, n_clusters: int, *, method: str = "average") -> np.ndarray:
+def cluster(
+    distances: np.ndarray, n_clusters: int, *, method: LinkageMethod = "average"
+) -> np.ndarray:
     """Hierarchical clusters (scipy linkage on the condensed matrix) cut into `n_clusters`.
 
     Returns:
@@ -333,7 +337,10 @@ def cluster(distances: np.ndarray, n_clusters: int, *, method: str = "average") 
     return fcluster(linkage_of(distances, method=method), n_clusters, criterion="maxclust")
 
 
-def linkage_of(distances: np.ndarray, *, method: str = "average") -> np.ndarray:
+LinkageMethod = Literal["single", "complete", "average", "weighted", "centroid", "median", "ward"]
+
+
+def linkage_of(distances: np.ndarray, *, method: LinkageMethod = "average") -> np.ndarray:
     """The scipy linkage matrix of a symmetric distance matrix (for clusters, dendrograms)."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform

@@ -320,7 +320,7 @@ def check_probe(
         if registry is None:
             raise TypeError(f"{type(probe).__name__}.run takes a registry: pass registry=")
         dependencies = dict(dependencies or {})
-        run = functools.partial(probe.run, registry=registry)
+        run: Callable[..., ProbeResult] = functools.partial(probe.run, registry=registry)  # pyright: ignore[reportCallIssue]
     else:
         run = probe.run
     result = run(trained, task, key=key, dependencies=dependencies)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -359,7 +359,9 @@ def _place(model: _Model, device: str | None) -> _Model:
     return jax.tree.map(lambda leaf: jax.device_put(leaf, target), model)
 
 
-def resolve_device(name: str) -> jax.Device:
+# jax.Device is a runtime alias of a compiled class without stubs: pyright cannot use it as a
+# type, so the return type is spelled Any.
+def resolve_device(name: str) -> Any:
     """The JAX device named like ``'cpu'``, ``'gpu'`` or ``'cuda:1'``.
 
     Raises:

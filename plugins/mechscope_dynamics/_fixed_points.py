@@ -148,9 +148,7 @@ def attractor_summary(
 class FixedPointsProbe(mechscope.AbstractProbe):
     """Fixed and slow points of the model for constant inputs, with stability and the delay-attractor verdict."""  # noqa: E501
 
-    # equinox lets a subclass narrow an AbstractVar's type; pyright's invariance rule for
-    # mutable attributes does not know that AbstractVar fields are set once, at __init__.
-    config: FixedPointsConfig = eqx.field(static=True)  # pyright: ignore[reportIncompatibleVariableOverride]
+    config: FixedPointsConfig = eqx.field(static=True)
 
     def run(
         self,
@@ -159,11 +157,12 @@ class FixedPointsProbe(mechscope.AbstractProbe):
         *,
         key: PRNGKeyArray,
         dependencies: Mapping[str, mechscope.ProbeResult] | None = None,
+        conditions: mechscope.ConditionRun | None = None,
     ) -> mechscope.ProbeResult:
         """Find fixed points for the configured inputs and summarise the mechanism."""
         del dependencies
         model = trained.model
-        run = condition_run(model, task)
+        run = conditions or condition_run(model, task)
         inputs, kinds, delay_row = constant_inputs(run, self.config.inputs)
         starts = sample_starts(run.states, self.config.n_starts, self.config.start_noise, key=key)
         fps = find_fixed_points(

@@ -109,8 +109,7 @@ def flow_field_figure(
     if row is not None:
         for i in fps.for_input(row):
             p = (fps.points[i] - mean) @ basis.T
-            style = dict(mfc="tab:blue") if fps.stable[i] else dict(mfc="none")
-            axis.plot(*p, "o", mec="tab:blue", ms=7, **style)
+            axis.plot(*p, "o", mec="tab:blue", ms=7, mfc="tab:blue" if fps.stable[i] else "none")
     axis.set_xlabel("PC 1")
     axis.set_ylabel("PC 2")
     axis.set_title("Flow field under the delay input (PC plane)", fontsize=9)
