@@ -1,12 +1,13 @@
 """mechscope: train recurrent networks on motor tasks and compare the mechanisms they learn.
 
-The public API: interfaces for tasks, models, trainers, probes and executors; the config base
-class; the plugin markers; and the experiment runner. Plugins, first-party ones included, use
+The public API: interfaces for tasks, models, trainers, probes, executors and comparisons;
+the config base class; the plugin markers; and the experiment runner. Plugins, first-party ones included, use
 only what this module exports.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from mechscope.comparison import AbstractComparison, Representation
 from mechscope.config import COMPONENT_KINDS, ComponentSpec, Config
 from mechscope.errors import (
     ConfigError,
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "COMPONENT_KINDS",
+    "AbstractComparison",
     "AbstractExecutor",
     "AbstractModel",
     "AbstractProbe",
@@ -58,6 +60,7 @@ __all__ = [
     "ProbeResult",
     "Register",
     "Registry",
+    "Representation",
     "StoreError",
     "TrainedRun",
     "Trajectory",

@@ -3,8 +3,8 @@
 Call these from your own tests; mechscope's test suite runs them over every registered
 component. Each check raises ``AssertionError`` with a message saying which contract broke.
 
-Checks: :func:`check_task`, :func:`check_model`, :func:`check_trainer`, :func:`check_probe`
-and :func:`check_executor` (plus :func:`check_config_roundtrip`, which they all run).
+Checks: :func:`check_task`, :func:`check_model`, :func:`check_trainer`, :func:`check_probe`,
+:func:`check_executor` and :func:`check_comparison` (plus :func:`check_config_roundtrip`, which they all run).
 
 Example:
     >>> from mechscope.testing import check_task
@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from mechscope.comparison import AbstractComparison, stack_representations
 from mechscope.config import Config
 from mechscope.executor import AbstractExecutor, Outcome
 from mechscope.model import AbstractModel, Noise, Trajectory
@@ -408,3 +410,64 @@ def check_executor(executor: AbstractExecutor, *, n_items: int = 6) -> list[Outc
             )
     assert list(executor.map(contract_item, [])) == [], "no items must give no outcomes"
     return sorted(outcomes, key=lambda o: o.index)
+
+
+def check_comparison(
+    comparison: AbstractComparison,
+    runs: Sequence[tuple[TrainedRun, AbstractTask]],
+    *,
+    key: PRNGKeyArray,
+    probes: Sequence[Mapping[str, ProbeResult]] | None = None,
+    atol: float = 1e-5,
+) -> dict[str, np.ndarray]:
+    """The comparison contract, on at least two networks.
+
+    ``represent`` returns named NumPy-compatible arrays of one shape for every network and the
+    same arrays for the same key; ``distance`` returns exactly ``comparison.metrics`` as finite
+    scalars, is symmetric and ≈ 0 from a network to itself; ``distances`` (batched over pairs)
+    agrees with ``distance`` pair by pair.
+
+    Returns:
+        The pairwise distances of every pair, metric → ``[pairs]`` (pairs in
+        ``itertools.combinations`` order), for further checks.
+    """
+    check_config_roundtrip(comparison.config)
+    assert len(runs) >= 2, "check_comparison needs at least two networks"
+    probes = probes or [{} for _ in runs]
+    representations = []
+    for (trained, task), stored in zip(runs, probes, strict=True):
+        conditions = condition_run(trained.model, task)
+        needed = {name: stored[name] for name in comparison.requires}
+        first = comparison.represent(trained, task, key=key, conditions=conditions, probes=needed)
+        again = comparison.represent(trained, task, key=key, conditions=conditions, probes=needed)
+        assert first and all(isinstance(name, str) for name in first), "name every array"
+        for name in first:
+            np.testing.assert_array_equal(
+                np.asarray(first[name]), np.asarray(again[name]), err_msg=f"represent: {name}"
+            )
+        representations.append({name: np.asarray(value) for name, value in first.items()})
+    stack_representations(representations)  # one shape for every network, or a clear error
+    metrics = tuple(comparison.metrics)
+    assert metrics, "a comparison must declare its metrics"
+    pairs = np.array(list(itertools.combinations(range(len(runs)), 2)), dtype=np.int32)
+    batched = comparison.distances(representations, pairs)
+    assert set(batched) == set(metrics), f"distances returned {sorted(batched)}, not {metrics}"
+    for row, (i, j) in enumerate(pairs):
+        a = {k: jnp.asarray(v) for k, v in representations[i].items()}
+        b = {k: jnp.asarray(v) for k, v in representations[j].items()}
+        forward, backward = comparison.distance(a, b), comparison.distance(b, a)
+        assert set(forward) == set(metrics), f"distance returned {sorted(forward)}, not {metrics}"
+        for name in metrics:
+            value = float(forward[name])
+            assert math.isfinite(value), f"{name} is not finite for pair ({i}, {j})"
+            assert abs(value - float(backward[name])) <= atol * max(1.0, abs(value)), (
+                f"{name} is not symmetric: {value} vs {float(backward[name])}"
+            )
+            assert abs(value - float(batched[name][row])) <= atol * max(1.0, abs(value)), (
+                f"{name}: batched {float(batched[name][row])} vs one pair {value}"
+            )
+    for i, representation in enumerate(representations):
+        same = {k: jnp.asarray(v) for k, v in representation.items()}
+        for name, value in comparison.distance(same, same).items():
+            assert abs(float(value)) <= 1e3 * atol, f"{name} from network {i} to itself: {value}"
+    return batched
