@@ -1,8 +1,8 @@
 """mechscope: train recurrent networks on motor tasks and compare the mechanisms they learn.
 
 The public API: interfaces for tasks, models, trainers, probes, executors and comparisons;
-the config base class; the plugin markers; and the experiment runner. Plugins, first-party ones included, use
-only what this module exports.
+the config base class; the plugin markers; and the experiment runner. Plugins, first-party ones
+included, use only what this module exports.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -4,7 +4,8 @@ Call these from your own tests; mechscope's test suite runs them over every regi
 component. Each check raises ``AssertionError`` with a message saying which contract broke.
 
 Checks: :func:`check_task`, :func:`check_model`, :func:`check_trainer`, :func:`check_probe`,
-:func:`check_executor` and :func:`check_comparison` (plus :func:`check_config_roundtrip`, which they all run).
+:func:`check_executor` and :func:`check_comparison` (plus :func:`check_config_roundtrip`,
+which they all run).
 
 Example:
     >>> from mechscope.testing import check_task
