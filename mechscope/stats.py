@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -230,40 +231,86 @@ def _spearman_interval(
 
 
 def _check_distances(distances: np.ndarray, labels: Sequence[object]) -> tuple[np.ndarray, list]:
-    distances = np.asarray(distances, dtype=float)
+    """A validated square distance matrix (a condensed vector is squared) and its labels."""
+    distances = square_distances(distances)
     labels = list(labels)
-    if distances.ndim != 2 or distances.shape[0] != distances.shape[1]:
-        raise ValueError(f"distances must be a square matrix, got shape {distances.shape}")
     if len(labels) != distances.shape[0]:
         raise ValueError(f"{len(labels)} labels for {distances.shape[0]} networks")
-    if not np.all(np.isfinite(distances)):
-        raise ValueError("distances must be finite")
     return distances, labels
+
+
+def square_distances(distances: np.ndarray) -> np.ndarray:
+    """A square distance matrix from a condensed vector (pairs i < j) or a square matrix.
+
+    Raises:
+        ValueError: for another shape, a non-finite entry, or a square matrix that is not
+            symmetric with a zero diagonal.
+    """
+    from scipy.spatial.distance import squareform
+
+    matrix = np.asarray(distances, dtype=float)
+    if matrix.ndim == 1:
+        matrix = squareform(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"distances must be a square matrix, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("distances must be finite")
+    if not np.allclose(matrix, matrix.T) or not np.allclose(np.diag(matrix), 0):
+        raise ValueError("a distance matrix must be symmetric with a zero diagonal")
+    return matrix
+
+
+def _label_codes(labels: Sequence[object]) -> np.ndarray:
+    return np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1].ravel()
+
+
+def _pseudo_f_codes(squared: np.ndarray, codes: np.ndarray, groups: int) -> float:
+    n = len(codes)
+    total = squared.sum() / (2 * n)
+    within = 0.0
+    for group in range(groups):
+        members = codes == group
+        within += squared[np.ix_(members, members)].sum() / (2 * members.sum())
+    between = total - within
+    if within <= 0:
+        return math.inf if between > 0 else math.nan
+    return float((between / (groups - 1)) / (within / (n - groups)))
 
 
 def pseudo_f(distances: np.ndarray, labels: Sequence[object]) -> float:
     """PERMANOVA's pseudo-F (Anderson 2001) of a distance matrix grouped by `labels`.
 
     F = (SS_between / (g − 1)) / (SS_within / (n − g)), with SS computed from squared
-    distances; large when networks of one label are closer to each other than to the rest.
-    NaN when it is undefined (one group, or every network its own group).
+    distances (for Euclidean distances it is the one-way ANOVA F on the points); large when
+    networks of one label are closer to each other than to the rest. NaN when it is undefined
+    (one group, or every network its own group).
     """
     distances, labels = _check_distances(distances, labels)
-    codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1]
-    n, groups = len(codes), int(codes.max()) + 1 if len(codes) else 0
-    if groups < 2 or groups >= n:
+    codes = _label_codes(labels)
+    groups = int(codes.max()) + 1 if len(codes) else 0
+    if groups < 2 or groups >= len(codes):
         return math.nan
-    squared = distances**2
-    total = squared[np.triu_indices(n, 1)].sum() / n
-    within = 0.0
-    for group in range(groups):
-        members = np.flatnonzero(codes == group)
-        block = squared[np.ix_(members, members)]
-        within += block[np.triu_indices(len(members), 1)].sum() / len(members)
-    between = total - within
-    if within <= 0:
-        return math.inf if between > 0 else math.nan
-    return float((between / (groups - 1)) / (within / (n - groups)))
+    return _pseudo_f_codes(distances**2, codes, groups)
+
+
+def _distinct_labellings(codes: np.ndarray) -> Iterator[np.ndarray]:
+    """Every distinct arrangement of the same multiset of labels."""
+    counts = Counter(codes.tolist())
+    n = len(codes)
+
+    def fill(current: list[int]) -> Iterator[np.ndarray]:
+        if len(current) == n:
+            yield np.asarray(current)
+            return
+        for label in sorted(counts):
+            if counts[label]:
+                counts[label] -= 1
+                current.append(label)
+                yield from fill(current)
+                current.pop()
+                counts[label] += 1
+
+    yield from fill([])
 
 
 def permanova(
@@ -272,36 +319,43 @@ def permanova(
     *,
     permutations: int = 9999,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """PERMANOVA: pseudo-F and its permutation p-value (labels permuted across networks).
 
+    When the design has no more distinct labellings than ``permutations + 1``, every one is
+    enumerated and the p-value is exact; otherwise `permutations` random ones are drawn.
+
     Returns:
-        ``pseudo_f``, ``p_value`` ((1 + #{F_perm ≥ F}) / (1 + permutations)), ``min_p`` (the
-        smallest p the design can reach: 1 / the number of distinct labellings, or
-        1 / (1 + permutations)), ``n`` and ``groups``.
+        ``pseudo_f``; ``p_value`` (exact: the share of labellings with F ≥ the observed one;
+        else (1 + #{F_perm ≥ F}) / (1 + permutations)); ``min_p`` (the smallest p this test
+        can return: 1 / the number of distinct labellings, or 1 / (1 + permutations));
+        ``exact``; ``permutations`` (labellings evaluated besides the observed one); ``n`` and
+        ``groups``.
     """
     distances, labels = _check_distances(distances, labels)
-    observed = pseudo_f(distances, labels)
-    text = np.asarray(labels, dtype=object).astype(str)
-    n, groups = len(text), len(set(text))
-    sizes = [int(np.sum(text == g)) for g in sorted(set(text))]
-    labellings = math.factorial(n) // math.prod(math.factorial(s) for s in sizes) if n else 1
-    floor = max(1.0 / max(labellings, 1), 1.0 / (1 + permutations))
-    if not math.isfinite(observed) and observed != math.inf:
-        return {"pseudo_f": math.nan, "p_value": math.nan, "min_p": floor, "n": n, "groups": groups}
+    codes = _label_codes(labels)
+    n, groups = len(codes), int(codes.max()) + 1 if len(codes) else 0
+    distinct = math.factorial(n) // math.prod(math.factorial(c) for c in Counter(codes).values())
+    exact = distinct <= permutations + 1
+    floor = 1 / distinct if exact else 1 / (1 + permutations)
+    result: dict[str, Any] = {"n": n, "groups": groups, "exact": exact, "min_p": floor}
+    if groups < 2 or groups >= n:
+        return {**result, "pseudo_f": math.nan, "p_value": math.nan, "permutations": 0}
+    squared = distances**2
+    observed = _pseudo_f_codes(squared, codes, groups)
+    threshold = observed * (1 - 1e-12) if math.isfinite(observed) else observed
+    if exact:
+        values = [_pseudo_f_codes(squared, c, groups) for c in _distinct_labellings(codes)]
+        # The enumeration includes the observed labelling, so p ≥ 1 / distinct.
+        p_value = sum(v >= threshold for v in values) / distinct
+        return {**result, "pseudo_f": observed, "p_value": p_value, "permutations": distinct - 1}
     rng = np.random.default_rng(seed)
-    exceed = sum(
-        pseudo_f(distances, list(rng.permutation(text))) >= observed - 1e-12
+    hits = sum(
+        _pseudo_f_codes(squared, rng.permutation(codes), groups) >= threshold
         for _ in range(permutations)
     )
-    p_value = max((1 + exceed) / (1 + permutations), floor)
-    return {
-        "pseudo_f": observed,
-        "p_value": float(p_value),
-        "min_p": floor,
-        "n": n,
-        "groups": groups,
-    }
+    p_value = (1 + hits) / (1 + permutations)
+    return {**result, "pseudo_f": observed, "p_value": p_value, "permutations": permutations}
 
 
 def nearest_neighbour_accuracy(distances: np.ndarray, labels: Sequence[object]) -> float:
@@ -370,27 +424,40 @@ def mds(distances: np.ndarray, *, dimensions: int = 2) -> np.ndarray:
 
 
 def within_between(
-    distances: np.ndarray, labels: Sequence[object], a: object, b: object
-) -> dict[str, float]:
-    """Mean distance between networks of labels `a` and `b`, and within each label.
+    distances: np.ndarray,
+    labels: Sequence[object],
+    a: object | None = None,
+    b: object | None = None,
+) -> dict[str, Any]:
+    """Distances between networks of different labels and within labels.
+
+    Args:
+        distances: square or condensed distance matrix.
+        labels: one label per network.
+        a: with `b`, restrict to networks of these two labels (between = a–b pairs).
+        b: see `a`.
 
     Returns:
-        ``between``, ``within`` (the mean over both labels' within-pairs), ``difference``
-        (between − within), ``n_a`` and ``n_b``.
+        ``between`` and ``within`` (mean distances), ``difference`` (between − within), and
+        ``between_values`` / ``within_values`` (every such pair's distance, pairs i < j).
     """
     distances, labels = _check_distances(distances, labels)
     text = np.asarray(labels, dtype=object).astype(str)
-    in_a, in_b = np.flatnonzero(text == str(a)), np.flatnonzero(text == str(b))
-    between = distances[np.ix_(in_a, in_b)].ravel()
-    within = np.concatenate(
-        [distances[np.ix_(g, g)][np.triu_indices(len(g), 1)] for g in (in_a, in_b)]
+    if (a is None) != (b is None):
+        raise ValueError("give both labels a and b, or neither")
+    chosen = (
+        np.arange(len(text)) if a is None else np.flatnonzero((text == str(a)) | (text == str(b)))
     )
+    i, j = np.triu_indices(len(chosen), k=1)
+    i, j = chosen[i], chosen[j]
+    same = text[i] == text[j]
+    within, between = distances[i[same], j[same]], distances[i[~same], j[~same]]
     mean_between = float(between.mean()) if between.size else math.nan
     mean_within = float(within.mean()) if within.size else math.nan
     return {
         "between": mean_between,
         "within": mean_within,
         "difference": mean_between - mean_within,
-        "n_a": len(in_a),
-        "n_b": len(in_b),
+        "between_values": between,
+        "within_values": within,
     }

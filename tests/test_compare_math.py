@@ -24,14 +24,6 @@ from mechscope_compare._dsa import (
     restart_bases,
 )
 from mechscope_compare._shape import pad_units, shape_distance, shape_pairwise, shape_represent
-from mechscope_compare._stats import (
-    classical_mds,
-    cluster,
-    nearest_neighbour_accuracy,
-    permanova,
-    square,
-    within_between,
-)
 from mechscope_compare._systems import (
     SyntheticConfig,
     condition_trajectories,
@@ -47,6 +39,14 @@ from mechscope_compare._topology import (
     topology_represent,
     wasserstein_1d,
     wasserstein_exact,
+)
+
+from mechscope.stats import (
+    cluster,
+    nearest_neighbour_accuracy,
+    permanova,
+    square_distances,
+    within_between,
 )
 
 KINDS = ("point", "line", "ring", "limit_cycle")
@@ -192,20 +192,20 @@ def systems():
 def test_dsa_separates_mechanisms_and_groups_seeds(systems):
     trajectories, labels = systems
     operators = jnp.stack([dsa_represent(t, **DSA_SETTINGS) for t in trajectories])
-    d = square(
+    d = square_distances(
         np.asarray(
             dsa_pairwise(operators, condensed_pairs(len(labels)), key=jax.random.key(0))["angular"]
         )
     )
-    test = permanova(d, labels, n_permutations=999)
+    test = permanova(d, labels, permutations=999)
     accuracy = nearest_neighbour_accuracy(d, labels)
-    within, between = within_between(d, labels)
+    spread = within_between(d, labels)
     message = (
-        f"pseudo-F {test.pseudo_f:.2f}, p {test.p_value:.4f} (min {test.min_p_value:.4f}), "
-        f"NN accuracy {accuracy:.2f}, within {np.median(within):.4f} vs "
-        f"between {np.median(between):.4f}"
+        f"pseudo-F {test['pseudo_f']:.2f}, p {test['p_value']:.4f} (min {test['min_p']:.4f}), "
+        f"NN accuracy {accuracy:.2f}, within {np.median(spread['within_values']):.4f} vs "
+        f"between {np.median(spread['between_values']):.4f}"
     )
-    assert test.p_value < 0.01, message
+    assert test["p_value"] < 0.01, message
     assert accuracy == 1.0, message
     clusters = cluster(d, len(KINDS))
     assert len({(c, lab) for c, lab in zip(clusters, labels, strict=True)}) == len(KINDS), message
@@ -392,67 +392,6 @@ def test_wasserstein_1d_matches_scipy():
     )
     expected = scipy.stats.wasserstein_distance(x, y, wx, wy)
     assert np.isclose(float(padded), expected, rtol=1e-5)
-
-
-# --- statistics on distance matrices --------------------------------------------------------
-
-
-def test_permanova_pseudo_f_is_the_anova_f_for_euclidean_points():
-    rng = np.random.default_rng(0)
-    groups = [rng.normal(m, 1.0, size=6) for m in (0.0, 0.7, 1.5)]
-    values = np.concatenate(groups)
-    labels = np.repeat([0, 1, 2], 6)
-    d = np.abs(values[:, None] - values[None, :])
-    result = permanova(d, labels, n_permutations=199)
-    assert np.isclose(result.pseudo_f, scipy.stats.f_oneway(*groups).statistic)
-    assert result.min_p_value == pytest.approx(1 / 200)
-
-
-def test_permanova_exact_enumeration_on_a_small_design():
-    values = np.asarray([0.0, 0.1, 0.2, 5.0, 5.1, 5.2])
-    d = np.abs(values[:, None] - values[None, :])
-    result = permanova(d, ["a"] * 3 + ["b"] * 3, n_permutations=999)
-    # 6!/(3!3!) = 20 distinct labellings; the true one and its swap give the largest F.
-    assert result.exact and result.n_permutations == 19
-    assert result.p_value == pytest.approx(2 / 20)
-    assert result.min_p_value == pytest.approx(1 / 20)
-
-
-def test_permanova_finds_no_effect_in_unstructured_distances():
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(20, 3))
-    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    assert permanova(d, np.arange(20) % 2, n_permutations=499).p_value > 0.05
-
-
-def test_nearest_neighbour_accuracy_and_clusters():
-    rng = np.random.default_rng(2)
-    centres = np.asarray([[0, 0], [10, 0], [0, 10]])
-    labels = np.repeat([0, 1, 2], 5)
-    points = centres[labels] + rng.normal(size=(15, 2))
-    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    assert nearest_neighbour_accuracy(d, labels) == 1.0
-    assert nearest_neighbour_accuracy(d, np.arange(15) % 3) < 0.5
-    found = cluster(d, 3)
-    assert all(len(set(found[labels == g])) == 1 for g in range(3))
-    assert len(set(found)) == 3
-    # Labels need not be integers; condensed input works too.
-    assert nearest_neighbour_accuracy(d[np.triu_indices(15, 1)], np.asarray(list("abc"))[labels])
-
-
-def test_classical_mds_recovers_a_planar_configuration():
-    rng = np.random.default_rng(3)
-    points = rng.normal(size=(10, 2)) * [3.0, 1.0]
-    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    embedding, explained = classical_mds(d)
-    d_hat = np.linalg.norm(embedding[:, None] - embedding[None], axis=-1)
-    np.testing.assert_allclose(d_hat, d, atol=1e-8)
-    assert explained.sum() == pytest.approx(1.0)
-
-
-def test_square_rejects_a_non_distance_matrix():
-    with pytest.raises(ValueError, match="symmetric"):
-        square(np.asarray([[0.0, 1.0], [2.0, 0.0]]))
 
 
 # --- parity with the authors' package --------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import mechscope
 from mechscope.testing import (
+    check_comparison,
     check_executor,
     check_model,
     check_probe,
@@ -60,6 +62,7 @@ def test_registered_configs_roundtrip_and_build(entry):
         "trainer": mechscope.AbstractTrainer,
         "probe": mechscope.AbstractProbe,
         "executor": mechscope.AbstractExecutor,
+        "comparison": mechscope.AbstractComparison,
     }[entry.kind]
     if entry.kind != "model":
         assert isinstance(entry.build(config), interface)
@@ -312,3 +315,54 @@ def test_check_executor_catches_broken_executors():
         check_executor(StopAtFirstFailureExecutor(config))
     with pytest.raises(AssertionError, match="gave|must be an error|failed"):
         check_executor(OffByOneExecutor(config))
+
+
+CHEAP_COMPARISON_SETTINGS = {"dsa": {"iters": 200, "rank": 6}}
+
+
+@pytest.fixture(scope="module")
+def tiny_reach_networks(tiny_reach_run):
+    """Two tiny reach networks (different initial weights) with their fixed points."""
+    task, first = tiny_reach_run
+    model_entry = REGISTRY.get("model", "ctrnn")
+    other = model_entry.build(
+        model_entry.validate({"n_units": 8}),
+        n_inputs=task.n_inputs,
+        n_outputs=task.n_outputs,
+        key=jax.random.key(7),
+    )
+    second = mechscope.TrainedRun(model=other)
+    probe_entry = REGISTRY.get("probe", "fixed_points")
+    probe = probe_entry.build(probe_entry.validate(CHEAP_PROBE_SETTINGS["fixed_points"]))
+    probes = [
+        {"fixed_points": probe.run(trained, task, key=jax.random.key(3))}
+        for trained in (first, second)
+    ]
+    return [(first, task), (second, task)], probes
+
+
+@pytest.mark.parametrize(
+    "entry", REGISTRY.entries("comparison"), ids=ids(REGISTRY.entries("comparison"))
+)
+def test_registered_comparisons_meet_contract(entry, tiny_reach_networks, getkey):
+    runs, probes = tiny_reach_networks
+    comparison = entry.build(entry.validate(CHEAP_COMPARISON_SETTINGS.get(entry.name, {})))
+    distances = check_comparison(comparison, runs, key=getkey(), probes=probes, atol=1e-4)
+    assert any(np.any(v > 0) for v in distances.values()), "two different networks at 0"
+
+
+class _AsymmetricComparison(mechscope.AbstractComparison):
+    config: ToyProbeConfig = eqx.field(static=True)
+    metrics = ("gap",)
+
+    def represent(self, trained, task, *, key, conditions, probes):
+        return {"mean": np.asarray(conditions.outputs.mean())}
+
+    def distance(self, a, b):
+        return {"gap": a["mean"] - b["mean"]}  # signed: not a distance
+
+
+def test_check_comparison_fails_an_asymmetric_distance(tiny_reach_networks, getkey):
+    runs, _ = tiny_reach_networks
+    with pytest.raises(AssertionError, match="not symmetric"):
+        check_comparison(_AsymmetricComparison(ToyProbeConfig()), runs, key=getkey())

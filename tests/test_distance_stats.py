@@ -90,11 +90,39 @@ def test_within_between_means():
     assert result["between"] == pytest.approx((5 + 6 + 7 + 8) / 4)
     assert result["within"] == pytest.approx((1 + 2) / 2)
     assert result["difference"] == pytest.approx(6.5 - 1.5)
+    three = np.pad(distances, ((0, 1), (0, 1)), constant_values=9.0)
+    np.fill_diagonal(three, 0.0)
+    only_ab = stats.within_between(three, ["a", "a", "b", "b", "c"], "a", "b")
+    assert only_ab["between"] == result["between"] and only_ab["within"] == result["within"]
+    everyone = stats.within_between(three, ["a", "a", "b", "b", "c"])
+    assert sorted(everyone["within_values"]) == [1, 2]
+    assert len(everyone["between_values"]) == 4 + 4
 
 
 def test_bad_matrices_are_refused():
     with pytest.raises(ValueError, match="square"):
-        stats.pseudo_f(np.zeros((2, 3)), ["a", "b"])
+        stats.pseudo_f(np.zeros((2, 3, 1)), ["a", "b"])
     with pytest.raises(ValueError, match="labels"):
         stats.pseudo_f(np.zeros((3, 3)), ["a", "b"])
     assert math.isnan(stats.pseudo_f(np.ones((3, 3)) - np.eye(3), ["a", "a", "a"]))
+
+
+def test_permanova_enumerates_every_labelling_of_a_small_design():
+    values = np.asarray([0.0, 0.1, 0.2, 5.0, 5.1, 5.2])
+    distances = np.abs(values[:, None] - values[None, :])
+    result = stats.permanova(distances, ["a"] * 3 + ["b"] * 3, permutations=999)
+    # 6!/(3!3!) = 20 distinct labellings; the true one and its swap give the largest F.
+    assert result["exact"] and result["permutations"] == 19
+    assert result["p_value"] == pytest.approx(2 / 20)
+    assert result["min_p"] == pytest.approx(1 / 20)
+
+
+def test_condensed_input_and_non_distances():
+    distances, labels, _ = points_in_groups(20.0)
+    condensed = squareform(distances)
+    assert stats.nearest_neighbour_accuracy(condensed, labels) == 1.0
+    assert stats.pseudo_f(condensed, labels) == pytest.approx(stats.pseudo_f(distances, labels))
+    with pytest.raises(ValueError, match="symmetric"):
+        stats.square_distances(np.asarray([[0.0, 1.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match="finite"):
+        stats.square_distances(np.asarray([[0.0, np.nan], [np.nan, 0.0]]))

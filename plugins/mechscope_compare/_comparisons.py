@@ -211,6 +211,10 @@ class TopologyComparison(mechscope.AbstractComparison):
     ) -> dict[str, np.ndarray]:
         """Read the stored fixed points and summarise them per constant input."""
         arrays = probes["fixed_points"].arrays
+        available = np.shape(arrays["eigenvalues_real"])[-1]
+        # A network smaller than n_eigenvalues has fewer eigenvalues per point: keep them all.
+        wanted = self.config.n_eigenvalues
+        n_eigenvalues = available if wanted is None else min(wanted, available)
         topology = topology_represent(
             np.asarray(arrays["points"]),
             np.asarray(arrays["input_index"]),
@@ -219,7 +223,7 @@ class TopologyComparison(mechscope.AbstractComparison):
             np.asarray(conditions.states),
             n_inputs=len(arrays["inputs"]),
             max_points=self.config.max_points,
-            n_eigenvalues=self.config.n_eigenvalues,
+            n_eigenvalues=n_eigenvalues,
         )
         return {name: np.asarray(getattr(topology, name)) for name in _TOPOLOGY_FIELDS}
 
