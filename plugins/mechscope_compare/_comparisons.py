@@ -18,8 +18,16 @@ import pydantic
 from jaxtyping import Array, PRNGKeyArray
 
 import mechscope
-from mechscope_compare._dsa import DELAY_INTERVAL, ITERS, LAMB, LR, N_DELAYS, N_RESTARTS
-from mechscope_compare._dsa import dsa_distance, dsa_represent
+from mechscope_compare._dsa import (
+    DELAY_INTERVAL,
+    ITERS,
+    LAMB,
+    LR,
+    N_DELAYS,
+    N_RESTARTS,
+    dsa_distance,
+    dsa_represent,
+)
 from mechscope_compare._shape import shape_distance, shape_represent
 from mechscope_compare._topology import Topology, topology_distance, topology_represent
 
