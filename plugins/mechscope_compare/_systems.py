@@ -17,7 +17,7 @@ through :class:`mechscope.Noise`. :func:`warp` bends trajectories by a smooth in
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -33,13 +33,13 @@ N_LATENT = 3
 class SyntheticConfig(mechscope.Config):
     """A synthetic system: size, time constant, rotation speed and seed-to-seed jitter."""
 
-    n_units: int = pydantic.Field(10, ge=N_LATENT, description="State dimension.")
-    tau: float = pydantic.Field(0.1, gt=0, description="Relaxation time constant (s).")
+    n_units: int = pydantic.Field(default=10, ge=N_LATENT, description="State dimension.")
+    tau: float = pydantic.Field(default=0.1, gt=0, description="Relaxation time constant (s).")
     omega: float = pydantic.Field(
-        2 * jnp.pi, description="Angular speed of the limit cycle (rad/s)."
+        default=2 * jnp.pi, description="Angular speed of the limit cycle (rad/s)."
     )
     jitter: float = pydantic.Field(
-        0.1, ge=0, description="Log-normal spread of τ and ω across seeds."
+        default=0.1, ge=0, description="Log-normal spread of τ and ω across seeds."
     )
 
 
@@ -265,7 +265,8 @@ def make_system(
     key: PRNGKeyArray,
 ) -> AbstractSyntheticSystem:
     """A synthetic system by name."""
-    return SYSTEMS[kind](SyntheticConfig() if config is None else config, key=key)
+    system: Any = SYSTEMS[kind]  # each final class takes (config, *, key)
+    return system(SyntheticConfig() if config is None else config, key=key)
 
 
 def random_orthogonal(n: int, *, key: PRNGKeyArray, proper: bool = True) -> Float[Array, "n n"]:

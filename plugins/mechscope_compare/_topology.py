@@ -107,9 +107,9 @@ def topology_represent(
             arrangement_weight[i, 0] = 1.0
             continue
         values = eigenvalues[chosen]
-        slowest = np.take_along_axis(values, np.argsort(-values.real, axis=1)[:, :m], axis=1)
+        slowest = np.take_along_axis(values, np.argsort(-np.real(values), axis=1)[:, :m], axis=1)
         flat = slowest.reshape(-1)
-        spectrum[i, : flat.size] = np.stack([flat.real, flat.imag], axis=-1)
+        spectrum[i, : flat.size] = np.stack([np.real(flat), np.imag(flat)], axis=-1)
         spectrum_weight[i, : flat.size] = 1.0 / flat.size
         gaps = np.linalg.norm(points[chosen][:, None, :] - states[None, :, :], axis=-1)
         arrangement[i, :k] = gaps.min(axis=1) / scale
@@ -214,6 +214,8 @@ def wasserstein_exact(
         bounds=(0, None),
         method="highs",
     )
+    if result.fun is None:
+        raise ValueError(f"optimal transport failed: {result.message}")
     return float(result.fun ** (1 / p))
 
 
