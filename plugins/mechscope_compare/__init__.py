@@ -15,8 +15,22 @@ from mechscope_compare._comparisons import (
     ShapeConfig,
     TopologyComparison,
     TopologyConfig,
-    condition_trajectories,
+    analysed_window,
 )
+from mechscope_compare._dsa import dsa_align, dsa_distance, dsa_represent
+from mechscope_compare._shape import shape_distance, shape_represent
+from mechscope_compare._systems import (
+    LimitCycle,
+    LineAttractor,
+    PointAttractor,
+    RingAttractor,
+    SyntheticConfig,
+    condition_trajectories,
+    make_system,
+    random_orthogonal,
+    warp,
+)
+from mechscope_compare._topology import topology_distance, topology_represent
 
 
 @mechscope.hookimpl
@@ -30,10 +44,26 @@ def mechscope_register_comparisons(register: mechscope.Register) -> None:
 __all__ = [
     "DSAComparison",
     "DSAConfig",
+    "LimitCycle",
+    "LineAttractor",
+    "PointAttractor",
+    "RingAttractor",
     "ShapeComparison",
     "ShapeConfig",
+    "SyntheticConfig",
     "TopologyComparison",
     "TopologyConfig",
+    "analysed_window",
     "condition_trajectories",
+    "dsa_align",
+    "dsa_distance",
+    "dsa_represent",
+    "make_system",
     "mechscope_register_comparisons",
+    "random_orthogonal",
+    "shape_distance",
+    "shape_represent",
+    "topology_distance",
+    "topology_represent",
+    "warp",
 ]

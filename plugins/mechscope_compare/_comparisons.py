@@ -56,9 +56,7 @@ class _TrajectoryConfig(mechscope.Config):
         return self
 
 
-def condition_trajectories(
-    conditions: mechscope.ConditionRun, config: _TrajectoryConfig
-) -> np.ndarray:
+def analysed_window(conditions: mechscope.ConditionRun, config: _TrajectoryConfig) -> np.ndarray:
     """The analysed window of a network's condition responses, ``[condition, time, unit]``.
 
     Raises:
@@ -126,7 +124,7 @@ class DSAComparison(mechscope.AbstractComparison):
     ) -> dict[str, np.ndarray]:
         """The HAVOK-DMD operator of the network's condition trajectories."""
         config = self.config
-        trajectories = jnp.asarray(condition_trajectories(conditions, config))
+        trajectories = jnp.asarray(analysed_window(conditions, config))
         operator = dsa_represent(
             trajectories,
             n_delays=config.n_delays,
@@ -178,7 +176,7 @@ class ShapeComparison(mechscope.AbstractComparison):
         probes: Mapping[str, mechscope.ProbeResult],
     ) -> dict[str, np.ndarray]:
         """The centred, partially whitened response matrix."""
-        responses = jnp.asarray(condition_trajectories(conditions, self.config))
+        responses = jnp.asarray(analysed_window(conditions, self.config))
         return {"responses": np.asarray(shape_represent(responses, alpha=self.config.alpha))}
 
     def distance(self, a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
