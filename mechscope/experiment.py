@@ -23,6 +23,7 @@ import jax
 
 from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
 from mechscope.errors import ConfigError, MechscopeError
+from mechscope.model import AbstractModel
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
 from mechscope.probe import (
     AbstractProbe,
@@ -300,6 +301,11 @@ class RunFailure:
     reason: str
     error: Exception
 
+    @classmethod
+    def of(cls, experiment: Experiment, error: Exception) -> RunFailure:
+        """The failure of `experiment` with `error`."""
+        return cls(experiment.run_id, f"{type(error).__name__}: {error}", error)
+
 
 def run_experiments(
     experiments: Sequence[Experiment],
@@ -388,7 +394,19 @@ def _run_group(
                     reason=outcome.reason,
                 )
             else:
-                result = experiment.finish(outcome, task=task, store=store)
+                try:
+                    result = experiment.finish(outcome, task=task, store=store)
+                except Exception as error:  # noqa: BLE001 - e.g. a full disk: the other seeds go on
+                    failure = RunFailure.of(experiment, error)
+                    done[experiment.run_id] = failure
+                    started.remove(experiment)
+                    hook.mechscope_run_end(
+                        run_id=experiment.run_id,
+                        config=experiment.config,
+                        status="failed",
+                        reason=failure.reason,
+                    )
+                    continue
                 done[experiment.run_id] = result
                 started.remove(experiment)
                 hook.mechscope_run_end(
@@ -420,54 +438,72 @@ def _fit(
     callbacks: Sequence[Callback],
 ) -> dict[str, TrainedRun | RunFailure]:
     """Train `fresh` (seeds of one configuration): together if there are several, then alone."""
-    if not fresh:
-        return {}
-    hook = fresh[0].plugins.hook
-    models = [e.build_model(task, key=e.keys()["model"]) for e in fresh]
-    checkpoints = [None if store is None else store.checkpoint_directory(e.run_id) for e in fresh]
-    if len(fresh) > 1:
-        attached: list[Callback] = [HookBridge(hook, [e.run_id for e in fresh]), *callbacks]
-        if progress:
-            attached.append(ProgressBar(f"{len(fresh)} seeds together"))
+    fitted: dict[str, TrainedRun | RunFailure] = {}
+    models: dict[str, AbstractModel] = {}
+    for experiment in fresh:
+        try:
+            models[experiment.run_id] = experiment.build_model(task, key=experiment.keys()["model"])
+        except Exception as error:  # noqa: BLE001 - recorded; the other seeds go on
+            fitted[experiment.run_id] = RunFailure.of(experiment, error)
+    buildable = [e for e in fresh if e.run_id in models]
+
+    def checkpoint(experiment: Experiment) -> Path | None:
+        return None if store is None else store.checkpoint_directory(experiment.run_id)
+
+    if len(buildable) > 1:
+        bridge, attached = _callbacks(buildable, callbacks, progress, f"{len(buildable)} seeds")
         try:
             runs = (
-                fresh[0]
+                buildable[0]
                 .build_trainer()
                 .fit_many(
-                    models,
+                    [models[e.run_id] for e in buildable],
                     task,
-                    keys=[e.keys()["train"] for e in fresh],
+                    keys=[e.keys()["train"] for e in buildable],
                     callbacks=attached,
-                    checkpoint_dirs=checkpoints,
+                    checkpoint_dirs=[checkpoint(e) for e in buildable],
                 )
             )
-            return {e.run_id: e.named(run) for e, run in zip(fresh, runs, strict=True)}
+            fitted.update({e.run_id: e.named(r) for e, r in zip(buildable, runs, strict=True)})
+            return fitted
         except Exception as error:  # noqa: BLE001 - retried seed by seed below
+            reason = f"{type(error).__name__}: {error}"
+            bridge.close_unfinished(reason=f"training together failed: {reason}")
             warnings.warn(
-                f"training {len(fresh)} seeds together failed ({type(error).__name__}: "
-                f"{error}); retrying each seed alone",
+                f"training {len(buildable)} seeds together failed ({reason}); "
+                "retrying each seed alone",
                 stacklevel=4,
             )
-    fitted: dict[str, TrainedRun | RunFailure] = {}
-    for experiment, model, checkpoint in zip(fresh, models, checkpoints, strict=True):
-        attached = [HookBridge(hook, [experiment.run_id]), *callbacks]
-        if progress:
-            attached.append(ProgressBar(f"run {experiment.run_id[:8]}"))
+    for experiment in buildable:
+        bridge, attached = _callbacks([experiment], callbacks, progress, experiment.run_id[:8])
         try:
             run = experiment.build_trainer().fit(
-                model,
+                models[experiment.run_id],
                 task,
                 key=experiment.keys()["train"],
                 callbacks=attached,
-                checkpoint_dir=checkpoint,
+                checkpoint_dir=checkpoint(experiment),
             )
         except Exception as error:  # noqa: BLE001 - recorded; the other seeds go on
-            fitted[experiment.run_id] = RunFailure(
-                experiment.run_id, f"{type(error).__name__}: {error}", error
-            )
+            bridge.close_unfinished(reason=f"{type(error).__name__}: {error}")
+            fitted[experiment.run_id] = RunFailure.of(experiment, error)
             continue
         fitted[experiment.run_id] = experiment.named(run)
     return fitted
+
+
+def _callbacks(
+    experiments: Sequence[Experiment],
+    callbacks: Sequence[Callback],
+    progress: bool,
+    label: str,
+) -> tuple[HookBridge, list[Callback]]:
+    """The callbacks of one fit: the hook bridge, the caller's, and a progress bar."""
+    bridge = HookBridge(experiments[0].plugins.hook, [e.run_id for e in experiments])
+    attached: list[Callback] = [bridge, *callbacks]
+    if progress:
+        attached.append(ProgressBar(f"run {label}" if len(experiments) == 1 else label))
+    return bridge, attached
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,7 +132,8 @@ def mechscope_train_end(run_id: str, status: str, reason: str) -> None:
 
     Args:
         run_id: the run's content hash.
-        status: ``"completed"``, ``"diverged"`` or ``"stopped"``.
+        status: ``"completed"``, ``"diverged"``, ``"stopped"``, or ``"failed"`` when the
+            trainer raised (each ``train_start`` is followed by exactly one ``train_end``).
         reason: why training ended, in words.
     """
 

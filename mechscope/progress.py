@@ -88,3 +88,14 @@ class HookBridge(Callback):
             run_id=self._run_id(self._ended), status=run.status, reason=run.reason
         )
         self._ended += 1
+
+    def close_unfinished(self, *, reason: str) -> None:
+        """Fire ``mechscope_train_end`` (status ``failed``) for runs still training.
+
+        Called when the trainer raised, so every ``train_start`` gets its ``train_end``.
+        """
+        for position in range(self._ended, self._started):
+            self.hook.mechscope_train_end(
+                run_id=self._run_id(position), status="failed", reason=reason
+            )
+        self._ended = self._started

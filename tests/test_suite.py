@@ -342,6 +342,22 @@ class HookPairs:
     def mechscope_train_start(self, run_id, n_steps):
         self.events.append(("train_start", run_id, None))
 
+    @mechscope.hookimpl
+    def mechscope_train_end(self, run_id, status, reason):
+        self.events.append(("train_end", run_id, status))
+
+    def assert_training_paired(self):
+        """Every train_start is closed by a train_end of the same run before the next start."""
+        open_runs = set()
+        for kind, run_id, _ in self.events:
+            if kind == "train_start":
+                assert run_id not in open_runs, f"{run_id} started training twice"
+                open_runs.add(run_id)
+            elif kind == "train_end":
+                assert run_id in open_runs, f"{run_id} ended training it never started"
+                open_runs.discard(run_id)
+        assert not open_runs, f"training never ended for {open_runs}"
+
     def assert_paired(self, run_ids):
         """Every run opened exactly once and closed exactly once, after it opened."""
         for run_id in run_ids:
@@ -358,6 +374,9 @@ class JointFailTrainer(ToyTrainer):
     """Trains each seed like the toy trainer, but fails whenever asked to train several."""
 
     def fit_many(self, models, task, *, keys, callbacks=(), checkpoint_dirs=None):
+        for model in models:  # training began for every network, then failed
+            for callback in callbacks:
+                callback.on_train_start(model=model, task=task, n_steps=self.config.steps)
         raise RuntimeError("joint fit exploded")
 
 
@@ -395,6 +414,7 @@ def test_failed_joint_fit_is_reported_then_each_seed_retried_alone(plugins, reco
     assert (table["status"] == "completed").all(), table[["status", "reason"]]
     assert len(FIT_CALLS) == calls + 2, "each seed trains alone exactly once"
     recorded.assert_paired(table["run_id"])
+    recorded.assert_training_paired()
     assert all(RunStore(tmp_path).is_complete(run_id) for run_id in table["run_id"])
 
 
@@ -406,3 +426,22 @@ def test_seeds_that_fail_alone_too_end_failed_once_each(plugins, recorded, tmp_p
     assert table["reason"].str.contains("toy trainer told to fail").all()
     recorded.assert_paired(table["run_id"])
     assert recorded.ends() == dict.fromkeys(table["run_id"], "failed")
+
+
+def test_a_failed_save_loses_only_that_seed(plugins, recorded, tmp_path, monkeypatch):
+    original = RunStore.save
+    calls = []
+
+    def save_fails_once(self, header, *args, **kwargs):
+        calls.append(header.run_id)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return original(self, header, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "save", save_fails_once)
+    table = Suite(base=BASE, seeds=3, plugins=plugins).run(store=tmp_path, progress=False)
+    failed = table[table["status"] == "failed"]
+    assert list(failed["run_id"]) == [calls[0]]
+    assert "No space left on device" in failed["reason"].iloc[0]
+    assert (table[table["status"] != "failed"]["status"] == "completed").sum() == 2
+    recorded.assert_paired(table["run_id"])
