@@ -88,7 +88,7 @@ class _MechanismClaim(_Claim):
 class SameMechanism(_MechanismClaim):
     """Networks of groups `a` and `b` are no farther apart than networks within a group.
 
-    Held when the upper 95% bootstrap bound (networks resampled within each group) of
+    Held when the upper (1 − α) bootstrap bound (networks resampled within each group) of
     mean(between) − mean(within) is below the equivalence `margin`.
     """
 
@@ -303,7 +303,7 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             means = [rng.choice(v, size=len(v)).mean() for v in usable.values()]
             spreads.append(max(means) - min(means))
         means = [v.mean() for v in usable.values()]
-        high = float(np.quantile(spreads, 0.95))
+        high = float(np.quantile(spreads, 1 - claim.alpha))
         return {
             "measured": f"range of {claim.metric} group means across {claim.by} "
             f"(upper 95% bound vs margin {claim.margin:g})",
@@ -369,14 +369,15 @@ def _evaluate_mechanism(
         chosen_b = rng.choice(index_b, size=len(index_b))
         resampled.append(_resampled_difference(matrix, chosen_a, chosen_b))
     finite = np.asarray(resampled)[np.isfinite(resampled)]
+    # One-sided equivalence bound at 1 − α, as for `similar`.
     low, high = (
-        (float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
+        (float(np.quantile(finite, claim.alpha)), float(np.quantile(finite, 1 - claim.alpha)))
         if finite.size
         else (math.nan, math.nan)
     )
     return {
         "measured": f"{measured}: mean between − mean within distance "
-        f"(upper 95% bound vs margin {claim.margin:g})",
+        f"(upper {1 - claim.alpha:.0%} bound vs margin {claim.margin:g})",
         "effect": observed["difference"],
         "ci_low": low,
         "ci_high": high,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,13 +19,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from mechscope.comparison import AbstractComparison, Representation
+from mechscope.comparison import AbstractComparison
 from mechscope.config import ComponentSpec, Config, canonical_json
-from mechscope.errors import ConfigError, MechscopeError
+from mechscope.errors import ConfigError, MechscopeError, StoreError
 from mechscope.plugins import ComponentEntry, PluginManager, Registry
-from mechscope.store import RunStore
-
-PAIR_COLUMNS = ["comparison", "run_a", "run_b", "metric", "value"]
+from mechscope.store import PAIR_COLUMNS, RunStore, StoredRepresentation, empty_frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +50,11 @@ class ResolvedComparison:
         """The cache key: a hash of the name and the full config (and mechscope's version)."""
         from mechscope import __version__
 
-        payload = canonical_json({"comparison": self.canonical, "mechscope": __version__})
+        # The plugin's own version too: a changed comparison must not reuse old distances.
+        source = {"distribution": self.entry.distribution, "version": self.entry.version}
+        payload = canonical_json(
+            {"comparison": self.canonical, "source": source, "mechscope": __version__}
+        )
         return f"{self.entry.name}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
     def build(self) -> AbstractComparison:
@@ -121,12 +124,27 @@ def compare_runs(
     frames = []
     for comparison in comparisons:
         built = comparison.build()
-        representations = [
-            _representation(built, comparison.key, run_id, store=store, plugins=plugins)
-            for run_id in _bar(run_ids, f"represent ({comparison.name})", progress)
-        ]
-        frames.append(_pair_distances(built, comparison, run_ids, representations, store))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
+        represented: dict[str, StoredRepresentation] = {}
+        skipped: list[str] = []
+        for run_id in _bar(run_ids, f"represent ({comparison.name})", progress):
+            try:
+                represented[run_id] = _representation(
+                    built, comparison.key, run_id, store=store, plugins=plugins
+                )
+            except Exception as error:  # noqa: BLE001 - one run must not sink the stage
+                skipped.append(f"{run_id} ({type(error).__name__}: {error})")
+        if skipped:
+            warnings.warn(
+                f"comparison '{comparison.name}' leaves out {len(skipped)} run(s): "
+                + "; ".join(skipped),
+                stacklevel=3,
+            )
+        if len(represented) < 2:
+            continue
+        frames.append(_pair_distances(built, comparison, represented, store))
+    if not frames:
+        return empty_frame(PAIR_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _representation(
@@ -136,8 +154,13 @@ def _representation(
     *,
     store: RunStore,
     plugins: PluginManager,
-) -> Representation:
-    """Run `run_id`'s stored representation, computing and storing it when missing."""
+) -> StoredRepresentation:
+    """Run `run_id`'s stored representation, computing and storing it when missing.
+
+    Raises:
+        ConfigError: if the run is not complete, or lacks a probe result the comparison needs
+            (e.g. its fixed_points probe failed).
+    """
     stored = store.comparisons.load_representation(run_id, key)
     if stored is not None:
         return stored
@@ -146,7 +169,10 @@ def _representation(
 
     run = store.load(run_id, registry=plugins.registry)
     if run is None:
-        raise ConfigError(f"run {run_id} is not complete in {store.root}; cannot compare it")
+        raise ConfigError(f"run {run_id} is not complete in {store.root}")
+    missing = [name for name in comparison.requires if name not in run.probes]
+    if missing:
+        raise ConfigError(f"its {', '.join(missing)} probe result is missing")
     # The task comes from the run's own config, through the suite's plugins.
     experiment = Experiment.from_dict(dict(run.header.config), plugins=plugins)
     task = experiment.build_task()
@@ -159,50 +185,64 @@ def _representation(
         task,
         key=seed_key,
         conditions=conditions,
-        probes={name: run.probes[name] for name in comparison.requires if name in run.probes},
+        probes={name: run.probes[name] for name in comparison.requires},
     )
-    representation = {name: np.asarray(value) for name, value in representation.items()}
-    store.comparisons.save_representation(run_id, key, representation)
-    return representation
+    arrays = {name: np.asarray(value) for name, value in representation.items()}
+    return store.comparisons.save_representation(run_id, key, arrays)
 
 
 def _pair_distances(
     comparison: AbstractComparison,
     resolved: ResolvedComparison,
-    run_ids: list[str],
-    representations: list[Representation],
+    represented: Mapping[str, StoredRepresentation],
     store: RunStore,
 ) -> pd.DataFrame:
-    """Every unordered pair's distances: cached ones read back, the rest computed in batches."""
-    cache = store.comparisons.load_pairs(resolved.key)
-    wanted = {(a, b) for i, a in enumerate(run_ids) for b in run_ids[i + 1 :]}
-    have = _within(cache, wanted)
+    """Every unordered pair's distances: cached ones read back, the rest computed in batches.
+
+    A cached distance is reused only if it was computed from the very representations the
+    runs have now (their digests), so a recomputed run is compared anew.
+    """
+    run_ids = sorted(represented)
+    digests = {run_id: represented[run_id].digest for run_id in run_ids}
+    wanted = {
+        (a, b, digests[a], digests[b]) for i, a in enumerate(run_ids) for b in run_ids[i + 1 :]
+    }
+    have = _within(store.comparisons.load_pairs(resolved.key), wanted)
     metrics = set(comparison.metrics) if comparison.metrics else None
-    done: set[tuple[str, str]] = set()
-    if len(have):
-        names: dict[tuple[str, str], set[str]] = {}
-        for a, b, metric in zip(have["run_a"], have["run_b"], have["metric"], strict=True):
-            names.setdefault((a, b), set()).add(metric)
-        done = {pair for pair, found in names.items() if metrics is None or metrics <= found}
+    found: dict[tuple[str, str], set[str]] = {}
+    for a, b, metric in zip(have["run_a"], have["run_b"], have["metric"], strict=True):
+        found.setdefault((a, b), set()).add(metric)
+    done = {pair for pair, names in found.items() if metrics is None or metrics <= names}
     index = {run_id: i for i, run_id in enumerate(run_ids)}
-    todo = sorted(wanted - done)
+    arrays = [represented[run_id].arrays for run_id in run_ids]
+    todo = sorted({(a, b) for a, b, _, _ in wanted} - done)
     # Computed and cached in batches, so a killed stage resumes from the last whole batch.
     batch = max(comparison.pair_batch, 1) * 4
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
         pairs = np.array([(index[a], index[b]) for a, b in chunk], dtype=np.int32)
-        values = comparison.distances(representations, pairs)
-        rows = [
-            {"run_a": a, "run_b": b, "metric": name, "value": float(values[name][i])}
-            for name in values
-            for i, (a, b) in enumerate(chunk)
-        ]
-        frame = pd.DataFrame(rows)
+        values = comparison.distances(arrays, pairs)
+        frame = pd.DataFrame(
+            [
+                {
+                    "run_a": a,
+                    "run_b": b,
+                    "metric": name,
+                    "value": float(values[name][i]),
+                    "digest_a": digests[a],
+                    "digest_b": digests[b],
+                }
+                for name in values
+                for i, (a, b) in enumerate(chunk)
+            ]
+        )
         store.comparisons.save_pairs(resolved.key, frame)
         have = pd.concat([have, frame], ignore_index=True)
     have = _within(have, wanted).drop_duplicates(["run_a", "run_b", "metric"], keep="last")
     have = have.assign(comparison=resolved.name)
-    return have.loc[:, PAIR_COLUMNS].sort_values(["metric", "run_a", "run_b"], ignore_index=True)
+    return have.loc[:, list(PAIR_COLUMNS)].sort_values(
+        ["metric", "run_a", "run_b"], ignore_index=True
+    )
 
 
 def read_suite_pairs(store: RunStore, suite: str) -> pd.DataFrame:
@@ -211,23 +251,22 @@ def read_suite_pairs(store: RunStore, suite: str) -> pd.DataFrame:
     Raises:
         StoreError: if the file exists but cannot be read.
     """
-    from mechscope.errors import StoreError
-
     path = store.comparisons.suite_pairs_path(suite)
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in PAIR_COLUMNS})
+        return empty_frame(PAIR_COLUMNS)
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # noqa: BLE001 - pyarrow raises many types on bad files
         raise StoreError(f"{path}: unreadable ({error})") from None
-    if list(frame.columns) != PAIR_COLUMNS:
+    if list(frame.columns) != list(PAIR_COLUMNS):
         raise StoreError(f"{path}: columns {list(frame.columns)}, expected {PAIR_COLUMNS}")
     return frame
 
 
-def _within(frame: pd.DataFrame, wanted: set[tuple[str, str]]) -> pd.DataFrame:
-    """The rows of `frame` whose (run_a, run_b) is one of the `wanted` pairs."""
-    keep = [(a, b) in wanted for a, b in zip(frame["run_a"], frame["run_b"], strict=True)]
+def _within(frame: pd.DataFrame, wanted: set[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """The rows of `frame` whose (run_a, run_b, digest_a, digest_b) is `wanted`."""
+    columns = (frame[c] for c in ("run_a", "run_b", "digest_a", "digest_b"))
+    keep = [row in wanted for row in zip(*columns, strict=True)]
     return frame[np.asarray(keep, dtype=bool)] if len(frame) else frame
 
 

@@ -180,13 +180,14 @@ def _suite_pairs(runs: RunStore, name: str) -> pd.DataFrame:
     """The suite's comparison results, or an empty frame (a damaged file is reported)."""
     import warnings
 
-    from mechscope.pairwise import PAIR_COLUMNS, read_suite_pairs
+    from mechscope.pairwise import read_suite_pairs
+    from mechscope.store import PAIR_COLUMNS, empty_frame
 
     try:
         return read_suite_pairs(runs, name)
     except StoreError as error:
         warnings.warn(f"report: comparisons left out: {error}", stacklevel=2)
-        return pd.DataFrame(columns=PAIR_COLUMNS)
+        return empty_frame(PAIR_COLUMNS)
 
 
 def _mechanism_section(table: pd.DataFrame, pairs: pd.DataFrame, stem: Path) -> str:
@@ -246,7 +247,7 @@ def _mechanism_figure(matrix: np.ndarray, labels: list[str], title: str, stem: P
     variants = list(dict.fromkeys(labels))
     colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
-    image = left.imshow(matrix, cmap="viridis")
+    image = left.imshow(matrix, cmap="viridis", interpolation="nearest")
     figure.colorbar(image, ax=left, fraction=0.046)
     edges = [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
     for edge in edges:

@@ -327,8 +327,9 @@ def permanova(
 
     Returns:
         ``pseudo_f``; ``p_value`` (exact: the share of labellings with F ≥ the observed one;
-        else (1 + #{F_perm ≥ F}) / (1 + permutations)); ``min_p`` (the smallest p this test
-        can return: 1 / the number of distinct labellings, or 1 / (1 + permutations));
+        else (1 + #{F_perm ≥ F}) / (1 + permutations); NaN when F is undefined); ``min_p``
+        (the smallest p this design can return: exact, the share of labellings reaching the
+        largest F — swaps of equal-sized groups tie — else 1 / (1 + permutations));
         ``exact``; ``permutations`` (labellings evaluated besides the observed one); ``n`` and
         ``groups``.
     """
@@ -343,12 +344,23 @@ def permanova(
         return {**result, "pseudo_f": math.nan, "p_value": math.nan, "permutations": 0}
     squared = distances**2
     observed = _pseudo_f_codes(squared, codes, groups)
+    if math.isnan(observed):  # e.g. every distance 0: nothing to test
+        return {**result, "pseudo_f": math.nan, "p_value": math.nan, "permutations": 0}
     threshold = observed * (1 - 1e-12) if math.isfinite(observed) else observed
     if exact:
         values = [_pseudo_f_codes(squared, c, groups) for c in _distinct_labellings(codes)]
-        # The enumeration includes the observed labelling, so p ≥ 1 / distinct.
+        # The enumeration includes the observed labelling, so p ≥ 1 / distinct; labellings
+        # that only swap equal-sized groups share the largest F, so the floor can be higher.
         p_value = sum(v >= threshold for v in values) / distinct
-        return {**result, "pseudo_f": observed, "p_value": p_value, "permutations": distinct - 1}
+        largest = max(v for v in values if not math.isnan(v))
+        floor = sum(v >= largest * (1 - 1e-12) for v in values) / distinct
+        return {
+            **result,
+            "pseudo_f": observed,
+            "p_value": p_value,
+            "min_p": floor,
+            "permutations": distinct - 1,
+        }
     rng = np.random.default_rng(seed)
     hits = sum(
         _pseudo_f_codes(squared, rng.permutation(codes), groups) >= threshold

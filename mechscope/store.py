@@ -527,7 +527,29 @@ class RunStore:
 
 
 COMPARISONS = "comparisons"
-_PAIR_COLUMNS = ("run_a", "run_b", "metric", "value")
+#: The long form of a suite's comparison results.
+PAIR_COLUMNS = ("comparison", "run_a", "run_b", "metric", "value")
+#: The pair cache also keeps which representations each distance was computed from.
+_CACHE_COLUMNS = ("run_a", "run_b", "metric", "value", "digest_a", "digest_b")
+
+
+def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
+    """An empty frame with these columns (object-typed)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRepresentation:
+    """A network's representation for one comparison, and the digest of its file.
+
+    The digest ties cached pair distances to the exact representations they came from, so a
+    run that is recomputed (and so represented anew) never reuses distances of its old self.
+    """
+
+    arrays: dict[str, np.ndarray]
+    digest: str
 
 
 class RunStoreComparisons:
@@ -539,9 +561,9 @@ class RunStoreComparisons:
         <store>/comparisons/<comparison key>/*.parquet   pair distances, one file per batch
 
     A representation is written atomically beside its run (with its own manifest: the run's
-    manifest is untouched). Pair distances are appended as uniquely named Parquet files in long
-    form (run_a, run_b, metric, value), so a killed stage loses at most the batch in flight
-    and two processes never write the same file; reading merges them.
+    manifest is untouched). Pair distances are appended as uniquely named Parquet files (run_a,
+    run_b, metric, value and the digests of both representations), so a killed stage loses at
+    most the batch in flight and two processes never write the same file; reading merges them.
     """
 
     def __init__(self, store: RunStore) -> None:
@@ -551,14 +573,21 @@ class RunStoreComparisons:
         """Where run `run_id`'s representation for comparison `key` lives."""
         return self.store.run_directory(run_id) / COMPARISONS / key
 
-    def save_representation(self, run_id: str, key: str, arrays: Mapping[str, Any]) -> None:
+    def save_representation(
+        self, run_id: str, key: str, arrays: Mapping[str, Any]
+    ) -> StoredRepresentation:
         """Store one representation (NumPy arrays only; no pickle)."""
-        with atomic_directory(self.representation_directory(run_id, key), overwrite=True) as tmp:
+        directory = self.representation_directory(run_id, key)
+        with atomic_directory(directory, overwrite=True) as temporary:
             # Typed Any: pyright matches **arrays against savez's keyword `allow_pickle`.
             contents: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
-            np.savez(tmp / "arrays.npz", **contents)
+            np.savez(temporary / "arrays.npz", **contents)
+        stored = self.load_representation(run_id, key)
+        if stored is None:
+            raise StoreError(f"{directory}: representation could not be read back")
+        return stored
 
-    def load_representation(self, run_id: str, key: str) -> dict[str, np.ndarray] | None:
+    def load_representation(self, run_id: str, key: str) -> StoredRepresentation | None:
         """A stored representation, or None if absent; a damaged one is reported (and None)."""
         directory = self.representation_directory(run_id, key)
         if not directory.exists():
@@ -566,7 +595,8 @@ class RunStoreComparisons:
         try:
             verify_manifest(directory)
             with np.load(directory / "arrays.npz", allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+                arrays = {name: data[name] for name in data.files}
+            return StoredRepresentation(arrays, file_digest(directory / "arrays.npz"))
         except (StoreError, OSError, ValueError) as error:
             warnings.warn(f"recomputing representation: {directory}: {error}", stacklevel=2)
             return None
@@ -576,16 +606,11 @@ class RunStoreComparisons:
         return self.store.root / COMPARISONS / key
 
     def save_pairs(self, key: str, frame: pd.DataFrame) -> None:
-        """Append a batch of pair distances (long form: run_a, run_b, metric, value)."""
-        directory = self.pair_directory(key)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Append a batch of pair distances (columns as the cache keeps them)."""
         name = uuid.uuid4().hex[:16]
-        temporary = directory / f".{name}.tmp"
-        try:
-            frame.loc[:, list(_PAIR_COLUMNS)].to_parquet(temporary, index=False)
-            os.replace(temporary, directory / f"{name}.parquet")
-        finally:
-            temporary.unlink(missing_ok=True)
+        atomic_write_parquet(
+            self.pair_directory(key) / f"{name}.parquet", frame.loc[:, list(_CACHE_COLUMNS)]
+        )
 
     def load_pairs(self, key: str) -> pd.DataFrame:
         """Every cached pair distance of comparison `key`; unreadable batches are skipped."""
@@ -595,16 +620,18 @@ class RunStoreComparisons:
         for path in sorted(self.pair_directory(key).glob("*.parquet")):
             try:
                 frame = pd.read_parquet(path)
-                if list(frame.columns) != list(_PAIR_COLUMNS):
+                if list(frame.columns) != list(_CACHE_COLUMNS):
                     raise ValueError(f"columns {list(frame.columns)}")
             except Exception as error:  # noqa: BLE001 - pyarrow raises many types on bad files
                 warnings.warn(f"skipping damaged pair cache {path}: {error}", stacklevel=2)
                 continue
             frames.append(frame)
         if not frames:
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in _PAIR_COLUMNS})
+            return empty_frame(_CACHE_COLUMNS)
         merged = pd.concat(frames, ignore_index=True)
-        return merged.drop_duplicates(["run_a", "run_b", "metric"], keep="last")
+        return merged.drop_duplicates(
+            ["run_a", "run_b", "metric", "digest_a", "digest_b"], keep="last"
+        )
 
     def suite_pairs_path(self, suite: str) -> Path:
         """Where a suite's comparison results are saved beside its record."""

@@ -329,6 +329,8 @@ class Suite:
         table = self.table(runs.root, outcomes)
         if self.comparisons:
             self._compare(runs, table, progress)
+        else:  # results of an earlier definition of this suite no longer describe it
+            runs.comparisons.suite_pairs_path(self.name).unlink(missing_ok=True)
         return table
 
     def _compare(self, runs: RunStore, table: pd.DataFrame, progress: bool) -> None:

@@ -463,3 +463,19 @@ def test_parity_with_dsa_metric():
     # Where the reference's optimiser converges, the two agree to 1e-3 rad (its float32 Adam
     # at a constant lr circles the optimum at about that scale): at least two of three pairs.
     assert agree >= 2, agree
+
+
+def test_shape_comparison_compares_networks_of_different_sizes():
+    from mechscope_compare import ShapeComparison, ShapeConfig
+
+    small = condition_trajectories(make_system("ring", key=jax.random.key(1)))
+    rng = np.random.default_rng(0)
+    # The same responses embedded in 14 units (an isometry): Procrustes distance 0.
+    basis, _ = np.linalg.qr(rng.normal(size=(14, small.shape[-1])))
+    large = np.asarray(small) @ basis.T
+    comparison = ShapeComparison(ShapeConfig())
+    representations = [
+        {"responses": np.asarray(shape_represent(jnp.asarray(x)))} for x in (small, large)
+    ]
+    distances = comparison.distances(representations, np.array([[0, 1]]))
+    assert distances["angular"][0] < 1e-3, distances

@@ -48,9 +48,16 @@ def test_permanova_separates_groups_and_not_noise():
 def test_permanova_reports_the_smallest_attainable_p():
     distances, labels, _ = points_in_groups(50.0, per_group=2, groups=2)
     result = stats.permanova(distances, labels, permutations=999)
-    # 4 networks in two pairs: 4!/(2!·2!) = 6 labellings, so p ≥ 1/6 however strong.
-    assert result["min_p"] == pytest.approx(1 / 6)
-    assert result["p_value"] >= 1 / 6
+    # 4 networks in two pairs: 4!/(2!·2!) = 6 labellings, and swapping the two groups gives
+    # the same F, so p ≥ 2/6 however strong the separation.
+    assert result["exact"]
+    assert result["min_p"] == pytest.approx(2 / 6)
+    assert result["p_value"] == pytest.approx(2 / 6)
+    unequal = stats.permanova(*points_in_groups(50.0, per_group=2, groups=3)[:2])
+    # 6!/(2!2!2!) = 90 labellings; permuting the three equal groups ties 3! = 6 of them.
+    assert unequal["min_p"] == pytest.approx(6 / 90)
+    zero = stats.permanova(np.zeros((4, 4)), ["a", "a", "b", "b"])
+    assert np.isnan(zero["p_value"]) and np.isnan(zero["pseudo_f"])
 
 
 def test_nearest_neighbour_accuracy():
@@ -114,7 +121,7 @@ def test_permanova_enumerates_every_labelling_of_a_small_design():
     # 6!/(3!3!) = 20 distinct labellings; the true one and its swap give the largest F.
     assert result["exact"] and result["permutations"] == 19
     assert result["p_value"] == pytest.approx(2 / 20)
-    assert result["min_p"] == pytest.approx(1 / 20)
+    assert result["min_p"] == pytest.approx(2 / 20), "the group swap ties the largest F"
 
 
 def test_condensed_input_and_non_distances():

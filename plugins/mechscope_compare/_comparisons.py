@@ -7,7 +7,7 @@ two of them and is vmapped over pairs by the core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import equinox as eqx
@@ -28,7 +28,7 @@ from mechscope_compare._dsa import (
     dsa_distance,
     dsa_represent,
 )
-from mechscope_compare._shape import shape_distance, shape_represent
+from mechscope_compare._shape import pad_units, shape_distance, shape_represent
 from mechscope_compare._topology import Topology, topology_distance, topology_represent
 
 Signal = Literal["states", "rates"]
@@ -182,6 +182,21 @@ class ShapeComparison(mechscope.AbstractComparison):
     def distance(self, a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
         """Angular and Euclidean shape distances (closed-form Procrustes alignment)."""
         return dict(shape_distance(a["responses"], b["responses"]))
+
+    def distances(
+        self, representations: Sequence[Mapping[str, np.ndarray]], pairs: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """As the base class, after zero-padding networks of fewer units to the largest.
+
+        Padding after whitening leaves every distance unchanged (see ``pad_units``), so
+        networks of different sizes compare.
+        """
+        widest = max(np.shape(r["responses"])[-1] for r in representations)
+        padded = [
+            {"responses": np.asarray(pad_units(jnp.asarray(r["responses"]), widest))}
+            for r in representations
+        ]
+        return super().distances(padded, pairs)
 
 
 class TopologyConfig(mechscope.Config):
