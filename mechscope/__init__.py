@@ -29,6 +29,7 @@ from mechscope.plugins import (
     get_registry,
 )
 from mechscope.probe import AbstractProbe, ConditionRun, ProbeResult, condition_run
+from mechscope.shape import pad_units, shape_distance, shape_represent, whiten
 from mechscope.task import AbstractTask, Trials
 from mechscope.training import AbstractTrainer, Callback, TrainedRun
 
@@ -72,5 +73,9 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "masked_r2",
+    "pad_units",
+    "shape_distance",
+    "shape_represent",
     "simulate",
+    "whiten",
 ]

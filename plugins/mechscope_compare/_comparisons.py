@@ -181,7 +181,8 @@ class ShapeComparison(mechscope.AbstractComparison):
 
     def distance(self, a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
         """Angular and Euclidean shape distances (closed-form Procrustes alignment)."""
-        return dict(shape_distance(a["responses"], b["responses"]))
+        scores = shape_distance(jnp.asarray(a["responses"]), jnp.asarray(b["responses"]))
+        return {name: jnp.asarray(value) for name, value in scores.items()}
 
     def distances(
         self, representations: Sequence[Mapping[str, np.ndarray]], pairs: np.ndarray

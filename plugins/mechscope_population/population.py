@@ -206,11 +206,11 @@ def procrustes_similarity(
     x, y = _samples(a), _samples(b)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"the two sets have {x.shape[0]} and {y.shape[0]} samples")
-    x = x - x.mean(axis=0)
-    y = y - y.mean(axis=0)
-    x = x / np.linalg.norm(x)
-    y = y / np.linalg.norm(y)
-    return float(np.clip(np.sum(np.linalg.svd(x.T @ y, compute_uv=False)), 0.0, 1.0))
+    # The Procrustes shape metric (α = 1) of mechscope.shape_distance; its angle's cosine.
+    angle = mechscope.shape_distance(
+        mechscope.shape_represent(x[None]), mechscope.shape_represent(y[None])
+    )["angular"]
+    return float(np.clip(np.cos(angle), 0.0, 1.0))
 
 
 def match_times(reference: NeuralData, target_times: np.ndarray) -> NeuralData:
