@@ -28,7 +28,7 @@ def test_plugins_json_lists_components_with_distributions(capsys, toys):
     assert by_name[("executor", "local")]["version"] == mechscope.__version__
     assert by_name[("model", "toy_model")]["description"] == "Linear Euler network."
     kinds = {item["kind"] for item in listing}
-    assert kinds <= {"task", "model", "trainer", "probe", "executor", "load_error"}
+    assert kinds <= {"task", "model", "trainer", "probe", "executor", "comparison", "load_error"}
 
 
 def test_plugins_table(capsys, toys):
