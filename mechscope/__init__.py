@@ -28,7 +28,7 @@ from mechscope.plugins import (
     get_plugin_manager,
     get_registry,
 )
-from mechscope.probe import AbstractProbe, ConditionRun, ProbeResult, condition_run
+from mechscope.probe import AbstractProbe, ConditionRun, Metric, ProbeResult, condition_run
 from mechscope.shape import pad_units, shape_distance, shape_represent, whiten
 from mechscope.task import AbstractTask, Trials
 from mechscope.training import AbstractTrainer, Callback, TrainedRun
@@ -54,6 +54,7 @@ __all__ = [
     "ConfigError",
     "DuplicateComponentError",
     "MechscopeError",
+    "Metric",
     "Noise",
     "Outcome",
     "PluginLoadError",

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -80,6 +80,31 @@ class ProbeResult:
         metrics = {k: (math.nan if v is None else float(v)) for k, v in raw.items()}
         files = {path.stem: path for path in sorted(directory.glob("*.png"))}
         return cls(metrics=metrics, arrays=arrays, figure_files=files)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A scalar a probe reports, declared before it runs.
+
+    Suites check the metric names a config uses (``compare``, ``correlate``, claims) against
+    these declarations before any training, and the report shows ``meaning`` beside every row.
+
+    Attributes:
+        name: the metric's key in :attr:`ProbeResult.metrics` (without the probe prefix).
+        meaning: one line saying what it measures, for a reader who has not seen the code.
+        unit: its unit (``"s"``, ``"rad"``, ``"1/s"``); ``""`` when dimensionless.
+        direction: what a larger value means, e.g. ``"higher = more rotational"``; ``""`` when
+            neither direction is better or more of anything.
+        kind: ``"metric"`` for a measurement; ``"setting"`` for a value the probe used (a
+            resolved default, a count of inputs) that is recorded but is not a finding and is
+            kept out of comparisons and the report's findings.
+    """
+
+    name: str
+    meaning: str
+    unit: str = ""
+    direction: str = ""
+    kind: Literal["metric", "setting"] = "metric"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +185,17 @@ class AbstractProbe(eqx.Module):
 
     config: eqx.AbstractVar[Config]
     requires: ClassVar[tuple[str, ...]] = ()
+
+    def metrics(self) -> tuple[Metric, ...]:
+        """The metrics :meth:`run` reports with this config, declared before it runs.
+
+        Names may depend on the config (one metric per noise level, say), so this is a method
+        of the configured probe. Every name ``run`` reports must be declared, and every
+        declared name reported (NaN when not measurable); ``mechscope.testing.check_probe``
+        holds probes to that. The default, ``()``, means "not declared": suites then cannot
+        check metric names before training, and the report shows no meanings.
+        """
+        return ()
 
     @abc.abstractmethod
     def run(
