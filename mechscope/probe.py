@@ -107,6 +107,34 @@ class Metric:
     kind: Literal["metric", "setting"] = "metric"
 
 
+TRAINING_METRICS: tuple[Metric, ...] = (
+    Metric(
+        "loss", "the trainer's objective at the last evaluation", direction="lower = better fit"
+    ),
+    Metric(
+        "r2",
+        "R² of the outputs against the targets at the last evaluation",
+        direction="higher = better fit",
+    ),
+)
+"""The training columns every run has (``train.loss``, ``train.r2``), declared like a probe's."""
+
+
+def declared_columns(probes: Mapping[str, AbstractProbe]) -> dict[str, Metric]:
+    """Every declared table column of a run with these probes: ``train.*`` and ``<probe>.<metric>``.
+
+    Args:
+        probes: probe name (as configured) → the configured probe.
+
+    Returns:
+        Column name → its declaration. A probe that declares nothing contributes no columns.
+    """
+    columns = {f"train.{metric.name}": metric for metric in TRAINING_METRICS}
+    for name, probe in probes.items():
+        columns.update({f"{name}.{metric.name}": metric for metric in probe.metrics()})
+    return columns
+
+
 @dataclasses.dataclass(frozen=True)
 class ConditionRun:
     """A model's noise-free response to ``task.conditions()``, on the host in float64.
