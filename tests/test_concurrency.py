@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,6 +32,7 @@ from mechscope.store import (
     scratch_path,
     verify_manifest,
 )
+from mechscope.suite import Suite
 
 from .toys import FIT_CALLS, ToyPlugin
 
@@ -480,3 +482,181 @@ def test_a_refused_checkpoint_is_set_aside_and_training_restarts(tmp_path, damag
     assert not leftover.exists()
     # The new checkpoint is whole: the next fit resumes from it.
     assert _bptt_fit(directory, steps=20).metadata["resumed_from_step"] == 15
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: how a run was trained is part of what is stored
+# ---------------------------------------------------------------------------------------------
+
+#: The documented agreement of a run trained vmapped beside other seeds with the same run
+#: trained alone (docs/guide/suites.md, "Shared stores"): float32 rounding, not bitwise.
+JOINT_RTOL, JOINT_ATOL = 1e-5, 1e-6
+
+
+def test_a_run_trained_jointly_agrees_with_it_alone_and_says_how_it_was_trained(tmp_path):
+    import mechscope_bptt
+
+    manager = PluginManager()
+    manager.register(ToyPlugin(), name="toys")
+    manager.register(mechscope_bptt, name="bptt")
+
+    def experiment(seed):
+        return Experiment(
+            task="toy_task",
+            model={"name": "toy_model", "n_units": 4},
+            trainer={"name": "bptt", "steps": 6, "batch_size": 4, "eval_every": 3},
+            probes=["toy_probe"],
+            seed=seed,
+            plugins=manager,
+        )
+
+    (alone,) = run_experiments([experiment(0)], store=tmp_path / "alone", progress=False)
+    jointly, other = run_experiments(
+        [experiment(0), experiment(1)], store=tmp_path / "jointly", progress=False
+    )
+    assert isinstance(alone, ExperimentResult) and isinstance(jointly, ExperimentResult)
+    assert isinstance(other, ExperimentResult)
+    assert alone.run_id == jointly.run_id
+    headers = {
+        name: json.loads((tmp_path / name / alone.run_id / "experiment.json").read_text())
+        for name in ("alone", "jointly")
+    }
+    assert headers["alone"]["trained_jointly_with"] == 1
+    assert headers["jointly"]["trained_jointly_with"] == 2
+    environment = headers["jointly"]["environment"]
+    assert environment == {
+        "mechscope_version": mechscope.__version__,
+        "jax_version": jax.__version__,
+        "platform": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "host": HOST,
+    }
+    # Reloading keeps what was recorded (the header is rebuilt from the stored run).
+    reloaded = ExperimentResult.load(tmp_path / "jointly" / alone.run_id, registry=manager.registry)
+    assert reloaded.header().trained_jointly_with == 2
+    assert reloaded.header().environment == environment
+    moved = False
+    for a, b in zip(
+        jax.tree.leaves(alone.trained.model), jax.tree.leaves(jointly.trained.model), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=JOINT_RTOL, atol=JOINT_ATOL)
+    for a, b in zip(
+        jax.tree.leaves(alone.trained.model), jax.tree.leaves(other.trained.model), strict=True
+    ):
+        moved |= not np.allclose(np.asarray(a), np.asarray(b), rtol=JOINT_RTOL, atol=JOINT_ATOL)
+    assert moved, "control: another seed must not agree within the tolerance"
+    assert alone.metrics() == pytest.approx(jointly.metrics(), rel=1e-4, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two suites on one store at once (separate processes, as two `mechscope run` or dask workers)
+# ---------------------------------------------------------------------------------------------
+
+SHARED_SUITE = """
+name = "{name}"
+seeds = {seeds}
+
+[base]
+task = "toy_task"
+probes = ["toy_probe"]
+
+[base.model]
+name = "toy_model"
+n_units = 3
+
+[base.trainer]
+name = "toy_trainer"
+steps = 20
+
+[vary]
+"model.tau" = [0.1, 0.2]
+"""
+
+
+def run_suites_at_once(tmp_path: Path, suites: dict[str, str]) -> dict[str, Any]:
+    """Start one `mechscope run` per suite file on one store at once; verify the store after.
+
+    Returns what a caller asserts on: every problem found (empty when the store is
+    consistent), the number of fits and of distinct runs, and each process's stderr.
+    """
+    from .test_suite import toy_environment
+
+    store = tmp_path / "store"
+    environment = toy_environment(tmp_path)
+    environment["MECHSCOPE_STALE_LOCK_AGE"] = "60"
+    paths = []
+    for name, text in suites.items():
+        path = tmp_path / f"{name}-{len(paths)}.toml"
+        path.write_text(text)
+        paths.append(path)
+    command = [sys.executable, "-m", "mechscope.cli", "run"]
+    options = ["--out", str(store), "--quiet", "--executor", "local"]
+    processes = [
+        subprocess.Popen(
+            [*command, str(path), *options],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for path in paths
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    problems = [
+        f"{path.name} exited {process.returncode}: {error[-2000:]}"
+        for path, process, error in zip(paths, processes, errors, strict=True)
+        if process.returncode != 0
+    ]
+    manager = PluginManager()
+    manager.register(ToyPlugin(), name="toys")
+    manager.load_entry_points(disabled=["toys"])
+    runs = RunStore(store)
+    planned: set[str] = set()
+    for path in paths:
+        suite = Suite.from_toml(path, plugins=manager)
+        planned |= {run.run_id for run in suite.runs}
+        table = suite.table(store)
+        if list(table["status"]) != ["completed"] * len(suite.runs):
+            problems.append(f"{path.name}: statuses {list(table['status'])}")
+        records = {record.name: record for record in runs.suite_records()}
+        record = records.get(suite.name)
+        if record is None or [r.run_id for r in record.runs] != [r.run_id for r in suite.runs]:
+            problems.append(f"{path.name}: its suite record does not list its runs")
+    for run_id in sorted(planned):
+        try:
+            result = ExperimentResult.load(store / run_id, registry=manager.registry)
+        except StoreError as error:
+            problems.append(f"run {run_id}: {error}")
+            continue
+        if result.status != "completed":
+            problems.append(f"run {run_id}: status {result.status}")
+    leftovers = [p.name for p in store.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    if leftovers:
+        problems.append(f"leftover temporaries {leftovers}")
+    if list((store / ".locks").glob("*")):
+        problems.append("a lock was left behind")
+    fits = len(Path(environment["MECHSCOPE_TOY_FIT_LOG"]).read_text().split())
+    if fits != len(planned):
+        problems.append(f"{fits} fits for {len(planned)} runs: a run was trained twice")
+    return {"problems": problems, "fits": fits, "runs": len(planned), "stderr": errors}
+
+
+SAME = {name: SHARED_SUITE.format(name="one", seeds="[0, 1]") for name in ("one", "again")}
+PARTLY = {
+    "one": SHARED_SUITE.format(name="one", seeds="[0, 1]"),
+    "two": SHARED_SUITE.format(name="two", seeds="[1, 2]"),
+}
+
+
+def test_two_suites_that_overlap_partly_on_one_store_at_once(tmp_path):
+    outcome = run_suites_at_once(tmp_path, PARTLY)
+    assert outcome["problems"] == []
+    assert outcome["runs"] == outcome["fits"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suites", [SAME, PARTLY], ids=["same suite", "partly"])
+def test_two_suites_on_one_store_at_once_repeatedly(tmp_path, suites):
+    trials = 3
+    problems = [run_suites_at_once(tmp_path / str(t), suites)["problems"] for t in range(trials)]
+    assert problems == [[]] * trials
