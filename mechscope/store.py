@@ -167,6 +167,8 @@ def scratch_path(path: Path, kind: str = "tmp") -> Path:
 
 def _pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host."""
+    if os.name == "nt":  # signal 0 would be CTRL_C_EVENT there: assume it lives
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -256,6 +256,30 @@ def test_opening_a_store_removes_dead_writers_leftovers_only(tmp_path):
         assert (tmp_path / name).exists() != swept, name
 
 
+def _killed_mid_save(target: str) -> None:
+    """Child process: die (SIGKILL) halfway through writing a run directory."""
+    import signal
+
+    with atomic_directory(Path(target)) as directory:
+        (directory / "half.bin").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_save_leaves_a_temporary_that_opening_the_store_removes(tmp_path):
+    context = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # JAX warns about fork in a multithreaded process
+        child = context.Process(target=_killed_mid_save, args=(str(tmp_path / "run"),))
+        child.start()
+    child.join(timeout=60)
+    assert child.exitcode == -9
+    (leftover,) = tmp_path.iterdir()
+    assert leftover.name.startswith(".run.tmp-") and (leftover / "half.bin").exists()
+    store = RunStore(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert not store.is_complete("run")
+
+
 def test_an_atomic_write_sweeps_its_own_targets_leftovers(tmp_path):
     leftover = tmp_path / f".run.tmp-{_dead_pid()}-{store_module._HOST_TAG}-0123abcd"
     leftover.mkdir()
