@@ -147,9 +147,12 @@ def _read_json(path: Path, schema: Any) -> Any:
 HOST = socket.gethostname()
 # Host names may hold any character; temporary names carry a short digest of it instead.
 _HOST_TAG = hashlib.sha256(HOST.encode()).hexdigest()[:8]
-# `.<name>.tmp-<pid>-<host tag>-<random>` (or `.old-`, a replaced copy being deleted); names
-# from older versions (`.<name>.tmp-<random>`) match without a writer.
-_SCRATCH = re.compile(r"^\..+\.(?:tmp|old)-(?:(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-)?[0-9a-f]+$")
+# `.<name>.tmp-<pid>-<host tag>-<random>` (or `.old-`, a replaced copy being deleted). Names
+# without a host (`.<name>.tmp-<pid>-<random>`, a trainer's checkpoint files) or from older
+# versions (`.<name>.tmp-<random>`) match too, and are judged by age alone.
+_SCRATCH = re.compile(
+    r"^\..+\.(?:tmp|old)-(?:(?P<pid>[0-9]+)-(?:(?P<host>[0-9a-f]{8})-)?)?[0-9a-f]+$"
+)
 #: Leftovers of a writer on another host (whose pid cannot be checked) older than this go.
 STALE_SCRATCH_S = 1800.0
 

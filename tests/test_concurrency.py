@@ -239,6 +239,8 @@ def test_opening_a_store_removes_dead_writers_leftovers_only(tmp_path):
         f"suites/.s.json.tmp-{dead}-{tag}-0123abcd": True,
         f"suites/.t.json.tmp-{os.getpid()}-{tag}-0123abcd": False,
         ".checkpoints/abc/.state-000000010.eqx.tmp-4242": True,  # the trainer's, old
+        ".checkpoints/abc/.checkpoint.json.tmp-4242-0123456789ab": True,  # the trainer's, old
+        ".checkpoints/abc/.state-000000015.eqx.tmp-4242-0123456789ab": False,  # and fresh
         "run7": False,  # a run
         ".hidden": False,  # not a temporary name
     }
@@ -249,7 +251,7 @@ def test_opening_a_store_removes_dead_writers_leftovers_only(tmp_path):
         else:
             path.mkdir()
             (path / "inside").write_text("x")
-        if name.startswith((".run4", ".run6", ".checkpoints")):
+        if name.startswith((".run4", ".run6")) or "000000010" in name or ".checkpoint." in name:
             os.utime(path, (old, old))
     RunStore(tmp_path)
     for name, swept in entries.items():
