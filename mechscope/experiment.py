@@ -333,6 +333,11 @@ def run_experiments(
     is isolated. Every ``mechscope_run_start`` is paired with exactly one
     ``mechscope_run_end``, whatever happens.
 
+    The store may be shared with other processes: each run is computed under its lock, and a
+    run another process is computing is waited for and then loaded, not trained again (see
+    :meth:`~mechscope.store.RunStore.lock`; giving up after the store's ``lock_timeout_s``
+    makes that run a :class:`RunFailure`).
+
     Args:
         experiments: the experiments to run.
         store: the run store (a path or a :class:`~mechscope.store.RunStore`); None keeps
