@@ -21,7 +21,15 @@ from typing import Any
 
 import jax
 
-from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
+from mechscope.config import (
+    PROBES_EXAMPLE,
+    ComponentSpec,
+    Config,
+    canonical_json,
+    check_keys,
+    validate_list,
+    validate_seed,
+)
 from mechscope.errors import ConfigError, MechscopeError
 from mechscope.model import AbstractModel
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
@@ -80,11 +88,8 @@ class Experiment:
     ) -> None:
         self.plugins = plugins or get_plugin_manager()
         registry = self.plugins.registry
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}")
-        if isinstance(probes, str | Mapping):
-            probes = [probes]
-        self.seed = seed
+        self.seed = validate_seed(seed)
+        probes = validate_list(probes, where="probes", example=PROBES_EXAMPLE)
         self._task = _Resolved(*registry.resolve(ComponentSpec.parse("task", task)))
         self._model = _Resolved(*registry.resolve(ComponentSpec.parse("model", model)))
         if trainer is None:
