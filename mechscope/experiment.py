@@ -41,6 +41,7 @@ from mechscope.probe import (
     condition_run,
 )
 from mechscope.progress import HookBridge, ProgressBar
+from mechscope.resources import MemoryEstimate, check_memory
 from mechscope.store import RunHeader, RunStore, StoredRun, metric_columns, read_run, write_run
 from mechscope.task import AbstractTask
 from mechscope.training import Callback, TrainedRun
@@ -97,6 +98,23 @@ class Experiment:
         self._trainer = _Resolved(*registry.resolve(ComponentSpec.parse("trainer", trainer)))
         self._probes = self._with_requirements(
             [_Resolved(*registry.resolve(ComponentSpec.parse("probe", p))) for p in probes]
+        )
+        self.check_memory()
+
+    def check_memory(self, *, n_networks: int = 1, where: str = "run") -> MemoryEstimate:
+        """Refuse (ConfigError) a run whose estimated peak memory exceeds what is available.
+
+        Args:
+            n_networks: networks trained at once (seeds of one variant trained together).
+            where: how to name the run in the message.
+        """
+        return check_memory(
+            task=self._task.config,
+            model=self._model.config,
+            trainer=self._trainer.config,
+            probes={p.entry.name: p.config for p in self._probes},
+            n_networks=n_networks,
+            where=where,
         )
 
     def _with_requirements(self, probes: list[_Resolved]) -> list[_Resolved]:

@@ -255,13 +255,20 @@ class Suite:
         runs: dict[str, PlannedRun] = {}
         for variant in self.variants:
             config = _apply(self.base, variant.values)
+            experiments = []
             for seed in self.seeds:
                 try:
                     experiment = Experiment(**config, seed=seed, plugins=self.plugins)
                 except MechscopeError as error:
                     raise ConfigError(f"variant [{variant.label}]: {error}") from None
+                experiments.append(experiment)
                 # Grids that overlap (e.g. both contain the base settings) share runs.
                 runs.setdefault(experiment.run_id, PlannedRun(variant, seed, experiment))
+            if len(experiments) > 1:  # the trainer may train a variant's seeds together
+                experiments[0].check_memory(
+                    n_networks=len(self.seeds),
+                    where=f"variant [{variant.label}] ({len(self.seeds)} seeds trained together)",
+                )
         return list(runs.values())
 
     @property
@@ -466,7 +473,7 @@ def _vary_values(path: str, values: Any) -> list[Any]:
     """The values of one varied path: a non-empty list without repeats."""
     if not isinstance(values, list | tuple):
         raise ConfigError(
-            f"vary '{path}' = {values!r}: expected a list of values, e.g. [\"relu\", \"tanh\"]"
+            f'vary \'{path}\' = {values!r}: expected a list of values, e.g. ["relu", "tanh"]'
         )
     values = list(values)
     if not values:
