@@ -124,8 +124,11 @@ def _default_training(shape: RunShape) -> float:
 
 
 def _asked(config: Any, shape: RunShape, *, default: float) -> float:
-    method: Any = getattr(config, "peak_memory_bytes", None)
-    return float(method(shape)) if callable(method) else float(default)
+    method = getattr(config, "peak_memory_bytes", None)
+    if not callable(method):
+        return float(default)
+    value: Any = method(shape)
+    return float(value)
 
 
 def available_memory() -> float | None:
