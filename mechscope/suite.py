@@ -485,7 +485,9 @@ def _vary_values(path: str, values: Any) -> list[Any]:
 
 
 def _canonical(value: Any) -> str:
-    # 1 and 1.0 (or True and 1) are different settings in TOML but equal in Python.
+    # 1 and 1.0 are one setting of a float field; True and 1 are not one setting.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"number:{float(value)!r}"
     return f"{type(value).__name__}:{canonical_json(value)}"
 
 

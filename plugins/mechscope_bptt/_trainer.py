@@ -53,7 +53,7 @@ def _failure_reason(code: int, step: int) -> str:
     named = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what)
     # The step first: `mechscope runs` shows the start of a long reason.
     return (
-        f"step {step}: {named or 'a value'} became NaN or Inf; "
+        f"diverged at step {step}: {named or 'a value'} became NaN or Inf; "
         f"kept the last finite model (step {step - 1})"
     )
 
