@@ -182,6 +182,7 @@ class Suite:
         check_keys(data, _SUITE_KEYS, where=source)
         if "base" not in data:
             raise ConfigError(f"{source}: missing [base] table (the experiment to vary)")
+        _check_suite_types(data, source=source)
         arguments = {k: data[k] for k in _SUITE_KEYS if k in data}
         # A file name may hold characters a suite name may not (spaces): those become '-'.
         stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(source).stem).lstrip(".")
@@ -446,6 +447,29 @@ def _overall_bar(total: int, done: int, enabled: bool) -> Any:
     return tqdm(
         total=total, initial=done, desc="suite", unit="run", file=sys.stderr, dynamic_ncols=True
     )
+
+
+#: The form of each top-level entry of a suite file that has one, with an example.
+_SUITE_FORMS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "description": (str, '"what this suite asks"'),
+    "base": (Mapping, '[base] with task = "delayed_reach" and [base.model]'),
+    "vary": ((Mapping, list), '[vary] with "model.activation" = ["tanh", "relu"]'),
+    "statistics": (Mapping, '[statistics] with compare = ["jpca.r2_skew"]'),
+    "claims": (list, "[[claims]] tables"),
+    "comparisons": (list, '[[comparisons]] tables, or ["dsa", "shape"]'),
+}
+
+
+def _check_suite_types(data: Mapping[str, Any], *, source: str) -> None:
+    """Each top-level entry of a suite file has its form (a table, a list, text)."""
+    for key, (form, example) in _SUITE_FORMS.items():
+        if key in data and not isinstance(data[key], form):
+            raise ConfigError(
+                f"{source}: '{key}' = {data[key]!r} has the wrong form; expected {example}"
+            )
+    for index, claim in enumerate(data.get("claims", [])):
+        if not isinstance(claim, Mapping):
+            raise ConfigError(f"{source}: claims[{index}] = {claim!r}: expected a table")
 
 
 #: Suite names become file names in the store: one path component, never hidden.

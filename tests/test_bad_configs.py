@@ -166,6 +166,14 @@ CASES = [
     suite_case("name-hidden", "name", ".hidden", "not a safe file name"),
     suite_case("name-empty", "name", "", "not a safe file name"),
     suite_case("name-number", "name", 3, "not a safe file name"),
+    # Top-level entries of the wrong form.
+    suite_case("description-number", "description", 3, "'description' = 3 has the wrong form"),
+    suite_case("statistics-string", "statistics", "x", "'statistics' = 'x' has the wrong form"),
+    suite_case("claims-string", "claims", "x", "'claims' = 'x' has the wrong form"),
+    suite_case("claims-of-strings", "claims", ["x"], "claims[0] = 'x': expected a table"),
+    suite_case("comparisons-string", "comparisons", "dsa", "'comparisons' = 'dsa'"),
+    suite_case("vary-string-table", "vary", "relu", "'vary' = 'relu' has the wrong form"),
+    suite_case("base-string", "base", "delayed_reach", "'base' = 'delayed_reach'"),
     # Sizes that cannot fit in memory.
     suite_case("n-units-huge", "base/model/n_units", 10**9, "of memory"),
     suite_case("batch-huge", "base/trainer/batch_size", 10**12, "of memory"),
