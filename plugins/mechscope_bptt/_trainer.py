@@ -51,9 +51,8 @@ def _failure_reason(code: int, step: int) -> str:
     if code & FAILURE_WEIGHTS:
         what.append("the updated weights")
     named = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what)
-    # The step first: `mechscope runs` shows the start of a long reason.
     return (
-        f"diverged at step {step}: {named or 'a value'} became NaN or Inf; "
+        f"{named or 'a value'} became NaN or Inf at step {step}; "
         f"kept the last finite model (step {step - 1})"
     )
 
