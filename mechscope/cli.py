@@ -255,7 +255,7 @@ def _message(error: Exception, arguments: argparse.Namespace) -> str:
         # The file system refused: say which path, which the user can fix.
         return f"{error.filename}: {error.strerror or error}"
     source = getattr(arguments, "file", None) or getattr(arguments, "store", None)
-    where = f" while {arguments.command} {source}" if source is not None else ""
+    where = f" in 'mechscope {arguments.command} {source}'" if source is not None else ""
     return (
         f"unexpected {type(error).__name__}{where}: {error} (validation let this through: a "
         f"bug in mechscope or a plugin; rerun with --traceback or {DEBUG_VARIABLE}=1 to see "

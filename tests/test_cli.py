@@ -264,7 +264,7 @@ def test_unexpected_errors_name_the_input_and_hint_at_the_traceback(
     assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(
-        f"mechscope: error: unexpected TypeError while run {path}: a plugin bug"
+        f"mechscope: error: unexpected TypeError in 'mechscope run {path}': a plugin bug"
     )
     assert "--traceback or MECHSCOPE_DEBUG=1" in error
     assert "\n" not in error
