@@ -21,7 +21,15 @@ from typing import Any
 
 import jax
 
-from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
+from mechscope.config import (
+    PROBES_EXAMPLE,
+    ComponentSpec,
+    Config,
+    canonical_json,
+    check_keys,
+    validate_list,
+    validate_seed,
+)
 from mechscope.errors import ConfigError, MechscopeError, StoreError
 from mechscope.model import AbstractModel
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
@@ -33,6 +41,7 @@ from mechscope.probe import (
     condition_run,
 )
 from mechscope.progress import HookBridge, ProgressBar
+from mechscope.resources import MemoryEstimate, check_memory
 from mechscope.store import (
     HOST,
     RunHeader,
@@ -89,11 +98,8 @@ class Experiment:
     ) -> None:
         self.plugins = plugins or get_plugin_manager()
         registry = self.plugins.registry
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}")
-        if isinstance(probes, str | Mapping):
-            probes = [probes]
-        self.seed = seed
+        self.seed = validate_seed(seed)
+        probes = validate_list(probes, where="probes", example=PROBES_EXAMPLE)
         self._task = _Resolved(*registry.resolve(ComponentSpec.parse("task", task)))
         self._model = _Resolved(*registry.resolve(ComponentSpec.parse("model", model)))
         if trainer is None:
@@ -101,6 +107,23 @@ class Experiment:
         self._trainer = _Resolved(*registry.resolve(ComponentSpec.parse("trainer", trainer)))
         self._probes = self._with_requirements(
             [_Resolved(*registry.resolve(ComponentSpec.parse("probe", p))) for p in probes]
+        )
+        self.check_memory()
+
+    def check_memory(self, *, n_networks: int = 1, where: str = "run") -> MemoryEstimate:
+        """Refuse (ConfigError) a run whose estimated peak memory exceeds what is available.
+
+        Args:
+            n_networks: networks trained at once (seeds of one variant trained together).
+            where: how to name the run in the message.
+        """
+        return check_memory(
+            task=self._task.config,
+            model=self._model.config,
+            trainer=self._trainer.config,
+            probes={p.entry.name: p.config for p in self._probes},
+            n_networks=n_networks,
+            where=where,
         )
 
     def _with_requirements(self, probes: list[_Resolved]) -> list[_Resolved]:
@@ -737,5 +760,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:  # a directory, unreadable, not text
+        raise ConfigError(f"{path}: cannot read it as a TOML file ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None

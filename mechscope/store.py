@@ -961,7 +961,9 @@ class RunStore:
         return RunStoreComparisons(self)
 
     def suite_record_path(self, name: str) -> Path:
-        """Where suite `name`'s record lives."""
+        """Where suite `name`'s record lives (an unsafe name is refused: StoreError)."""
+        if Path(name).name != name or name.startswith(".") or "\0" in name:
+            raise StoreError(f"suite name {name!r} is not a file name inside the store")
         return self.root / SUITES / f"{name}.json"
 
     def write_suite_record(self, record: SuiteRecord) -> None:
