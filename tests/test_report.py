@@ -22,7 +22,7 @@ from mechscope.experiment import Experiment
 from mechscope.plugins import PluginManager
 from mechscope.report import write_report
 from mechscope.report._data import learning_curves, mean_and_ci, run_facts, sweeps
-from mechscope.report._figures import learning_figure
+from mechscope.report._figures import learning_figure, short
 from mechscope.store import RunStore
 from mechscope.suite import Suite
 from mechscope.training import TrainedRun
@@ -307,8 +307,7 @@ def test_learning_curve_mean_is_the_mean_of_the_stored_histories(store, plugins)
             np.testing.assert_allclose(chosen["mean"], expected, rtol=1e-12)
             np.testing.assert_allclose(chosen["step"], histories[0]["step"])
             assert (chosen["n"] == 2).all() and chosen["ci_low"].isna().all()
-            short = variant.split(".")[-1]
-            np.testing.assert_allclose(lines[(title, short)], expected, rtol=1e-12)
+            np.testing.assert_allclose(lines[(title, short(variant))], expected, rtol=1e-12)
     # Diverged networks are not averaged in.
     assert "trainer.diverge=True" in set(table["variant"])
     assert "trainer.diverge=True" not in set(curves["variant"])

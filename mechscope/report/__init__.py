@@ -467,7 +467,12 @@ class _SuiteSection:
         from mechscope.pairwise import distance_matrix
 
         pairs.to_csv(self._file("distances.csv"), index=False)
-        ordered = completed(self.table).sort_values(["variant", "seed"], kind="stable")
+        done = completed(self.table)
+        position = {v: i for i, v in enumerate(self.variants)}
+        # Networks ordered by variant (the suite's order), then seed: blocks on the diagonal.
+        ordered = done.assign(_order=done["variant"].astype(str).map(position)).sort_values(
+            ["_order", "seed"], kind="stable"
+        )
         involved = set(pairs["run_a"]) | set(pairs["run_b"])
         run_ids = [r for r in ordered["run_id"] if r in involved]
         labels = ordered.set_index("run_id").loc[run_ids, "variant"].astype(str).tolist()
@@ -489,7 +494,9 @@ class _SuiteSection:
                     "networks": len(run_ids),
                 }
             )
-            figure = _figures.mechanism_figure(matrix, labels, f"{comparison}: {metric}")
+            figure = _figures.mechanism_figure(
+                matrix, labels, f"{comparison}: {metric}", self.variants
+            )
             parts.append(
                 self._figure(
                     figure,

@@ -42,7 +42,8 @@ def colours(variants: Sequence[str]) -> dict[str, Any]:
 
 def short(label: str, limit: int = 32) -> str:
     """A variant label short enough for a tick or a legend (last path parts only)."""
-    label = ", ".join(part.split(".")[-1] for part in label.split(", "))
+    parts = [part.partition("=") for part in label.split(", ")]
+    label = ", ".join(f"{path.split('.')[-1]}{equals}{value}" for path, equals, value in parts)
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
@@ -170,13 +171,22 @@ def curves_figure(
     return figure
 
 
-def mechanism_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> Figure:
-    """A distance matrix ordered by variant, its 2-D MDS embedding and its dendrogram."""
+def mechanism_figure(
+    matrix: np.ndarray, labels: Sequence[str], title: str, variants: Sequence[str]
+) -> Figure:
+    """A distance matrix ordered by variant, its 2-D MDS embedding and its dendrogram.
+
+    Args:
+        matrix: distances between the networks, ordered so each variant is one block.
+        labels: each network's variant.
+        title: the figure's title.
+        variants: every variant of the suite, in order (so colours match the other figures).
+    """
     plt = _pyplot()
     from scipy.cluster.hierarchy import dendrogram
 
-    variants = list(dict.fromkeys(labels))
     palette = colours(variants)
+    variants = [v for v in variants if v in labels]
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
     image = left.imshow(matrix, cmap="viridis", interpolation="nearest")
     figure.colorbar(image, ax=left, fraction=0.046)
@@ -185,7 +195,8 @@ def mechanism_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> F
         left.axvline(edge - 0.5, color="w", lw=0.8)
     left.set_title("distance matrix (ordered by variant)", fontsize=9)
     left.set_xticks([])
-    left.set_yticks([])
+    centres = [float(np.mean([i for i, lab in enumerate(labels) if lab == v])) for v in variants]
+    left.set_yticks(centres, [short(v, 20) for v in variants], fontsize=7)
     coordinates = stats.mds(matrix)
     for variant in variants:
         chosen = [i for i, label in enumerate(labels) if label == variant]
