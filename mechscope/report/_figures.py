@@ -52,7 +52,7 @@ def save(figure: Figure, stem: Path) -> Path:
     plt = _pyplot()
     try:
         for extension in ("png", "svg"):
-            figure.savefig(stem.with_suffix(f".{extension}"), dpi=100, bbox_inches="tight")
+            figure.savefig(stem.with_suffix(f".{extension}"), dpi=100)
     finally:
         plt.close(figure)
     return stem.with_suffix(".png")
