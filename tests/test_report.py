@@ -21,7 +21,13 @@ from mechscope.comparison import AbstractComparison
 from mechscope.experiment import Experiment
 from mechscope.plugins import PluginManager
 from mechscope.report import write_report
-from mechscope.report._data import learning_curves, mean_and_ci, run_facts, sweeps
+from mechscope.report._data import (
+    learning_curves,
+    loaded_by_suites,
+    mean_and_ci,
+    run_facts,
+    sweeps,
+)
 from mechscope.report._figures import learning_figure, short
 from mechscope.store import RunStore
 from mechscope.suite import Suite
@@ -406,8 +412,8 @@ def test_header_counts_runs_compute_and_cache(store, plugins):
     runs = RunStore(store.root)
     shown = {r for record in runs.suite_records() for r in (x.run_id for x in record.runs)}
     assert f"<b>{len(shown)} runs</b>" in header
-    # `triples` ran last: 4 of its 6 runs were already stored by `pairs`.
-    assert "last <code>mechscope run</code>: " in header
+    # `pairs` computed its 6 runs; `triples` loaded 4 of them and computed 2 more.
+    assert "last <code>mechscope run</code>: 8 computed, 0 loaded from the store" in header
     total = sum(
         sum(v for v in runs.read_header(r).timings.values() if v is not None and math.isfinite(v))
         for r in shown
@@ -427,10 +433,21 @@ def test_run_facts_share_joint_training_and_read_the_environment():
 
     env = {"device": "cpu:0", "host": "lab1", "mechscope_version": "1.2", "platform": "linux"}
     headers = [header("a", 10.0, 1.0, 2, env), header("b", 10.0, 2.0, 2, env), header("c", 4.0, 0)]
-    facts = run_facts(headers, {"a"}, ["a", "b", "c"])  # pyright: ignore[reportArgumentType]
+    # Suite s1's last run loaded a and computed b; s2 loaded b; c is in no recorded suite.
+    records = [
+        SimpleNamespace(
+            runs=[SimpleNamespace(run_id="a"), SimpleNamespace(run_id="b")], cached=["a"]
+        ),
+        SimpleNamespace(runs=[SimpleNamespace(run_id="b")], cached=["b"]),
+        SimpleNamespace(runs=[SimpleNamespace(run_id="c")], cached=None),
+    ]
+    loaded = loaded_by_suites(records)
+    assert loaded == {"a": True, "b": False}
+    facts = run_facts(headers, loaded, ["a", "b", "c"])  # pyright: ignore[reportArgumentType]
     assert facts.compute_s == pytest.approx(10 / 2 + 1 + 10 / 2 + 2 + 4)
-    assert (facts.cached, facts.computed) == (1, 2)
+    assert (facts.cached, facts.computed, facts.unrecorded) == (1, 1, 1)
     assert facts.devices == ("cpu:0", "unknown") and facts.hosts == ("lab1", "unknown")
+    assert loaded_by_suites(records[2:]) is None
     assert run_facts(headers[:1], None, ["a"]).cached is None  # pyright: ignore[reportArgumentType]
 
 

@@ -36,6 +36,7 @@ from mechscope.report._data import (
     completed,
     declarations,
     learning_curves,
+    loaded_by_suites,
     representatives,
     run_facts,
     run_seconds,
@@ -101,16 +102,9 @@ def write_report(
     if not len(all_runs) and not records:
         body.append(f"<p>No runs in {escape(runs.root)}.</p>")
     headers = [h for r in shown if (h := runs.read_header(str(r))) is not None]
-    known = [set(c) for rec in records if (c := getattr(rec, "cached", None)) is not None]
-    known_ids = {
-        run.run_id
-        for rec in records
-        if getattr(rec, "cached", None) is not None
-        for run in rec.runs
-    }
-    facts = run_facts(headers, set().union(*known) if known else None, [str(r) for r in shown])
+    facts = run_facts(headers, loaded_by_suites(records), [str(r) for r in shown])
     title = "mechscope report" + (f": {records[0].name}" if len(records) == 1 else "")
-    head = [f"<h1>{escape(title)}</h1>", _meta(facts, known_ids, shown)]
+    head = [f"<h1>{escape(title)}</h1>", _meta(facts)]
     if smallest and min(smallest)[0] < MIN_N_FOR_CI:
         head.append(_small_sample_banner(*min(smallest)))
     path = out / "report.html"
@@ -118,18 +112,17 @@ def write_report(
     return path
 
 
-def _meta(facts: RunFacts, known_ids: set[str], shown: Sequence[str]) -> str:
+def _meta(facts: RunFacts) -> str:
     from mechscope import __version__
 
     written = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if facts.cached is None or facts.computed is None:
         cache = "loaded vs computed: not recorded"
     else:
-        unrecorded = len([r for r in shown if r not in known_ids])
         cache = (
             f"last <code>mechscope run</code>: {facts.computed} computed, "
             f"{facts.cached} loaded from the store"
-            + (f", {unrecorded} not recorded" if unrecorded else "")
+            + (f", {facts.unrecorded} not recorded" if facts.unrecorded else "")
         )
     minutes = facts.compute_s / 60
     compute = f"{minutes:.1f} min" if minutes >= 1 else f"{facts.compute_s:.0f} s"

@@ -360,9 +360,10 @@ class RunFacts:
         runs: how many runs the report shows.
         compute_s: training plus probing seconds summed over them (a joint fit's time is
             shared among the seeds trained together when the header says how many).
-        cached: runs the last ``mechscope run`` of a suite loaded from the store.
-        computed: runs it computed; ``cached``/``computed`` are None where no suite record
-            says.
+        cached: stored runs that the last ``mechscope run`` of every suite listing them loaded
+            from the store; None when no suite record says.
+        computed: stored runs that the last run of some suite listing them computed.
+        unrecorded: runs shown that no suite record with this information lists.
         mechscope_versions, devices, hosts, platforms: the distinct values the run headers
             record ("unknown" for runs that do not).
     """
@@ -371,10 +372,28 @@ class RunFacts:
     compute_s: float
     cached: int | None
     computed: int | None
+    unrecorded: int
     mechscope_versions: tuple[str, ...]
     devices: tuple[str, ...]
     hosts: tuple[str, ...]
     platforms: tuple[str, ...]
+
+
+def loaded_by_suites(records: Iterable[Any]) -> dict[str, bool] | None:
+    """Run id → whether the last run of every suite listing it loaded it from the store.
+
+    Only suite records that kept this (``cached``) count; None when none did.
+    """
+    loaded: dict[str, bool] = {}
+    recorded = False
+    for record in records:
+        cached = getattr(record, "cached", None)
+        if cached is None:
+            continue
+        recorded = True
+        for run in record.runs:
+            loaded[run.run_id] = loaded.get(run.run_id, True) and run.run_id in cached
+    return loaded if recorded else None
 
 
 def _environment(header: RunHeader) -> dict[str, Any]:
@@ -401,9 +420,9 @@ def run_seconds(header: RunHeader) -> float:
 
 
 def run_facts(
-    headers: Sequence[RunHeader], cached_ids: set[str] | None, shown: Sequence[str]
+    headers: Sequence[RunHeader], loaded: Mapping[str, bool] | None, shown: Sequence[str]
 ) -> RunFacts:
-    """The header's facts over the runs shown (`cached_ids`: from the suite records)."""
+    """The header's facts over the runs shown (`loaded`: :func:`loaded_by_suites`)."""
 
     def distinct(field: str) -> tuple[str, ...]:
         values = [str(_environment(h).get(field) or "unknown") for h in headers]
@@ -411,14 +430,17 @@ def run_facts(
 
     stored = {h.run_id for h in headers}
     cached = computed = None
-    if cached_ids is not None:
-        cached = sum(1 for r in shown if r in cached_ids)
-        computed = sum(1 for r in shown if r in stored and r not in cached_ids)
+    unrecorded = len(shown)
+    if loaded is not None:
+        cached = sum(1 for r in shown if r in stored and loaded.get(r) is True)
+        computed = sum(1 for r in shown if r in stored and loaded.get(r) is False)
+        unrecorded = sum(1 for r in shown if r not in loaded)
     return RunFacts(
         runs=len(shown),
         compute_s=float(sum(run_seconds(h) for h in headers)),
         cached=cached,
         computed=computed,
+        unrecorded=unrecorded,
         mechscope_versions=distinct("mechscope_version"),
         devices=distinct("device"),
         hosts=distinct("host"),
