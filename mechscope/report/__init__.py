@@ -621,6 +621,15 @@ class _SuiteSection:
     def _gallery(self, probe: str, representative: Mapping[str, list[str]]) -> str:
         parts = []
         seeds = dict(zip(self.table["run_id"].astype(str), self.table["seed"], strict=True))
+        criterion = next(
+            (
+                f"median final {name} of the variant"
+                for column, name in (("train.r2", "R²"), ("train.loss", "loss"))
+                if column in self.table
+                and np.isfinite(completed(self.table)[column].to_numpy(float)).any()
+            ),
+            "middle seed of the variant",
+        )
         for variant, run_ids in representative.items():
             if not run_ids:
                 continue
@@ -630,7 +639,7 @@ class _SuiteSection:
                 continue
             parts.append(
                 f"<p class=note><b>{escape(variant)}</b>: seed {escape(seeds.get(first))} "
-                "(median final R² of the variant)</p><div class=gallery>" + shown + "</div>"
+                f"({criterion})</p><div class=gallery>" + shown + "</div>"
             )
             if others:
                 gallery = "".join(
