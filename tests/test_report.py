@@ -408,9 +408,15 @@ def test_representative_network_has_the_median_final_r2(store):
 
 def test_header_counts_runs_compute_and_cache(store, plugins):
     header = store.page.split("<nav")[0]
-    assert "device unknown" in header and "host unknown" in header
     runs = RunStore(store.root)
     shown = {r for record in runs.suite_records() for r in (x.run_id for x in record.runs)}
+    # What the runs recorded about where they ran ("unknown" for stores that do not record it).
+    for field in ("device", "host", "platform"):
+        recorded = {
+            str(getattr(runs.read_header(r), "environment", {}).get(field) or "unknown")
+            for r in shown
+        }
+        assert f"{field} {', '.join(sorted(recorded))}" in header
     assert f"<b>{len(shown)} runs</b>" in header
     # `pairs` computed its 6 runs; `triples` loaded 4 of them and computed 2 more.
     assert "last <code>mechscope run</code>: 8 computed, 0 loaded from the store" in header
