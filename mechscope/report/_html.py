@@ -143,14 +143,14 @@ def toc(entries: Sequence[tuple[int, str, str]]) -> str:
     parts = ["<nav class=toc><b>Contents</b>"]
     depth = -1
     for level, identifier, title in entries:
-        while depth < level:
-            parts.append("<ul>")
-            depth += 1
-        while depth > level:
-            parts.append("</ul>")
-            depth -= 1
-        parts.append(f'<li><a href="#{identifier}">{escape(title)}</a></li>')
-    parts.append("</ul>" * (depth + 1))
+        if level > depth:  # a sublist opens inside the item still open
+            parts.append("<ul>" * (level - depth))
+        else:
+            parts.append("</li>" + "</ul></li>" * (depth - level))
+        depth = level
+        parts.append(f'<li><a href="#{identifier}">{escape(title)}</a>')
+    if depth >= 0:
+        parts.append("</li>" + "</ul></li>" * depth + "</ul>")
     parts.append("</nav>")
     return "".join(parts)
 
