@@ -155,6 +155,20 @@ def compare(table: pd.DataFrame, metrics: Sequence[str], *, by: str = "variant")
     return pd.DataFrame(rows, columns=columns)
 
 
+def permutation_min_p(n_a: int, n_b: int, *, resamples: int = 9999) -> float:
+    """The smallest two-sided p :func:`compare`'s permutation test can return for these sizes.
+
+    With few networks the test enumerates every split of the pooled values into groups of
+    `n_a` and `n_b`; the observed split is one of them, so p ≥ 2 / C(n_a + n_b, n_a) however
+    different the groups are (1/3 for two networks per group). With more splits than
+    `resamples`, p ≥ 2 / (resamples + 1). NaN when the test does not run (a group under 2).
+    """
+    if n_a < 2 or n_b < 2:
+        return math.nan
+    splits = math.comb(n_a + n_b, n_a)
+    return min(1.0, 2 / splits if splits <= resamples else 2 / (resamples + 1))
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (NaN stays NaN and is not counted)."""
     indexed = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]

@@ -122,6 +122,9 @@ class SuiteRecord(pydantic.BaseModel):
     runs: list[SuiteRun]
     seeds: list[int] = []
     wall_time_s: float | None = None
+    #: Run ids the last ``Suite.run`` loaded from the store instead of computing; None in
+    #: records written before this was kept.
+    cached: list[str] | None = None
 
 
 _METRICS = pydantic.TypeAdapter(dict[str, float | None])
@@ -947,6 +950,30 @@ class RunStore:
         for name, seconds in header.timings.items():
             row[f"time.{name}"] = math.nan if seconds is None else seconds
         return row
+
+    def read_header(self, run_id: str) -> RunHeader | None:
+        """A stored run's header (``experiment.json``), or None if it is absent or damaged."""
+        path = self.run_directory(run_id) / RUN_HEADER
+        if not path.exists():
+            return None
+        try:
+            return _read_json(path, RunHeader)
+        except StoreError as error:
+            warnings.warn(f"skipping damaged run header: {error}", stacklevel=2)
+            return None
+
+    def read_history(self, run_id: str) -> dict[str, np.ndarray]:
+        """A stored run's training history (quantity → one value per evaluation), no model.
+
+        Raises:
+            StoreError: if the history is missing or unreadable.
+        """
+        path = self.run_directory(run_id) / TRAINED / "history.npz"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path}: unreadable training history ({error})") from None
 
     def runs_table(self) -> pd.DataFrame:
         """One row per complete, undamaged run in the store."""

@@ -342,7 +342,10 @@ class Suite:
         finally:
             if bar is not None:
                 bar.close()
-        runs.write_suite_record(self.record(wall_time_s=time.perf_counter() - started))
+        cached = [run_id for run_id, o in outcomes.items() if o.get("status") == "cached"]
+        runs.write_suite_record(
+            self.record(wall_time_s=time.perf_counter() - started, cached=cached)
+        )
         table = self.table(runs.root, outcomes)
         if self.comparisons:
             self._compare(runs, table, progress)
@@ -374,12 +377,15 @@ class Suite:
         """
         return read_suite_pairs(RunStore(store), self.name)
 
-    def record(self, *, wall_time_s: float | None = None) -> SuiteRecord:
+    def record(
+        self, *, wall_time_s: float | None = None, cached: list[str] | None = None
+    ) -> SuiteRecord:
         """The suite's definition and run list, as the store keeps them."""
         return SuiteRecord(
             **self.definition,
             runs=[planned.record for planned in self.runs],
             wall_time_s=wall_time_s,
+            cached=cached,
         )
 
     def table(

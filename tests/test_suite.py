@@ -13,7 +13,6 @@ import pytest
 import mechscope
 from mechscope.errors import ConfigError
 from mechscope.plugins import PluginManager
-from mechscope.report import write_report
 from mechscope.store import RunStore
 from mechscope.suite import Suite
 
@@ -215,39 +214,6 @@ def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path, mod
     assert len(FIT_CALLS) == calls + int(model_too), "an intact trained network was retrained"
     pd.testing.assert_frame_equal(stable(again), stable(table))
     assert all(RunStore(tmp_path).is_complete(run_id) for run_id in table["run_id"])
-
-
-def test_report_has_every_variant_figure_and_table(plugins, tmp_path):
-    path = tmp_path / "toy.toml"
-    path.write_text(SUITE_TOML)
-    suite = Suite.from_toml(path, plugins=plugins)
-    table = suite.run(store=tmp_path / "store", progress=False)
-    report = write_report(tmp_path / "store")
-    page = report.read_text()
-    for variant in table["variant"].unique():
-        assert variant in page
-    # One probe figure per variant plus the summary dot plot, all inlined.
-    assert page.count("data:image/png;base64,") == len(suite.variants) + 1
-    assert "Between variants" in page and "Across networks" in page
-    folder = report.parent
-    for name in (
-        "runs.csv",
-        "runs.parquet",
-        "toy_runs.csv",
-        "toy_runs.parquet",
-        "toy_summary.csv",
-        "toy_comparisons.csv",
-        "toy_correlations.csv",
-    ):
-        assert (folder / name).exists(), name
-    parquet = pd.read_parquet(folder / "toy_runs.parquet")
-    assert len(parquet) == len(table)
-    summary = pd.read_csv(folder / "toy_summary.csv")
-    mse = summary[summary["metric"] == "toy_probe.mse"].set_index("variant")
-    for variant, frame in table.groupby("variant"):
-        assert mse.loc[variant, "mean"] == pytest.approx(frame["toy_probe.mse"].mean())
-        assert mse.loc[variant, "n"] == 2
-    assert len(list((folder / "figures").glob("*.svg"))) == len(suite.variants) + 1
 
 
 def toy_environment(tmp_path):
