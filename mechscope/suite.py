@@ -26,7 +26,15 @@ from mechscope.executor import AbstractExecutor
 from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
 from mechscope.pairwise import compare_runs, read_suite_pairs, resolve_comparisons
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
-from mechscope.store import RunStore, SuiteRecord, SuiteRun, atomic_write_parquet, cell
+from mechscope.probe import Metric, declared_columns
+from mechscope.store import (
+    RunStore,
+    SuiteRecord,
+    SuiteRun,
+    atomic_write_parquet,
+    cell,
+    config_columns,
+)
 
 _SUITE_KEYS = (
     "comparisons",
@@ -147,6 +155,7 @@ class Suite:
         probes = [p["name"] for p in self.runs[0].experiment.config["probes"]]
         self.comparisons = resolve_comparisons(comparisons, self.plugins.registry, probes=probes)
         self._check_mechanism_claims()
+        self._check_metric_names()
 
     def _check_mechanism_claims(self) -> None:
         """Mechanism claims must name a comparison the suite runs, and one of its metrics."""
@@ -168,6 +177,81 @@ class Suite:
                     f"'{claim.metric}'{close_matches(claim.metric, known)}; it has "
                     f"{', '.join(known)}"
                 )
+
+    def _check_metric_names(self) -> None:
+        """Every column ``statistics`` and the claims name must exist, before anything trains.
+
+        Metric names are checked against what the variants' probes declare
+        (:func:`~mechscope.probe.declared_columns`); a probe that declares nothing leaves its
+        names unchecked. Claims group and filter by varied paths, ``variant`` or config
+        columns.
+
+        Raises:
+            ConfigError: naming the unknown column and what its probe does declare.
+        """
+        from mechscope.claims import named_columns, parse_claims
+
+        declared: dict[str, Metric] = {}
+        unchecked = {"time"}  # timings, and probes that declare nothing
+        config: set[str] = {"variant", "seed", "run_id", "status", "reason", *self.vary}
+        for planned in {run.variant.label: run for run in self.runs}.values():
+            built = planned.experiment.build_probes()
+            declared.update(declared_columns(built))
+            unchecked.update(name for name, probe in built.items() if not probe.metrics())
+            config.update(config_columns(planned.experiment.config))
+        prefixes = {column.split(".", 1)[0] for column in declared}
+
+        def check(column: Any, where: str, *, settings_too: bool = False) -> None:
+            column = str(column)
+            prefix = column.split(".", 1)[0]
+            if column in declared:
+                if declared[column].kind == "setting" and not settings_too:
+                    raise ConfigError(
+                        f"{where}: '{column}' is a setting, not a metric "
+                        f"({declared[column].meaning})"
+                    )
+                return
+            if prefix in unchecked or (settings_too and column in config):
+                return
+            if prefix not in prefixes:
+                probes = sorted((prefixes | unchecked) - {"train", "time"})
+                raise ConfigError(
+                    f"{where}: '{column}' names no probe of the suite"
+                    f"{close_matches(column, declared)}; columns are train.loss, train.r2 "
+                    f"or <probe>.<metric> with probes {', '.join(probes) or 'none'}"
+                )
+            known = [
+                name
+                for name, metric in declared.items()
+                if metric.kind == "metric" and name.startswith(f"{prefix}.")
+            ]
+            owner = "training" if prefix == "train" else f"probe '{prefix}'"
+            raise ConfigError(
+                f"{where}: {owner} declares no metric '{column}'"
+                f"{close_matches(column, known)}; it declares "
+                f"{', '.join(name.split('.', 1)[1] for name in known)}"
+            )
+
+        for column in self.statistics.get("compare", []):
+            check(column, "statistics.compare")
+        for pair in self.statistics.get("correlate", []):
+            if isinstance(pair, str) or len(pair) != 2:
+                raise ConfigError(f"statistics.correlate: {pair!r} is not a pair [x, y]")
+            for column in pair:
+                # Correlating a metric with a setting of the run (a gain, say) is legitimate.
+                check(column, "statistics.correlate", settings_too=True)
+        for claim in parse_claims(self.claims):
+            metrics, groupings = named_columns(claim)
+            for column in metrics:
+                check(column, f"claim '{claim.title}'")
+            for column in groupings:
+                if column not in config:
+                    options = sorted(c for c in config if not c.startswith("probes"))
+                    raise ConfigError(
+                        f"claim '{claim.title}': no column '{column}' to group or filter by"
+                        f"{close_matches(column, options)}; use a varied path "
+                        f"({', '.join(self.vary) or 'none'}), 'variant' or a config column"
+                    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:

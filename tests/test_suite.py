@@ -445,3 +445,155 @@ def test_a_failed_save_loses_only_that_seed(plugins, recorded, tmp_path, monkeyp
     assert "No space left on device" in failed["reason"].iloc[0]
     assert (table[table["status"] != "failed"]["status"] == "completed").sum() == 2
     recorded.assert_paired(table["run_id"])
+
+
+# Metric names are checked against the probes' declarations before anything trains.
+
+from .toys import ToyProbe, ToyProbeConfig  # noqa: E402 - kept with the tests that use them
+
+
+class DeclaredProbe(ToyProbe):
+    """The toy probe with its metrics declared: ``mse`` a metric, ``noise_draw`` a setting."""
+
+    def metrics(self):
+        return (
+            mechscope.Metric("mse", "mean squared output error on the condition trials"),
+            mechscope.Metric("noise_draw", "a uniform draw from the probe's key", kind="setting"),
+        )
+
+
+class DeclaredPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_probes(self, register):
+        register("declared_probe", ToyProbeConfig, DeclaredProbe)
+
+
+@pytest.fixture
+def declared(plugins):
+    plugins.register(DeclaredPlugin(), name="declared")
+    return plugins
+
+
+DECLARED_BASE = {**BASE, "probes": ["declared_probe", "toy_probe"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (
+            {"statistics": {"compare": ["declared_probe.mes"]}},
+            "statistics.compare: probe 'declared_probe' declares no metric 'declared_probe.mes' "
+            "(did you mean 'declared_probe.mse'?); it declares mse",
+        ),
+        (
+            {"statistics": {"compare": ["declared_probe.noise_draw"]}},
+            "statistics.compare: 'declared_probe.noise_draw' is a setting, not a metric",
+        ),
+        (
+            {"statistics": {"correlate": [["declared_probe.mse", "train.los"]]}},
+            "statistics.correlate: training declares no metric 'train.los' "
+            "(did you mean 'train.loss'?); it declares loss, r2",
+        ),
+        (
+            {
+                "claims": [
+                    {"kind": "exceeds", "title": "t", "metric": "declard_probe.mse", "threshold": 0}
+                ]
+            },
+            "claim 't': 'declard_probe.mse' names no probe of the suite "
+            "(did you mean 'declared_probe.mse'?)",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "correlates",
+                        "title": "c",
+                        "x": "declared_probe.mse",
+                        "y": "declared_probe.noise_draw",
+                        "sign": "positive",
+                    }
+                ]
+            },
+            "claim 'c': 'declared_probe.noise_draw' is a setting, not a metric",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "differs",
+                        "title": "d",
+                        "metric": "declared_probe.mse",
+                        "by": "model.taus",
+                    }
+                ]
+            },
+            "claim 'd': no column 'model.taus' to group or filter by (did you mean 'model.tau'?)",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "exceeds",
+                        "title": "w",
+                        "metric": "declared_probe.mse",
+                        "threshold": 0,
+                        "where": {"modle.tau": 0.1},
+                    }
+                ]
+            },
+            "claim 'w': no column 'modle.tau' to group or filter by (did you mean 'model.tau'?)",
+        ),
+    ],
+)
+def test_unknown_metric_or_column_fails_before_training(declared, tmp_path, options, fragment):
+    calls = len(FIT_CALLS)
+    with pytest.raises(ConfigError) as caught:
+        Suite(base=DECLARED_BASE, vary=VARY, seeds=1, plugins=declared, **options).run(
+            store=tmp_path / "runs", progress=False
+        )
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert len(FIT_CALLS) == calls, "nothing may train for a suite naming an unknown column"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_declared_names_undeclared_probes_and_config_columns_are_accepted(declared):
+    suite = Suite(
+        base=DECLARED_BASE,
+        vary=VARY,
+        seeds=1,
+        plugins=declared,
+        # toy_probe declares nothing, so its names cannot be checked and pass unchecked.
+        statistics={
+            "compare": ["declared_probe.mse", "train.loss", "toy_probe.anything"],
+            "correlate": [["declared_probe.noise_draw", "model.tau"]],
+        },
+        claims=[
+            {"kind": "differs", "title": "a", "metric": "declared_probe.mse", "by": "model.tau"},
+            {"kind": "differs", "title": "b", "metric": "toy_probe.mse", "by": "variant"},
+            {
+                "kind": "exceeds",
+                "title": "c",
+                "metric": "train.r2",
+                "threshold": 0,
+                "where": {"model.n_units": 3},
+            },
+        ],
+    )
+    assert len(suite.runs) == 4
+
+
+def test_first_party_declarations_catch_a_typo_in_a_ready_suite():
+    """The kao2019 suite passes as written; one typo in it names jPCA's declared metrics."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "suites" / "kao2019-small.toml").read_text())
+    assert len(Suite.from_dict(data).runs) == 10
+    data["statistics"]["compare"][0] = "jpca.r2_skw"
+    with pytest.raises(ConfigError) as caught:
+        Suite.from_dict(data)
+    message = str(caught.value)
+    assert "probe 'jpca' declares no metric 'jpca.r2_skw' (did you mean 'jpca.r2_skew'?)" in message
+    assert "r2_best, r2_skew, r2_ratio" in message
+    assert "soften_norm_used" not in message, "settings are not offered as metrics"
