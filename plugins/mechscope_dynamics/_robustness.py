@@ -145,9 +145,9 @@ def _endpoint_error(outputs: np.ndarray, trials: mechscope.Trials, channels: tup
 
 
 _PERTURBATIONS = {
-    "input_noise": ("input noise σ_in", "input-noise levels"),
-    "recurrent_noise": ("recurrent noise σ_rec", "recurrent-noise levels"),
-    "kick": ("a state kick at go of this × the trajectory scale", "kick sizes"),
+    "input_noise": ("input noise σ_in = {:g}", "input-noise levels"),
+    "recurrent_noise": ("recurrent noise σ_rec = {:g}", "recurrent-noise levels"),
+    "kick": ("a state kick at go of {:g} × the trajectory scale", "kick sizes"),
 }
 
 
@@ -183,13 +183,13 @@ def robustness_metrics(config: RobustnessConfig) -> tuple[mechscope.Metric, ...]
             declared += [
                 metric(
                     f"r2_{kind}_{level:g}",
-                    f"output R² under {perturbation} = {level:g} ({repeats})",
+                    f"output R² under {perturbation.format(level)} ({repeats})",
                     direction="higher = more robust",
                 ),
                 metric(
                     f"endpoint_error_{kind}_{level:g}",
-                    f"distance of the output from the target at the last masked sample under "
-                    f"{perturbation} = {level:g} ({repeats})",
+                    "distance of the output from the target at the last masked sample under "
+                    f"{perturbation.format(level)} ({repeats})",
                     unit="output units",
                     direction="lower = more robust",
                 ),
