@@ -27,6 +27,7 @@ from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_tom
 from mechscope.pairwise import compare_runs, read_suite_pairs, resolve_comparisons
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
 from mechscope.probe import Metric, declared_columns
+from mechscope.progress import SuiteProgress
 from mechscope.store import (
     RunStore,
     SuiteRecord,
@@ -392,7 +393,13 @@ class Suite:
             # Only an in-process executor can share this process's plugin manager.
             plugins=self.plugins if executor.in_process else None,
         )
-        bar = _overall_bar(len(self.runs), len(self.runs) - len(pending), progress)
+        phases = self._progress(len(self.runs) - len(pending)) if progress else None
+        # The phase comes from the lifecycle hooks, which fire here only for in-process runs.
+        watching = None
+        if phases is not None and executor.in_process:
+            watching = f"suite-progress-{id(phases)}"
+        if watching:
+            self.plugins.register(phases, name=watching)
         started = time.perf_counter()
         try:
             units = [[planned.experiment.config for planned in group] for group in groups]
@@ -404,11 +411,13 @@ class Suite:
                 else:
                     for planned in group:
                         outcomes[planned.run_id] = {"status": "failed", "reason": outcome.error}
-                if bar is not None:
-                    bar.update(len(group))
+                if phases is not None:
+                    phases.finished([outcomes[planned.run_id]["status"] for planned in group])
         finally:
-            if bar is not None:
-                bar.close()
+            if watching:
+                self.plugins.unregister(watching)
+            if phases is not None:
+                phases.close()
         runs.write_suite_record(self.record(wall_time_s=time.perf_counter() - started))
         table = self.table(runs.root, outcomes)
         if self.comparisons:
@@ -416,6 +425,11 @@ class Suite:
         else:  # results of an earlier definition of this suite no longer describe it
             runs.comparisons.suite_pairs_path(self.name).unlink(missing_ok=True)
         return table
+
+    def _progress(self, loaded: int) -> SuiteProgress:
+        """The overall bar: runs done of all, the phase of the group computing, cache reuse."""
+        labels = {p.run_id: (p.variant.label, p.seed) for p in self.runs}
+        return SuiteProgress(labels, total=len(self.runs), loaded=loaded)
 
     def _compare(self, runs: RunStore, table: pd.DataFrame, progress: bool) -> None:
         """The comparison stage: every pair of completed runs, saved beside the suite record."""
@@ -502,18 +516,6 @@ def run_configs(
         else:
             statuses.append({"status": outcome.status, "reason": outcome.trained.reason})
     return statuses
-
-
-def _overall_bar(total: int, done: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=done, desc="suite", unit="run", file=sys.stderr, dynamic_ncols=True
-    )
 
 
 def _seeds(seeds: int | Sequence[int]) -> list[int]:

@@ -597,3 +597,102 @@ def test_first_party_declarations_catch_a_typo_in_a_ready_suite():
     assert "probe 'jpca' declares no metric 'jpca.r2_skw' (did you mean 'jpca.r2_skew'?)" in message
     assert "r2_best, r2_skew, r2_ratio" in message
     assert "soften_norm_used" not in message, "settings are not offered as metrics"
+
+
+# The overall bar shows the phase of the group computing and how much came from the cache.
+
+
+class JointToyTrainer(ToyTrainer):
+    """Trains its seeds in lockstep and tags each evaluation with the network's index, as a
+    vmapping trainer does."""
+
+    def fit_many(self, models, task, *, keys, callbacks=(), checkpoint_dirs=None):
+        import jax
+        import numpy as np
+        import optax
+
+        from .toys import _toy_step
+
+        models = list(models)
+        states = [optax.sgd(self.config.learning_rate).init(eqx_arrays(m)) for m in models]
+        for model in models:
+            for callback in callbacks:
+                callback.on_train_start(model=model, task=task, n_steps=self.config.steps)
+        losses = [[] for _ in models]
+        for index in range(self.config.steps):
+            for seed, key in enumerate(keys):
+                models[seed], states[seed], loss = _toy_step(
+                    models[seed], states[seed], task, jax.random.fold_in(key, index), self.config
+                )
+                losses[seed].append(float(loss))
+                for callback in callbacks:
+                    callback.on_evaluation(
+                        step=index + 1, metrics={"loss": float(loss), "seed": seed}
+                    )
+        runs = []
+        for model, history in zip(models, losses, strict=True):
+            run = mechscope.TrainedRun(
+                model=model,
+                history={"step": np.arange(1, len(history) + 1), "loss": np.asarray(history)},
+                metadata={"wall_time_s": 0.0},
+            )
+            for callback in callbacks:
+                callback.on_train_end(run=run)
+            runs.append(run)
+        return runs
+
+
+def eqx_arrays(model):
+    import equinox as eqx
+
+    return eqx.filter(model, eqx.is_array)
+
+
+class JointPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        register("joint_toy_trainer", ToyTrainerConfig, JointToyTrainer)
+
+
+def status_lines(stream: str) -> list[str]:
+    """Each state the bar was drawn in (tqdm redraws a line after a carriage return)."""
+    lines = (line.rstrip() for chunk in stream.split("\n") for line in chunk.split("\r"))
+    return [line for line in lines if line]
+
+
+def test_suite_bar_shows_training_and_probe_phases_and_cache_reuse(plugins, tmp_path, capsys):
+    plugins.register(JointPlugin(), name="joint")
+    base = {
+        **BASE,
+        "trainer": {"name": "joint_toy_trainer", "steps": 3},
+        "probes": ["toy_probe", "dependent_probe"],
+    }
+    capsys.readouterr()
+    table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=True)
+    lines = status_lines(capsys.readouterr().err)
+    assert "0 loaded, 0 computed" in lines[1], "shown before anything trains"
+    # The group's loss at the last step is the mean of its runs' final losses.
+    loss = table["train.loss"].mean()
+    last_step = f"0 loaded, 0 computed | training [base] (2 seeds): step 3/3, loss {loss:.4g}"
+    assert any(line.endswith(last_step + "]") for line in lines), lines
+    assert any("training [base] (2 seeds): step 1/3" in line for line in lines)
+    order = [
+        next(i for i, line in enumerate(lines) if line.endswith(f"probing [base] {what}]"))
+        for what in (
+            "seed 0: toy_probe",
+            "seed 0: dependent_probe",
+            "seed 1: toy_probe",
+            "seed 1: dependent_probe",
+        )
+    ]
+    assert order == sorted(order), "each probe of each network, in the order they run"
+    assert order[0] > lines.index(next(line for line in lines if line.endswith(last_step + "]")))
+    assert "2/2" in lines[-1] and lines[-1].endswith("0 loaded, 2 computed]")
+
+    # A third seed: two runs are reused, one trains (alone: the label names its seed).
+    Suite(base=base, seeds=3, plugins=plugins).run(store=tmp_path, progress=True)
+    again = status_lines(capsys.readouterr().err)
+    assert "2 loaded, 0 computed" in again[1]
+    assert any("2 loaded, 0 computed | training [base] seed 2: step 3/3" in line for line in again)
+    assert not any("seed 0" in line or "seed 1" in line for line in again), "cached: not rerun"
+    assert again[-1].endswith("2 loaded, 1 computed]")
