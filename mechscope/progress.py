@@ -60,7 +60,8 @@ class HookBridge(Callback):
 
     When seeds train together, ``fit_many`` sends each event once per network, in the order
     of its models, and tags evaluation rows with ``"seed"`` (the network's index); the bridge
-    uses that to name the right run.
+    uses that to name the right run. Untagged rows belong to the network started last (a
+    ``fit_many`` that trains its networks one after another).
 
     Args:
         hook: the plugin manager's hook relay.

@@ -696,3 +696,40 @@ def test_suite_bar_shows_training_and_probe_phases_and_cache_reuse(plugins, tmp_
     assert any("2 loaded, 0 computed | training [base] seed 2: step 3/3" in line for line in again)
     assert not any("seed 0" in line or "seed 1" in line for line in again), "cached: not rerun"
     assert again[-1].endswith("2 loaded, 1 computed]")
+
+
+class ProgressEvents:
+    """Records training progress and probe hooks by run."""
+
+    def __init__(self):
+        self.events = []
+
+    @mechscope.hookimpl
+    def mechscope_train_progress(self, run_id, step):
+        self.events.append(("progress", run_id, step))
+
+    @mechscope.hookimpl
+    def mechscope_probe_start(self, run_id, probe):
+        self.events.append(("probe_start", run_id, probe))
+
+    @mechscope.hookimpl
+    def mechscope_probe_result(self, run_id, probe):
+        self.events.append(("probe_result", run_id, probe))
+
+
+def test_seeds_trained_one_after_another_report_progress_under_their_own_runs(plugins, tmp_path):
+    """ToyTrainer's fit_many is the default (one network after another, untagged rows)."""
+    recorder = ProgressEvents()
+    plugins.register(recorder, name="progress-events")
+    base = {**BASE, "probes": ["toy_probe", "dependent_probe"]}
+    table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=False)
+    first, second = table["run_id"]
+    progress = [(run_id, step) for kind, run_id, step in recorder.events if kind == "progress"]
+    assert progress == [(first, 1), (first, 2), (first, 3), (second, 1), (second, 2), (second, 3)]
+    probes = [event for event in recorder.events if event[0] != "progress"]
+    assert probes == [
+        (kind, run_id, probe)
+        for run_id in (first, second)
+        for probe in ("toy_probe", "dependent_probe")
+        for kind in ("probe_start", "probe_result")
+    ]

@@ -233,7 +233,10 @@ def fixed_point_metrics(config: FixedPointsConfig) -> tuple[mechscope.Metric, ..
             kind="setting",
         ),
         metric("n_fixed_per_input", "mean number of fixed points found per constant input"),
-        metric("n_stable_per_input", "mean number of stable fixed points (Re λ < 0) per input"),
+        metric(
+            "n_stable_per_input",
+            "mean number of stable fixed points (every Re λ < 0; |λ| < 1 in golub mode) per input",
+        ),
         metric("n_unstable_per_input", "mean number of unstable fixed points per input"),
         metric(
             "n_slow_per_input",
@@ -278,7 +281,7 @@ def fixed_point_metrics(config: FixedPointsConfig) -> tuple[mechscope.Metric, ..
         metric(
             "slowest_time_constant_delay",
             "mean over the delay inputs' stable fixed points of their slowest decay time "
-            "constant −1/Re λ",
+            "constant −1/Re λ (continuous-time searches)",
             unit="s",
             direction="higher = slower forgetting",
         ),

@@ -189,7 +189,7 @@ def generalization_metrics(config: GeneralizationConfig) -> tuple[mechscope.Metr
                 f"{tag}_preparation_index",
                 "mean over moved-target trials of (d_first − d_final)/(d_first + d_final), the "
                 "state's distances at movement onset to the two targets' preparatory states "
-                "(1 = re-prepared for the final target)",
+                "(1 = re-prepared for the final target; NaN if a target was never trained)",
                 direction="higher = more re-preparation",
             ),
             metric(

@@ -170,7 +170,7 @@ def jpca_metrics(config: JPCAConfig) -> tuple[mechscope.Metric, ...]:
             ),
             metric(
                 f"freq_hz_plane{plane}",
-                f"rotation frequency of jPC plane {plane} (M_skew's eigenvalue / 2π)",
+                f"rotation frequency of jPC plane {plane}: |Im λ| of M_skew per sample / (2π dt)",
                 unit="Hz",
             ),
         ]
