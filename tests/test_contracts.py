@@ -457,3 +457,33 @@ def test_every_first_party_probe_declares_its_metrics():
         if m.kind == "setting"
     }
     assert settings == {("jpca", "soften_norm_used"), ("fixed_points", "n_inputs")}
+
+
+class NoGoTask(ToyTask):
+    """The toy task without any event: nothing to kick at, no preparatory state."""
+
+    def conditions(self):
+        trials = super().conditions()
+        return mechscope.Trials(
+            inputs=trials.inputs,
+            targets=trials.targets,
+            mask=trials.mask,
+            times=trials.times,
+            labels=trials.labels,
+        )
+
+
+def test_robustness_reports_its_declared_kick_metrics_as_nan_without_a_go_event(getkey):
+    task, model = toy_setup(getkey())
+    task = NoGoTask(task.config)
+    entry = REGISTRY.get("probe", "robustness")
+    probe = entry.build(
+        entry.validate(
+            {"input_noise": (0.0, 0.1), "recurrent_noise": (), "kick": (0.0, 0.2), "n_repeats": 1}
+        )
+    )
+    result = check_probe(probe, mechscope.TrainedRun(model=model), task, key=getkey())
+    kick = {name: value for name, value in result.metrics.items() if "kick" in name}
+    assert set(kick) == {m.name for m in probe.metrics() if "kick" in m.name}
+    assert len(kick) == 6 and all(np.isnan(value) for value in kick.values())
+    assert np.isfinite(result.metrics["r2_input_noise_0.1"])
