@@ -29,6 +29,7 @@ from mechscope.plugins import (
     get_registry,
 )
 from mechscope.probe import AbstractProbe, ConditionRun, Metric, ProbeResult, condition_run
+from mechscope.resources import RunShape
 from mechscope.shape import pad_units, shape_distance, shape_represent, whiten
 from mechscope.task import AbstractTask, Trials
 from mechscope.training import AbstractTrainer, Callback, TrainedRun
@@ -63,6 +64,7 @@ __all__ = [
     "Register",
     "Registry",
     "Representation",
+    "RunShape",
     "StoreError",
     "TrainedRun",
     "Trajectory",

@@ -1,6 +1,7 @@
 """The ``mechscope`` command line.
 
-Every error is one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+Every error is one line on stderr with exit code 2; ``--debug`` (or ``--traceback``, or the
+environment variable ``MECHSCOPE_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import argparse
 import dataclasses
 import fnmatch
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import ConfigError, MechscopeError
+
+DEBUG_VARIABLE = "MECHSCOPE_DEBUG"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -30,7 +34,12 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="mechscope",
         description="Train recurrent networks on motor tasks and compare their mechanisms.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug",
+        "--traceback",
+        action="store_true",
+        help=f"show tracebacks on errors (or set {DEBUG_VARIABLE}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     plugins = commands.add_parser("plugins", help="list registered components and load errors")
@@ -181,9 +190,24 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, cap: i
             print(f"{'':{widths[0] + 2}}{column}: {cell}")
 
 
+def _check_store_path(path: Path, *, option: str) -> None:
+    """A store (or report) folder must be a directory or creatable as one, checked up front.
+
+    Raises:
+        ConfigError: if `path`, or a folder above it, is an existing file.
+    """
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is" if folder == path else f"is inside {folder}, which is"
+                raise ConfigError(f"{option} {path} {what} a file, not a directory")
+            return
+
+
 def _run(arguments: argparse.Namespace) -> int:
     from mechscope.suite import Suite, suite_or_experiment
 
+    _check_store_path(arguments.out, option="--out")
     job = suite_or_experiment(arguments.file)
     if isinstance(job, Suite):
         executor = arguments.executor
@@ -203,19 +227,21 @@ def _run(arguments: argparse.Namespace) -> int:
         )
         counts = table["status"].value_counts().to_dict()
         print(f"suite '{job.name}': " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-        for _, row in table[table["status"] == "failed"].iterrows():
+        for _, row in table[table["status"].isin(_UNFINISHED)].iterrows():
             print(
-                f"  failed: [{row['variant']}] seed {row['seed']}: {row['reason']}", file=sys.stderr
+                f"  {row['status']}: [{row['variant']}] seed {row['seed']} run "
+                f"{row['run_id']}: {row['reason'] or 'no reason recorded'}",
+                file=sys.stderr,
             )
         if arguments.report:
             _report_path(arguments.out)
         return 0
     if arguments.executor or arguments.address:
-        from mechscope.errors import ConfigError
-
         raise ConfigError("--executor/--address apply to suites; this file is one experiment")
     result = job.run(store=arguments.out, force=arguments.force, progress=not arguments.quiet)
     print(f"run {result.run_id}: {result.status} -> {result.directory}")
+    if result.status in _UNFINISHED:
+        print(f"  {result.status}: {result.trained.reason}", file=sys.stderr)
     for name, value in sorted(result.metrics().items()):
         print(f"  {name:40} {value:.4g}")
     for name, error in result.probe_errors.items():
@@ -223,6 +249,10 @@ def _run(arguments: argparse.Namespace) -> int:
     if arguments.report:
         _report_path(arguments.out)
     return 0
+
+
+#: Statuses of runs whose reason `mechscope run` lists.
+_UNFINISHED = ("failed", "diverged")
 
 
 def _report_path(store: Path, out: Path | None = None) -> None:
@@ -321,6 +351,8 @@ def _summary_columns(table: Any, patterns: Sequence[str]) -> list[str]:
 
 
 def _report(arguments: argparse.Namespace) -> int:
+    if arguments.out is not None:
+        _check_store_path(arguments.out, option="--out")
     _report_path(arguments.store, arguments.out)
     return 0
 
@@ -335,15 +367,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mechscope: interrupted; finished runs are kept", file=sys.stderr)
         return 130
     except Exception as error:
-        if arguments.debug:
+        if arguments.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
             raise
-        message = (
-            str(error)
-            if isinstance(error, MechscopeError)
-            else (f"{type(error).__name__}: {error} (rerun with --debug for the traceback)")
-        )
+        message = _message(error, arguments)
         print(f"mechscope: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+
+
+def _message(error: Exception, arguments: argparse.Namespace) -> str:
+    """One line for an error: a user error as it is; anything else as a bug, with a hint."""
+    if isinstance(error, MechscopeError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        # The file system refused: say which path, which the user can fix.
+        return f"{error.filename}: {error.strerror or error}"
+    source = getattr(arguments, "file", None) or getattr(arguments, "store", None)
+    where = f" in 'mechscope {arguments.command} {source}'" if source is not None else ""
+    return (
+        f"unexpected {type(error).__name__}{where}: {error} (validation let this through: a "
+        f"bug in mechscope or a plugin; rerun with --traceback or {DEBUG_VARIABLE}=1 to see "
+        "where)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,16 @@ class Config(pydantic.BaseModel):
 
     Subclasses declare fields with defaults. Use tuples rather than lists so the config stays
     hashable (a config is a static field of its equinox module and part of jit cache keys).
+
+    Numbers must be finite: NaN and ±inf are rejected for every float field, however the
+    config is built. A field where a non-finite value is a meaningful setting opts out with
+    ``pydantic.Field(allow_inf_nan=True)``. Parameters that come from a file or a suite go
+    through :func:`validate_config`, which is also strict about types.
     """
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = pydantic.ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
 
 class ComponentSpec(pydantic.BaseModel):
@@ -110,15 +117,40 @@ def check_keys(data: Mapping[str, Any], allowed: Sequence[str], *, where: str) -
 def validate_config(config_cls: type[Config], params: Mapping[str, Any], *, where: str) -> Config:
     """Validate `params` against a component's config class, raising a one-line ConfigError.
 
+    Validation is JSON-strict, for every component alike: a number field takes a number (an
+    integer is fine where a float is expected, ``"0.01"`` is not), a boolean a boolean, a
+    sequence a list (never a bare string), and every float is finite. Parameters are first
+    made plain JSON data (tuples become lists, NumPy scalars numbers), so TOML, JSON and Python
+    keyword arguments are judged by the same rules.
+
     Args:
         config_cls: the component's pydantic config class.
         params: raw parameters (from TOML, JSON or Python keyword arguments).
         where: how to name the component in the message, e.g. ``"model 'ctrnn'"``.
     """
+    data = {str(name): _json_data(value, str(name), where) for name, value in params.items()}
     try:
-        return config_cls.model_validate(dict(params))
+        return config_cls.model_validate_json(canonical_json(data), strict=True)
     except pydantic.ValidationError as error:
         raise ConfigError(format_validation_error(error, config_cls, where=where)) from None
+
+
+def _json_data(value: Any, location: str, where: str) -> Any:
+    """`value` as JSON data, or a ConfigError naming the field that holds something else."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, pydantic.BaseModel):
+        return config_to_json_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_data(v, f"{location}.{k}", where) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_data(v, f"{location}.{i}", where) for i, v in enumerate(value)]
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
+        return _json_data(value.item(), location, where)  # a NumPy or JAX scalar
+    raise ConfigError(
+        f"{where}: field '{location}' = {_short_repr(value)}: expected a number, string, "
+        f"boolean, list or table, got {type(value).__name__}"
+    )
 
 
 def format_validation_error(
@@ -139,8 +171,14 @@ def format_validation_error(
             message = detail["msg"]
             if message.startswith("Value error, "):
                 message = message[len("Value error, ") :]
+            elif detail["type"] in _SEQUENCE_ERRORS:
+                message = "expected a list of values, e.g. [1, 2]"
             parts.append(f"field '{location}' = {_short_repr(value)}: {message}")
     return f"{where}: " + "; ".join(parts)
+
+
+# pydantic calls a JSON list an "array"; the user wrote TOML or Python.
+_SEQUENCE_ERRORS = ("tuple_type", "list_type", "set_type", "frozen_set_type")
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -156,3 +194,41 @@ def config_to_json_dict(config: pydantic.BaseModel) -> dict[str, Any]:
 def canonical_json(data: Any) -> str:
     """Deterministic JSON (sorted keys, no whitespace) used for content hashes."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+#: How a probe list looks, for error messages.
+PROBES_EXAMPLE = '["jpca", {name = "fixed_points", n_starts = 64}]'
+
+#: Seeds become JAX PRNG keys, which hold 32 bits: larger or negative seeds would alias others.
+SEED_LIMIT = 2**32
+
+
+def validate_seed(value: Any, *, where: str = "seed") -> int:
+    """A run's seed: an integer in ``[0, 2**32)`` (so distinct seeds give distinct keys).
+
+    Raises:
+        ConfigError: naming `where` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be an integer, got {_short_repr(value)}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{where} must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
+def validate_list(value: Any, *, where: str, example: str) -> list[Any]:
+    """A list given in a file or in Python (a tuple is fine); a bare string or table is not.
+
+    Args:
+        value: the value to check.
+        where: what to name in the message, e.g. ``"probes"``.
+        example: an example of the expected form, e.g. ``'["jpca", "tuning"]'``.
+
+    Raises:
+        ConfigError: if `value` is not a list or tuple.
+    """
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            f"{where} = {_short_repr(value)}: expected a list of values, e.g. {example}"
+        )
+    return list(value)

@@ -21,8 +21,16 @@ from typing import Any
 
 import jax
 
-from mechscope.config import ComponentSpec, Config, canonical_json, check_keys
-from mechscope.errors import ConfigError, MechscopeError
+from mechscope.config import (
+    PROBES_EXAMPLE,
+    ComponentSpec,
+    Config,
+    canonical_json,
+    check_keys,
+    validate_list,
+    validate_seed,
+)
+from mechscope.errors import ConfigError, MechscopeError, StoreError
 from mechscope.model import AbstractModel
 from mechscope.plugins import ComponentEntry, PluginManager, Registry, get_plugin_manager
 from mechscope.probe import (
@@ -33,7 +41,17 @@ from mechscope.probe import (
     condition_run,
 )
 from mechscope.progress import HookBridge, ProgressBar
-from mechscope.store import RunHeader, RunStore, StoredRun, metric_columns, read_run, write_run
+from mechscope.resources import MemoryEstimate, check_memory
+from mechscope.store import (
+    HOST,
+    RunHeader,
+    RunLock,
+    RunStore,
+    StoredRun,
+    metric_columns,
+    read_run,
+    write_run,
+)
 from mechscope.task import AbstractTask
 from mechscope.training import Callback, TrainedRun
 
@@ -80,11 +98,8 @@ class Experiment:
     ) -> None:
         self.plugins = plugins or get_plugin_manager()
         registry = self.plugins.registry
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}")
-        if isinstance(probes, str | Mapping):
-            probes = [probes]
-        self.seed = seed
+        self.seed = validate_seed(seed)
+        probes = validate_list(probes, where="probes", example=PROBES_EXAMPLE)
         self._task = _Resolved(*registry.resolve(ComponentSpec.parse("task", task)))
         self._model = _Resolved(*registry.resolve(ComponentSpec.parse("model", model)))
         if trainer is None:
@@ -92,6 +107,23 @@ class Experiment:
         self._trainer = _Resolved(*registry.resolve(ComponentSpec.parse("trainer", trainer)))
         self._probes = self._with_requirements(
             [_Resolved(*registry.resolve(ComponentSpec.parse("probe", p))) for p in probes]
+        )
+        self.check_memory()
+
+    def check_memory(self, *, n_networks: int = 1, where: str = "run") -> MemoryEstimate:
+        """Refuse (ConfigError) a run whose estimated peak memory exceeds what is available.
+
+        Args:
+            n_networks: networks trained at once (seeds of one variant trained together).
+            where: how to name the run in the message.
+        """
+        return check_memory(
+            task=self._task.config,
+            model=self._model.config,
+            trainer=self._trainer.config,
+            probes={p.entry.name: p.config for p in self._probes},
+            n_networks=n_networks,
+            where=where,
         )
 
     def _with_requirements(self, probes: list[_Resolved]) -> list[_Resolved]:
@@ -325,6 +357,11 @@ def run_experiments(
     is isolated. Every ``mechscope_run_start`` is paired with exactly one
     ``mechscope_run_end``, whatever happens.
 
+    The store may be shared with other processes: each run is computed under its lock, and a
+    run another process is computing is waited for and then loaded, not trained again (see
+    :meth:`~mechscope.store.RunStore.lock`; giving up after the store's ``lock_timeout_s``
+    makes that run a :class:`RunFailure`).
+
     Args:
         experiments: the experiments to run.
         store: the run store (a path or a :class:`~mechscope.store.RunStore`); None keeps
@@ -356,25 +393,116 @@ def _run_group(
     progress: bool,
     callbacks: Sequence[Callback],
 ) -> list[ExperimentResult | RunFailure]:
-    """Run experiments that differ only in their seed (see :func:`run_experiments`)."""
-    first = group[0]
-    registry = first.plugins.registry
-    hook = first.plugins.hook
+    """Run experiments that differ only in their seed (see :func:`run_experiments`).
+
+    With a store, every run is computed under its lock, so two processes never train the same
+    run: this process takes the locks it can (without waiting, in sorted order) and trains
+    those runs together; then it waits for each run another process holds (in sorted order,
+    so two processes never wait for each other) and loads it, training it only if its holder
+    gave up without storing it.
+    """
     done: dict[str, ExperimentResult | RunFailure] = {}
-    trained: dict[str, TrainedRun | RunFailure] = {}
-    if store is not None and not force:
+    if store is None:
+        done.update(_compute(group, store, {}, progress, callbacks))
+        return [done[e.run_id] for e in group]
+    registry = group[0].plugins.registry
+    held: dict[str, RunLock] = {}
+    try:
+        todo = []
         for experiment in group:
-            stored = store.load(experiment.run_id, registry=registry)
+            # A first look without the lock: a complete run never changes (its id is its
+            # content), so it can be reused at once. Damage is reported under the lock.
+            stored = None
+            if not force:
+                stored = store.load(experiment.run_id, registry=registry, report_damage=False)
             if stored is not None:
                 done[experiment.run_id] = ExperimentResult.from_stored(stored)
+            else:
+                todo.append(experiment)
+        ordered = sorted(todo, key=lambda e: e.run_id)
+        elsewhere = []
+        for experiment in ordered:
+            lock = store.try_lock(experiment.run_id)
+            if lock is None:
+                elsewhere.append(experiment)
+            else:
+                held[experiment.run_id] = lock
+        mine = [e for e in ordered if e.run_id in held]
+        # Another process may have stored a run between the first look and the lock.
+        reuse_after = math.inf if force else None
+        done.update(_compute_locked(mine, store, reuse_after, progress, callbacks))
+        for experiment in mine:
+            held.pop(experiment.run_id).release()
+        waiting_since = time.time()
+        waited = []
+        for experiment in elsewhere:
+            try:
+                held[experiment.run_id] = store.lock(experiment.run_id)
+            except StoreError as error:  # gave up waiting: this run fails, the others go on
+                done[experiment.run_id] = RunFailure.of(experiment, error)
                 continue
-            # A damaged run whose trained network is intact keeps it: only the probes rerun.
-            salvaged = store.salvage_trained(experiment.run_id, registry=registry)
-            if salvaged is not None:
-                trained[experiment.run_id] = salvaged
+            waited.append(experiment)
+        # What another process stored while this one waited is reused, even with `force`.
+        reuse_after = waiting_since if force else None
+        done.update(_compute_locked(waited, store, reuse_after, progress, callbacks))
+    finally:
+        for lock in held.values():
+            lock.release()
+    return [done[e.run_id] for e in group]
+
+
+def _compute_locked(
+    group: list[Experiment],
+    store: RunStore,
+    reuse_after: float | None,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> dict[str, ExperimentResult | RunFailure]:
+    """Load, re-probe or train runs whose locks this process holds.
+
+    `reuse_after` None reuses any stored run; a time (``time.time()``) only runs stored since
+    then (``math.inf``: none, as ``force`` asks).
+    """
+    done: dict[str, ExperimentResult | RunFailure] = {}
+    salvaged: dict[str, TrainedRun] = {}
+    if not group:
+        return done
+    registry = group[0].plugins.registry
+    for experiment in group:
+        if reuse_after is not None:
+            stored_at = store.stored_at(experiment.run_id)
+            if stored_at is None or stored_at < reuse_after:
+                continue
+        stored = store.load(experiment.run_id, registry=registry)
+        if stored is not None:
+            done[experiment.run_id] = ExperimentResult.from_stored(stored)
+            continue
+        # A damaged run whose trained network is intact keeps it: only the probes rerun.
+        trained = store.salvage_trained(experiment.run_id, registry=registry)
+        if trained is not None:
+            salvaged[experiment.run_id] = trained
     todo = [e for e in group if e.run_id not in done]
+    done.update(_compute(todo, store, salvaged, progress, callbacks))
+    return done
+
+
+def _compute(
+    todo: list[Experiment],
+    store: RunStore | None,
+    salvaged: Mapping[str, TrainedRun],
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> dict[str, ExperimentResult | RunFailure]:
+    """Train (unless `salvaged` has the network), probe and store runs of one configuration.
+
+    Every ``mechscope_run_start`` fired here is paired with one ``mechscope_run_end``.
+    """
+    done: dict[str, ExperimentResult | RunFailure] = {}
     if not todo:
-        return [done[e.run_id] for e in group]
+        return done
+    first = todo[0]
+    hook = first.plugins.hook
+    trained: dict[str, TrainedRun | RunFailure] = dict(salvaged)
     task = first.build_task()
     started: list[Experiment] = []
     try:
@@ -428,7 +556,7 @@ def _run_group(
                 run_id=experiment.run_id, config=experiment.config, status="failed", reason=reason
             )
         raise
-    return [done[e.run_id] for e in group]
+    return done
 
 
 def _fit(
@@ -465,7 +593,9 @@ def _fit(
                     checkpoint_dirs=[checkpoint(e) for e in buildable],
                 )
             )
-            fitted.update({e.run_id: e.named(r) for e, r in zip(buildable, runs, strict=True)})
+            fitted.update(
+                {e.run_id: _stamped(e.named(r)) for e, r in zip(buildable, runs, strict=True)}
+            )
             return fitted
         except Exception as error:  # noqa: BLE001 - retried seed by seed below
             reason = f"{type(error).__name__}: {error}"
@@ -489,8 +619,36 @@ def _fit(
             bridge.close_unfinished(reason=f"{type(error).__name__}: {error}")
             fitted[experiment.run_id] = RunFailure.of(experiment, error)
             continue
-        fitted[experiment.run_id] = experiment.named(run)
+        fitted[experiment.run_id] = _stamped(experiment.named(run))
     return fitted
+
+
+def training_environment() -> dict[str, str]:
+    """Where this process trains: mechscope and JAX versions, JAX backend, device kind, host."""
+    from mechscope import __version__
+
+    return {
+        "mechscope_version": __version__,
+        "jax_version": jax.__version__,
+        "platform": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "host": HOST,
+    }
+
+
+def _stamped(run: TrainedRun) -> TrainedRun:
+    """`run` with how it was trained recorded in its metadata (the run header reads it).
+
+    A trainer that fits several networks in one vmapped loop says how many in
+    ``metadata["parallel_seeds"]`` (bptt does); otherwise each network was trained alone.
+    """
+    jointly = run.metadata.get("parallel_seeds", 1)
+    metadata = {
+        **run.metadata,
+        "trained_jointly_with": int(jointly) if isinstance(jointly, int | float) else 1,
+        "environment": training_environment(),
+    }
+    return dataclasses.replace(run, metadata=metadata)
 
 
 def _callbacks(
@@ -540,6 +698,16 @@ class ExperimentResult:
             self.trained.history, {name: r.metrics for name, r in self.probes.items()}
         )
 
+    @property
+    def trained_jointly_with(self) -> int:
+        """How many networks were trained together in the fit that made this one (1: alone)."""
+        return int(self.trained.metadata.get("trained_jointly_with", 1))
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Where the network was trained (versions, JAX platform, device, host)."""
+        return {str(k): str(v) for k, v in self.trained.metadata.get("environment", {}).items()}
+
     def header(self) -> RunHeader:
         """What the store keeps about the run besides its arrays."""
         return RunHeader(
@@ -550,6 +718,8 @@ class ExperimentResult:
             probe_errors=dict(self.probe_errors),
             timings=dict(self.timings),
             probes=list(self.probes),
+            trained_jointly_with=self.trained_jointly_with,
+            environment=self.environment,
         )
 
     def save(self, directory: str | Path, *, registry: Registry) -> None:
@@ -591,5 +761,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:  # a directory, unreadable, not text
+        raise ConfigError(f"{path}: cannot read it as a TOML file ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -100,8 +100,10 @@ class LoadFailure:
 class Registry:
     """Every component that loaded plugins registered, indexed by kind and name."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: Sequence[LoadFailure] = ()) -> None:
         self._entries: dict[tuple[str, str], ComponentEntry] = {}
+        # The manager's list, shared: an unknown name may be a component of a broken plugin.
+        self._failures = failures
 
     def add(self, entry: ComponentEntry) -> None:
         """Add a component.
@@ -133,9 +135,12 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             listing = ", ".join(known) if known else "none"
+            broken = "".join(
+                f"; plugin '{f.plugin}' failed to load: {f.error}" for f in self._failures
+            )
             raise UnknownComponentError(
                 f"unknown {kind} '{name}'{close_matches(name, known)}; registered {kind}s: "
-                f"{listing}"
+                f"{listing}{broken}"
             ) from None
 
     def names(self, kind: str) -> list[str]:
@@ -235,7 +240,7 @@ class PluginManager:
         self._pluggy.add_hookspecs(hookspecs)
         self._sources: dict[str, tuple[str | None, str | None]] = {}
         self.failures: list[LoadFailure] = []
-        self.registry = Registry()
+        self.registry = Registry(self.failures)
 
     @property
     def hook(self) -> Any:
@@ -261,10 +266,10 @@ class PluginManager:
             try:
                 plugin = entry_point.load()
                 self._pluggy.register(plugin, name=entry_point.name)
-            except Exception as error:  # noqa: BLE001 - any import error must be survivable
-                self.failures.append(
-                    LoadFailure(entry_point.name, distribution, f"{type(error).__name__}: {error}")
-                )
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # noqa: BLE001 - even sys.exit() on import is survivable
+                self.failures.append(LoadFailure(entry_point.name, distribution, _describe(error)))
                 continue
             self._sources[entry_point.name] = (distribution, version)
             self._collect(entry_point.name)
@@ -302,10 +307,10 @@ class PluginManager:
                 register = _make_register(kind, plugin_name, distribution, version, staged)
                 try:
                     implementation.function(register=register)
-                except Exception as error:  # noqa: BLE001 - survivable like an import error
-                    self.failures.append(
-                        LoadFailure(plugin_name, distribution, f"{type(error).__name__}: {error}")
-                    )
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as error:  # noqa: BLE001 - survivable like an import error
+                    self.failures.append(LoadFailure(plugin_name, distribution, _describe(error)))
                     self._pluggy.unregister(name=plugin_name)
                     return
         for entry in staged:
@@ -353,6 +358,13 @@ def _make_register(
         )
 
     return register
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a plugin's failure: the exception's type and message."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({error.code!r}) while loading"
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _disabled_from_environment() -> list[str]:

@@ -7,23 +7,38 @@ A store is a directory::
     <store>/<run id>/probes/<probe>/     each probe's result (``ProbeResult.save``)
     <store>/<run id>/manifest.json       SHA-256 of every file above
     <store>/.checkpoints/<run id>/       the trainer's checkpoints while the run trains
+    <store>/.locks/<run id>.lock         who is computing the run now (pid, host, start time)
     <store>/suites/<suite name>.json     each suite's definition and run list
 
 A run directory is written under a temporary name and renamed into place only when complete,
 so a reader never sees a half-written run; a file changed or truncated later fails
 verification. Every file read back is validated against a schema: a damaged one raises a
 :class:`~mechscope.StoreError` naming it, so one bad run never takes a listing down.
+
+The store is shared: several processes (two suites, dask workers on a shared filesystem) may
+write it at once. Every temporary name is unique and carries its writer's pid and host, so a
+killed writer's leftovers are recognised and swept when the store is opened (never a live
+writer's); replacing a directory swaps it atomically and cannot collide with another writer;
+and a per-run lock (:meth:`RunStore.try_lock`, :meth:`RunStore.lock`) lets one process compute
+a run while the others wait and then reuse it. A lock whose holder died is broken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
+import glob
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +62,7 @@ RUN_HEADER = "experiment.json"
 TRAINED = "trained"
 PROBES = "probes"
 CHECKPOINTS = ".checkpoints"
+LOCKS = ".locks"
 SUITES = "suites"
 
 
@@ -67,6 +83,12 @@ class RunHeader(pydantic.BaseModel):
         probe_errors: probe name → why it failed.
         timings: seconds spent per stage (``train_s``, ``probes_s``).
         probes: the probes whose results are stored, in the order they ran.
+        trained_jointly_with: how many networks were trained together in the fit that made
+            this one (1: alone). Vmapped training agrees with training alone only to float
+            tolerance, so this says which of the two a stored run is.
+        environment: where it was trained: ``mechscope_version``, ``jax_version``,
+            ``platform`` (the JAX backend, e.g. ``cpu``), ``device`` (the device kind) and
+            ``host``. Empty for runs stored before this was recorded.
     """
 
     model_config = pydantic.ConfigDict(extra="ignore")
@@ -78,6 +100,8 @@ class RunHeader(pydantic.BaseModel):
     probe_errors: dict[str, str] = {}
     timings: dict[str, float | None] = {}
     probes: list[str] = []
+    trained_jointly_with: int = 1
+    environment: dict[str, str] = {}
 
 
 class SuiteRun(pydantic.BaseModel):
@@ -120,6 +144,96 @@ def _read_json(path: Path, schema: Any) -> Any:
         raise StoreError(f"{path}: invalid ({where}: {first['msg']})") from None
 
 
+HOST = socket.gethostname()
+# Host names may hold any character; temporary names carry a short digest of it instead.
+_HOST_TAG = hashlib.sha256(HOST.encode()).hexdigest()[:8]
+# `.<name>.tmp-<pid>-<host tag>-<random>` (or `.old-`, a replaced copy being deleted). Names
+# without a host (`.<name>.tmp-<pid>-<random>`, a trainer's checkpoint files) or from older
+# versions (`.<name>.tmp-<random>`) match too, and are judged by age alone.
+_SCRATCH = re.compile(
+    r"^\..+\.(?:tmp|old)-(?:(?P<pid>[0-9]+)-(?:(?P<host>[0-9a-f]{8})-)?)?[0-9a-f]+$"
+)
+#: Leftovers of a writer on another host (whose pid cannot be checked) older than this go.
+STALE_SCRATCH_S = 1800.0
+
+
+def scratch_path(path: Path, kind: str = "tmp") -> Path:
+    """A unique sibling name for a temporary copy of `path`, naming this writer (pid, host).
+
+    Args:
+        path: the file or directory the temporary copy stands for.
+        kind: ``"tmp"`` for a copy being written, ``"old"`` for a replaced copy being deleted.
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{_HOST_TAG}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if os.name == "nt":  # signal 0 would be CTRL_C_EVENT there: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _scratch_is_stale(path: Path, *, max_age_s: float) -> bool:
+    """Whether a temporary entry was left by a dead writer (never true for a live one)."""
+    match = _SCRATCH.match(path.name)
+    if match is None:
+        return False
+    if match["host"] == _HOST_TAG and match["pid"] is not None:
+        pid = int(match["pid"])
+        # A writer on this host is judged by its pid alone: alive means still writing.
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        age = time.time() - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > max_age_s
+
+
+def remove_stale_scratch(
+    folder: Path, *, name: str | None = None, max_age_s: float = STALE_SCRATCH_S
+) -> list[Path]:
+    """Delete the temporaries in `folder` that a killed writer left behind.
+
+    An entry written on this host goes when its writer's pid is gone; one from another host
+    (or with an old-style name) when it is older than `max_age_s`. A live writer's entries
+    are never touched.
+
+    Args:
+        folder: the directory to sweep (nothing happens if it does not exist).
+        name: only the temporaries of this file or directory name.
+        max_age_s: the age beyond which another host's leftovers count as abandoned.
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    stem = "*" if name is None else glob.escape(name)
+    removed: list[Path] = []
+    try:
+        entries = [*folder.glob(f".{stem}.tmp-*"), *folder.glob(f".{stem}.old-*")]
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _scratch_is_stale(entry, max_age_s=max_age_s):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace `path` with `text` in one step, safe against concurrent writers.
 
@@ -128,7 +242,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    temporary = scratch_path(path)
     try:
         temporary.write_text(text)
         os.replace(temporary, path)
@@ -140,7 +254,7 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     """Replace `path` with `frame` as Parquet in one step (unique temporary name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    temporary = scratch_path(path)
     try:
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, path)
@@ -205,28 +319,105 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     """Yield a temporary sibling directory that replaces `target` only if the block succeeds.
 
     A manifest is written before the rename. On error the temporary directory is removed and
-    any existing `target` is left untouched.
+    any existing `target` is left untouched. Safe against concurrent writers of the same
+    `target`: each has its own temporary name, and a replace (see :func:`replace_directory`)
+    never collides with another; the last complete copy wins. Leftovers of killed writers of
+    this `target` are swept first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_scratch(target.parent, name=target.name)
+    temporary = scratch_path(target)
     temporary.mkdir()
     try:
         yield temporary
         write_manifest(temporary)
-        if target.exists():
-            if not overwrite:
-                raise StoreError(f"{target} already exists")
-            # Move the old result aside first so there is never a moment with neither.
-            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, retired)
-            os.replace(temporary, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, target)
+        replace_directory(temporary, target, overwrite=overwrite)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+_REPLACE_ATTEMPTS = 100
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        False where the system or filesystem cannot (the caller then falls back).
+
+    Raises:
+        FileNotFoundError: if either path vanished.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        if code == errno.ENOENT:
+            raise FileNotFoundError(code, os.strerror(code), str(second))
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            return False
+        raise OSError(code, os.strerror(code), str(second))
+    return True
+
+
+_RENAMEAT2: list[Any] = []
+
+
+def _renameat2() -> Any:
+    """The C library's ``renameat2`` (glibc), or None where there is none (macOS, musl)."""
+    if not _RENAMEAT2:
+        try:
+            function = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError, TypeError):
+            function = None
+        _RENAMEAT2.append(function)
+    return _RENAMEAT2[0]
+
+
+def replace_directory(source: Path, target: Path, *, overwrite: bool = False) -> None:
+    """Move the complete directory `source` to `target`, replacing any `target` there.
+
+    Where the filesystem can swap two directories in one step, the old `target` ends up at
+    `source` (for the caller to delete) and a reader never finds `target` missing. Elsewhere
+    the old copy is renamed aside to a unique name first, then `source` is renamed in; a
+    concurrent writer doing the same is never an error: whichever rename loses tries again.
+
+    Raises:
+        StoreError: if `target` exists and `overwrite` is false, or if other writers kept
+            replacing `target` through every attempt and it is still not a complete copy.
+    """
+    for _ in range(_REPLACE_ATTEMPTS):
+        try:
+            os.rename(source, target)  # only succeeds when `target` is absent (or empty)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        if not overwrite:
+            raise StoreError(f"{target} already exists")
+        try:
+            if _exchange(source, target):
+                return
+        except FileNotFoundError:
+            continue  # another writer moved `target` aside meanwhile: rename into the gap
+        retired = scratch_path(target, "old")
+        try:
+            os.rename(target, retired)
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(retired, ignore_errors=True)
+    # Another complete copy is in place: for content-addressed runs it is as good as ours.
+    try:
+        verify_manifest(target)
+    except StoreError:
+        raise StoreError(
+            f"{target}: could not replace it; other writers kept replacing it"
+        ) from None
 
 
 def metric_columns(
@@ -341,15 +532,175 @@ def read_run(directory: Path, *, registry: Registry) -> StoredRun:
     )
 
 
+class LockHolder(pydantic.BaseModel):
+    """What a run's lock file holds: who is computing the run, and since when.
+
+    Attributes:
+        pid: the holder's process id (on `host`).
+        host: the holder's host name.
+        started: when the lock was taken (seconds since the epoch).
+        token: unique to this taking of the lock, so a holder never releases another's.
+    """
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    pid: int
+    host: str
+    started: float
+    token: str
+
+    def describe(self) -> str:
+        """The holder in words: ``pid 123 on host-a since 2026-01-01 12:00:00``."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"pid {self.pid} on {self.host} since {since}"
+
+
+def _read_lock(path: Path) -> tuple[bytes, LockHolder | None, float] | None:
+    """A lock file's bytes, holder (None if unreadable) and age; None if there is no lock."""
+    try:
+        content = path.read_bytes()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        holder = LockHolder.model_validate_json(content)
+    except pydantic.ValidationError:
+        holder = None  # being written this instant, or damaged: judged by its age alone
+    return content, holder, age
+
+
+class RunLock:
+    """A held per-run lock (see :meth:`RunStore.try_lock`); release it with :meth:`release`.
+
+    While held, a background thread refreshes the lock file's modification time, so waiters on
+    other hosts can tell a long computation from a dead one.
+
+    Attributes:
+        path: the lock file.
+        holder: what the lock file holds.
+    """
+
+    def __init__(self, path: Path, holder: LockHolder, *, heartbeat_s: float) -> None:
+        self.path = path
+        self.holder = holder
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), name=f"lock {path.name}", daemon=True
+        )
+        self._heartbeat.start()
+
+    def __repr__(self) -> str:
+        return f"RunLock({str(self.path)!r})"
+
+    def _still_mine(self) -> bool:
+        state = _read_lock(self.path)
+        return state is not None and state[1] is not None and state[1].token == self.holder.token
+
+    def _beat(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            if not self._still_mine():
+                return
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Give the lock back (a lock broken and retaken by another is left to its holder)."""
+        self._stop.set()
+        if self._still_mine():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _create_lock(path: Path, *, heartbeat_s: float) -> RunLock | None:
+    """Take the lock at `path` if nobody holds it (O_CREAT | O_EXCL: one process wins)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = LockHolder(pid=os.getpid(), host=HOST, started=time.time(), token=uuid.uuid4().hex)
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(holder.model_dump_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return RunLock(path, holder, heartbeat_s=heartbeat_s)
+
+
+def _break_lock(path: Path, seen: bytes) -> None:
+    """Remove a stale lock, unless it changed since it was judged stale (then leave it)."""
+    aside = scratch_path(path, "old")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # released, or broken by another waiter
+    try:
+        if aside.read_bytes() != seen:
+            # Someone took the lock afresh in between: put theirs back.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _env_seconds(name: str, default: float | None) -> float | None:
+    """A duration in seconds from environment variable `name` ("none" for no limit)."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    if value.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{name}={value!r}: expected a number of seconds or 'none'") from None
+    if not seconds >= 0:
+        raise StoreError(f"{name}={value!r}: expected a number of seconds >= 0 or 'none'")
+    return seconds
+
+
 class RunStore:
     """A directory of runs and suite records (see the module docstring for the layout).
 
+    Opening a store sweeps the temporaries that killed writers left (see
+    :func:`remove_stale_scratch`).
+
     Args:
         root: the store's directory; created when the first thing is written.
+        lock_timeout_s: how long :meth:`lock` waits for a run another process is computing
+            before giving up. None: the environment variable ``MECHSCOPE_LOCK_TIMEOUT`` if it
+            is set (seconds, or ``none``), else no limit (wait as long as the holder lives).
+        stale_lock_s: a lock whose holder has not refreshed it for this long counts as
+            abandoned (a holder refreshes it every ``stale_lock_s / 4`` seconds, at most every
+            minute); a lock held by a dead process on this host is broken at once. None:
+            ``MECHSCOPE_STALE_LOCK_AGE`` if set, else 600. The environment variables let
+            suites started from the command line and dask workers be tuned without code.
+        poll_s: how often a waiting process looks at the lock again.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        lock_timeout_s: float | None = None,
+        stale_lock_s: float | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
         self.root = Path(root)
+        if lock_timeout_s is None:
+            lock_timeout_s = _env_seconds("MECHSCOPE_LOCK_TIMEOUT", None)
+        if stale_lock_s is None:
+            stale_lock_s = _env_seconds("MECHSCOPE_STALE_LOCK_AGE", 600.0)
+        self.lock_timeout_s = lock_timeout_s
+        self.stale_lock_s = 600.0 if stale_lock_s is None else stale_lock_s
+        self.poll_s = poll_s
+        if self.root.is_dir():
+            self.remove_stale_scratch()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -366,6 +717,104 @@ class RunStore:
         """Remove a finished run's checkpoints."""
         shutil.rmtree(self.checkpoint_directory(run_id), ignore_errors=True)
 
+    def remove_stale_scratch(self) -> list[Path]:
+        """Sweep what killed writers left: temporary runs, records, caches and checkpoints.
+
+        Never a live writer's (see :func:`remove_stale_scratch`). Run directories themselves
+        are not walked (a store may hold thousands); a representation's leftovers go when it
+        is next written.
+
+        Returns:
+            The paths removed.
+        """
+        folders = [self.root, self.root / SUITES, self.root / LOCKS, self.root / CHECKPOINTS]
+        for parent in (self.root / COMPARISONS, self.root / CHECKPOINTS):
+            with contextlib.suppress(OSError):
+                folders += [d for d in parent.iterdir() if d.is_dir()]
+        removed: list[Path] = []
+        for folder in folders:
+            removed += remove_stale_scratch(folder)
+        return removed
+
+    def lock_path(self, run_id: str) -> Path:
+        """Where run `run_id`'s lock file lives."""
+        return self.root / LOCKS / f"{run_id}.lock"
+
+    def lock_holder(self, run_id: str) -> LockHolder | None:
+        """Who holds run `run_id`'s lock, or None if nobody (or the lock is unreadable)."""
+        state = _read_lock(self.lock_path(run_id))
+        return None if state is None else state[1]
+
+    def _stale_because(self, holder: LockHolder | None, age: float) -> str | None:
+        """Why a lock is abandoned, or None if its holder may still be at work."""
+        if holder is not None and holder.host == HOST and not _pid_alive(holder.pid):
+            return "that process is gone"
+        if age > self.stale_lock_s:
+            return f"it has not been refreshed for {age:.0f} s"
+        return None
+
+    def try_lock(self, run_id: str) -> RunLock | None:
+        """Take run `run_id`'s lock if nobody holds it; never waits.
+
+        A stale lock (see ``stale_lock_s``) is broken, with a warning, and taken.
+
+        Returns:
+            The held lock, or None if a live process holds it.
+        """
+        path = self.lock_path(run_id)
+        heartbeat_s = max(min(60.0, self.stale_lock_s / 4), 0.05)
+        for _ in range(3):
+            lock = _create_lock(path, heartbeat_s=heartbeat_s)
+            if lock is not None:
+                return lock
+            state = _read_lock(path)
+            if state is None:
+                continue  # released just now: take it
+            content, holder, age = state
+            why = self._stale_because(holder, age)
+            if why is None:
+                return None
+            who = "an unreadable holder" if holder is None else holder.describe()
+            warnings.warn(f"breaking the lock on run {run_id} held by {who}: {why}", stacklevel=2)
+            _break_lock(path, content)
+        return None
+
+    def lock(self, run_id: str, *, timeout_s: float | None = None) -> RunLock:
+        """Take run `run_id`'s lock, waiting while another live process holds it.
+
+        While waiting, a warning names the holder (again every minute).
+
+        Args:
+            run_id: the run.
+            timeout_s: the longest wait; None uses the store's ``lock_timeout_s``.
+
+        Raises:
+            StoreError: if the lock is still held after the timeout.
+        """
+        timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        announced: float | None = None
+        while True:
+            lock = self.try_lock(run_id)
+            if lock is not None:
+                return lock
+            now = time.monotonic()
+            holder = self.lock_holder(run_id)
+            who = "another process" if holder is None else holder.describe()
+            if timeout_s is not None and now - started >= timeout_s:
+                raise StoreError(
+                    f"run {run_id} is still being computed by {who} after waiting "
+                    f"{now - started:.0f} s (lock {self.lock_path(run_id)})"
+                )
+            if announced is None or now - announced >= 60:
+                warnings.warn(
+                    f"run {run_id} is being computed by {who}; waiting for it "
+                    f"({now - started:.0f} s so far)",
+                    stacklevel=2,
+                )
+                announced = now
+            time.sleep(self.poll_s)
+
     def is_complete(self, run_id: str) -> bool:
         """Whether run `run_id` is stored with every checksum intact.
 
@@ -381,6 +830,13 @@ class RunStore:
             return False
         return True
 
+    def stored_at(self, run_id: str) -> float | None:
+        """When run `run_id` was stored (``time.time()`` seconds), or None if it is not."""
+        try:
+            return (self.run_directory(run_id) / MANIFEST).stat().st_mtime
+        except OSError:
+            return None
+
     def save(
         self,
         header: RunHeader,
@@ -395,15 +851,24 @@ class RunStore:
         self.discard_checkpoints(header.run_id)
         return directory
 
-    def load(self, run_id: str, *, registry: Registry) -> StoredRun | None:
-        """The stored run, or None if it is absent; a damaged one is reported (and None)."""
+    def load(
+        self, run_id: str, *, registry: Registry, report_damage: bool = True
+    ) -> StoredRun | None:
+        """The stored run, or None if it is absent; a damaged one is reported (and None).
+
+        Args:
+            run_id: the run.
+            registry: where to find the model.
+            report_damage: warn about a damaged run (off for a first look that is repeated).
+        """
         directory = self.run_directory(run_id)
         if not directory.exists():
             return None
         try:
             return read_run(directory, registry=registry)
         except StoreError as error:
-            warnings.warn(f"recomputing run: {error}", stacklevel=2)
+            if report_damage:
+                warnings.warn(f"recomputing run: {error}", stacklevel=2)
             return None
 
     def salvage_trained(self, run_id: str, *, registry: Registry) -> TrainedRun | None:
@@ -496,7 +961,9 @@ class RunStore:
         return RunStoreComparisons(self)
 
     def suite_record_path(self, name: str) -> Path:
-        """Where suite `name`'s record lives."""
+        """Where suite `name`'s record lives (an unsafe name is refused: StoreError)."""
+        if Path(name).name != name or name.startswith(".") or "\0" in name:
+            raise StoreError(f"suite name {name!r} is not a file name inside the store")
         return self.root / SUITES / f"{name}.json"
 
     def write_suite_record(self, record: SuiteRecord) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import functools
 import itertools
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from mechscope.config import ComponentSpec, check_keys
+from mechscope.config import (
+    PROBES_EXAMPLE,
+    SEED_LIMIT,
+    ComponentSpec,
+    canonical_json,
+    check_keys,
+    validate_list,
+    validate_seed,
+)
 from mechscope.errors import ConfigError, MechscopeError, close_matches
 from mechscope.executor import AbstractExecutor
 from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
@@ -127,7 +136,7 @@ class Suite:
         from mechscope.claims import parse_claims
 
         self.plugins = plugins or get_plugin_manager()
-        self.name = name
+        self.name = validate_suite_name(name)
         self.description = description
         self.executor = executor
         self.statistics = dict(statistics or {})
@@ -144,10 +153,8 @@ class Suite:
         for table in tables:
             if not isinstance(table, Mapping):
                 raise ConfigError(f"vary must be a table or a list of tables, got {table!r}")
-            grid = {str(path): list(values) for path, values in table.items()}
-            for path, values in grid.items():
-                if not values:
-                    raise ConfigError(f"vary '{path}' has no values: the grid would be empty")
+            grid = {str(path): _vary_values(str(path), values) for path, values in table.items()}
+            for path in grid:
                 self._check_path(path)
             self.grids.append(grid)
         self.vary_definition = tables[0] if isinstance(vary, Mapping | None) else tables
@@ -233,10 +240,18 @@ class Suite:
                 f"{', '.join(name.split('.', 1)[1] for name in known)}"
             )
 
-        for column in self.statistics.get("compare", []):
+        compare = self.statistics.get("compare", [])
+        if not isinstance(compare, list | tuple) or not all(isinstance(c, str) for c in compare):
+            raise ConfigError(
+                f'statistics.compare = {compare!r}: expected a list of columns, ["jpca.r2_skew"]'
+            )
+        for column in compare:
             check(column, "statistics.compare")
-        for pair in self.statistics.get("correlate", []):
-            if isinstance(pair, str) or len(pair) != 2:
+        correlate = self.statistics.get("correlate", [])
+        if not isinstance(correlate, list | tuple):
+            raise ConfigError(f"statistics.correlate = {correlate!r}: expected a list of [x, y]")
+        for pair in correlate:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise ConfigError(f"statistics.correlate: {pair!r} is not a pair [x, y]")
             for column in pair:
                 # Correlating a metric with a setting of the run (a gain, say) is legitimate.
@@ -260,8 +275,11 @@ class Suite:
         check_keys(data, _SUITE_KEYS, where=source)
         if "base" not in data:
             raise ConfigError(f"{source}: missing [base] table (the experiment to vary)")
+        _check_suite_types(data, source=source)
         arguments = {k: data[k] for k in _SUITE_KEYS if k in data}
-        arguments.setdefault("name", Path(source).stem if source != "suite" else "suite")
+        # A file name may hold characters a suite name may not (spaces): those become '-'.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(source).stem).lstrip(".")
+        arguments.setdefault("name", stem if source != "suite" and stem else "suite")
         return cls(**arguments, **kwargs)
 
     @classmethod
@@ -331,13 +349,20 @@ class Suite:
         runs: dict[str, PlannedRun] = {}
         for variant in self.variants:
             config = _apply(self.base, variant.values)
+            experiments = []
             for seed in self.seeds:
                 try:
                     experiment = Experiment(**config, seed=seed, plugins=self.plugins)
                 except MechscopeError as error:
                     raise ConfigError(f"variant [{variant.label}]: {error}") from None
+                experiments.append(experiment)
                 # Grids that overlap (e.g. both contain the base settings) share runs.
                 runs.setdefault(experiment.run_id, PlannedRun(variant, seed, experiment))
+            if len(experiments) > 1:  # the trainer may train a variant's seeds together
+                experiments[0].check_memory(
+                    n_networks=len(self.seeds),
+                    where=f"variant [{variant.label}] ({len(self.seeds)} seeds trained together)",
+                )
         return list(runs.values())
 
     @property
@@ -518,16 +543,86 @@ def run_configs(
     return statuses
 
 
-def _seeds(seeds: int | Sequence[int]) -> list[int]:
-    if isinstance(seeds, bool):
-        raise ConfigError(f"seeds must be a count or a list of integers, got {seeds!r}")
-    if isinstance(seeds, int):
+#: The form of each top-level entry of a suite file that has one, with an example.
+_SUITE_FORMS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "description": (str, '"what this suite asks"'),
+    "base": (Mapping, '[base] with task = "delayed_reach" and [base.model]'),
+    "vary": ((Mapping, list), '[vary] with "model.activation" = ["tanh", "relu"]'),
+    "statistics": (Mapping, '[statistics] with compare = ["jpca.r2_skew"]'),
+    "claims": (list, "[[claims]] tables"),
+    "comparisons": (list, '[[comparisons]] tables, or ["dsa", "shape"]'),
+}
+
+
+def _check_suite_types(data: Mapping[str, Any], *, source: str) -> None:
+    """Each top-level entry of a suite file has its form (a table, a list, text)."""
+    for key, (form, example) in _SUITE_FORMS.items():
+        if key in data and not isinstance(data[key], form):
+            raise ConfigError(
+                f"{source}: '{key}' = {data[key]!r} has the wrong form; expected {example}"
+            )
+    for index, claim in enumerate(data.get("claims", [])):
+        if not isinstance(claim, Mapping):
+            raise ConfigError(f"{source}: claims[{index}] = {claim!r}: expected a table")
+
+
+#: Suite names become file names in the store: one path component, never hidden.
+SUITE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def validate_suite_name(name: Any) -> str:
+    """A suite's name, safe as a file name: letters, digits, ``-``, ``_`` and ``.``.
+
+    It must not start with ``.`` (so no ``..`` or hidden files) and holds no path separator or
+    NUL, so the suite's record always lands inside the store.
+
+    Raises:
+        ConfigError: naming the rejected name.
+    """
+    if not isinstance(name, str) or not SUITE_NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"suite name {name!r} is not a safe file name: use letters, digits, '-', '_' and "
+            "'.', not starting with '.' (e.g. 'kao2019-small')"
+        )
+    return name
+
+
+def _vary_values(path: str, values: Any) -> list[Any]:
+    """The values of one varied path: a non-empty list without repeats."""
+    if not isinstance(values, list | tuple):
+        raise ConfigError(
+            f'vary \'{path}\' = {values!r}: expected a list of values, e.g. ["relu", "tanh"]'
+        )
+    values = list(values)
+    if not values:
+        raise ConfigError(f"vary '{path}' has no values: the grid would be empty")
+    repeated = [v for i, v in enumerate(values) if _canonical(v) in map(_canonical, values[:i])]
+    if repeated:
+        raise ConfigError(f"vary '{path}' lists {repeated[0]!r} more than once: {values!r}")
+    return values
+
+
+def _canonical(value: Any) -> str:
+    # 1 and 1.0 are one setting of a float field; True and 1 are not one setting.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"number:{float(value)!r}"
+    return f"{type(value).__name__}:{canonical_json(value)}"
+
+
+def _seeds(seeds: Any) -> list[int]:
+    """A seed count (``3`` means 0, 1, 2) or a list of distinct seeds."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ConfigError(f"seeds must be at least 1, got {seeds}")
+        if seeds > SEED_LIMIT:
+            raise ConfigError(f"seeds = {seeds}: more seeds than distinct PRNG keys")
         return list(range(seeds))
-    seeds = list(seeds)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a count or a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list | tuple) or not seeds:
+        raise ConfigError(
+            f"seeds = {seeds!r}: expected a count (an integer ≥ 1) or a non-empty list of "
+            "integers, e.g. 3 or [0, 1, 2]"
+        )
+    seeds = [validate_seed(s, where=f"seeds[{i}]") for i, s in enumerate(seeds)]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds repeat: {seeds}")
     return seeds
@@ -544,9 +639,7 @@ def _normalise_base(base: Mapping[str, Any], registry: Registry) -> dict[str, An
         if kind in base:
             normal[kind] = ComponentSpec.parse(kind, base[kind]).to_dict()
     normal.setdefault("trainer", {"name": registry.default("trainer")})
-    probes = base.get("probes", [])
-    if isinstance(probes, str | Mapping):
-        probes = [probes]
+    probes = validate_list(base.get("probes", []), where="base.probes", example=PROBES_EXAMPLE)
     normal["probes"] = [ComponentSpec.parse("probe", p).to_dict() for p in probes]
     return normal
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
+import numpy as np
+import pydantic
 import pytest
 
 import mechscope
@@ -233,3 +236,140 @@ def test_a_suite_naming_an_undeclared_metric_fails_before_training(tmp_path, cap
     )
     assert "; it declares r2_best, r2_skew, r2_ratio" in error and "\n" not in error
     assert not (tmp_path / "runs").exists() and len(FIT_CALLS) == calls, "nothing trained"
+
+
+class DivergingTrainerConfig(mechscope.Config):
+    """Returns the untrained model as diverged at `step` (no training: fast)."""
+
+    step: int = 3
+
+
+class DivergingTrainer(mechscope.AbstractTrainer):
+    config: DivergingTrainerConfig = eqx.field(static=True)
+
+    def fit(self, model, task, *, key, callbacks=(), checkpoint_dir=None):
+        del task, key, callbacks, checkpoint_dir
+        step = self.config.step
+        return mechscope.TrainedRun(
+            model=model,
+            history={"step": np.arange(1.0, step), "loss": np.ones(step - 1)},
+            status="diverged",
+            reason=f"diverged at step {step}: the loss became NaN or Inf; kept step {step - 1}",
+        )
+
+
+class StrictTypeConfig(mechscope.Config):
+    """A config whose validator raises TypeError (which pydantic does not wrap)."""
+
+    value: int = 0
+
+    @pydantic.field_validator("value")
+    @classmethod
+    def _raises(cls, value: int) -> int:
+        if value < 0:
+            raise TypeError("a plugin bug")
+        return value
+
+
+class CLIExtras:
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        register("diverging", DivergingTrainerConfig, DivergingTrainer)
+
+    @mechscope.hookimpl
+    def mechscope_register_probes(self, register):
+        register("buggy_probe", StrictTypeConfig, lambda config: None)
+
+
+@pytest.fixture
+def extras(toys):
+    toys.register(CLIExtras(), name="cli-extras")
+    yield toys
+    toys.unregister("cli-extras")
+
+
+SUITE = """
+name = "reasons"
+seeds = 1
+[base]
+task = "toy_task"
+model = {{ name = "toy_model", n_units = 3 }}
+trainer = {{ name = "{trainer}" }}
+[vary]
+"{path}" = {values}
+"""
+
+
+def test_run_lists_each_diverged_and_failed_run_with_its_reason(tmp_path, capsys, extras):
+    path = tmp_path / "reasons.toml"
+    store = tmp_path / "runs"
+    path.write_text(SUITE.format(trainer="diverging", path="trainer.step", values="[3, 5]"))
+    assert main(["run", str(path), "--out", str(store), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "suite 'reasons': 2 diverged" in captured.out
+    lines = [line.strip() for line in captured.err.splitlines() if "diverged:" in line]
+    assert len(lines) == 2
+    for step, line in zip((3, 5), sorted(lines), strict=True):
+        assert line.startswith(f"diverged: [trainer.step={step}] seed 0 run ")
+        assert line.endswith(
+            f"diverged at step {step}: the loss became NaN or Inf; kept step {step - 1}"
+        )
+    failing = tmp_path / "failing.toml"
+    failing.write_text(SUITE.format(trainer="toy_trainer", path="trainer.fail", values="[true]"))
+    assert main(["run", str(failing), "--out", str(store), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "failed: [trainer.fail=True] seed 0 run " in err
+    assert "RuntimeError: toy trainer told to fail" in err
+    # `mechscope runs` shows the reason of the runs that did not complete.
+    assert main(["runs", str(store)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["run_id", "status", "reason"]
+    assert sum("diverged at step" in row for row in rows) == 2
+
+
+def test_out_that_is_a_file_is_refused_before_the_file_is_read(tmp_path, capsys, toys):
+    existing = tmp_path / "store"
+    existing.write_text("a file\n")
+    for out, fragment in [
+        (existing, f"--out {existing} is a file, not a directory"),
+        (
+            existing / "runs",
+            f"--out {existing / 'runs'} is inside {existing}, which is a file, not a directory",
+        ),
+    ]:
+        # The suite file does not even exist: --out is checked first, before anything runs.
+        assert main(["run", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"mechscope: error: {fragment}"
+    assert existing.read_text() == "a file\n"
+    assert main(["report", str(tmp_path), "--out", str(existing)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_directory_as_the_run_file_is_a_clean_error(tmp_path, capsys, toys):
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"mechscope: error: {tmp_path}: cannot read it as a TOML file")
+    assert "\n" not in error
+
+
+def test_unexpected_errors_name_the_input_and_hint_at_the_traceback(
+    tmp_path, capsys, extras, monkeypatch
+):
+    path = tmp_path / "buggy.toml"
+    path.write_text(
+        'task = "toy_task"\nmodel = "toy_model"\ntrainer = "toy_trainer"\n'
+        '[[probes]]\nname = "buggy_probe"\nvalue = -1\n'
+    )
+    monkeypatch.delenv("MECHSCOPE_DEBUG", raising=False)
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"mechscope: error: unexpected TypeError in 'mechscope run {path}': a plugin bug"
+    )
+    assert "--traceback or MECHSCOPE_DEBUG=1" in error
+    assert "\n" not in error
+    with pytest.raises(TypeError, match="a plugin bug"):
+        main(["--traceback", "run", str(path)])
+    monkeypatch.setenv("MECHSCOPE_DEBUG", "1")
+    with pytest.raises(TypeError, match="a plugin bug"):
+        main(["run", str(path)])

@@ -133,6 +133,18 @@ def test_run_saves_and_reuses(plugins, tmp_path):
     after = mechscope.simulate(again.trained.model, trials.inputs, trials.times).outputs
     np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
     np.testing.assert_array_equal(again.trained.history["loss"], first.trained.history["loss"])
+    # How it was trained is recorded: alone (the toy trainer never trains networks together).
+    header = json.loads((directory / "experiment.json").read_text())
+    assert header["trained_jointly_with"] == 1
+    assert set(header["environment"]) == {
+        "mechscope_version",
+        "jax_version",
+        "platform",
+        "device",
+        "host",
+    }
+    assert header["environment"]["jax_version"] == jax.__version__
+    assert again.header() == first.header(), "reloading changed what the run says about itself"
 
 
 def test_corrupted_probe_file_reprobes_without_retraining(plugins, tmp_path):

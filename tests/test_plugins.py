@@ -184,3 +184,77 @@ def test_defaults_come_from_the_plugins_not_the_core():
     manager.register(_DefaultTrainer("second"), name="second")
     with pytest.raises(mechscope.ConfigError, match="several plugins.*'first'.*'second'"):
         manager.registry.default("trainer")
+
+
+@pytest.fixture
+def exiting_site(tmp_path, monkeypatch):
+    """A plugin that calls sys.exit() on import, one whose import fails, and a good one."""
+    make_distribution(
+        tmp_path,
+        "exitdist",
+        {
+            "exiting": ("fake_exiting_plugin", "import sys\nsys.exit(3)\n"),
+            "h6": ("fake_h6_plugin", "raise ImportError('needs h6py')\n"),
+            "good": ("fake_good_plugin", GOOD_PLUGIN.format(name="fake_task")),
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_plugin_calling_sys_exit_is_isolated_like_any_failure(exiting_site):
+    manager = PluginManager()
+    manager.load_entry_points(disabled=[])
+    failures = {f.plugin: f.error for f in manager.failures}
+    assert set(failures) == {"exiting", "h6"}
+    assert failures["exiting"] == "SystemExit: the plugin called sys.exit(3) while loading"
+    assert failures["h6"] == "ImportError: needs h6py"
+    assert "fake_task" in manager.registry.names("task")
+    assert "bptt" in manager.registry.names("trainer")
+
+
+def test_a_registration_hook_calling_sys_exit_is_isolated():
+    class Exiting:
+        @mechscope.hookimpl
+        def mechscope_register_models(self, register):
+            raise SystemExit("no")
+
+    manager = PluginManager()
+    manager.register(ToyPlugin(), name="toys")
+    with pytest.raises(PluginLoadError, match="plugin 'exiting' failed to register: SystemExit"):
+        manager.register(Exiting(), name="exiting")
+    assert manager.registry.names("model") == ["toy_model"]
+
+
+def test_unknown_name_mentions_every_plugin_that_failed_to_load(exiting_site):
+    manager = PluginManager()
+    manager.load_entry_points(disabled=[])
+    with pytest.raises(UnknownComponentError) as caught:
+        manager.registry.get("task", "h6_task")
+    message = str(caught.value)
+    assert message.startswith("unknown task 'h6_task'")
+    assert "plugin 'h6' failed to load: ImportError: needs h6py" in message
+    assert "plugin 'exiting' failed to load: SystemExit" in message
+    assert "\n" not in message
+    # Without failures, nothing is added (negative control).
+    clean = PluginManager()
+    clean.register(ToyPlugin(), name="toys")
+    with pytest.raises(UnknownComponentError) as caught:
+        clean.registry.get("task", "h6_task")
+    assert "failed to load" not in str(caught.value)
+
+
+def test_cli_plugins_survives_sys_exit_and_names_the_plugin(exiting_site, capsys):
+    from mechscope.cli import main
+    from mechscope.plugins import reset_plugins
+
+    reset_plugins()
+    try:
+        assert main(["plugins"]) == 0
+    finally:
+        reset_plugins()  # the next test loads the real entry points again
+    captured = capsys.readouterr()
+    listed = {tuple(line.split()[:2]) for line in captured.out.splitlines()}
+    assert {("task", "fake_task"), ("trainer", "bptt"), ("executor", "local")} <= listed
+    assert "FAILED    exiting: SystemExit" in captured.err
+    assert "FAILED    h6: ImportError: needs h6py" in captured.err

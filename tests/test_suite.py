@@ -733,3 +733,61 @@ def test_seeds_trained_one_after_another_report_progress_under_their_own_runs(pl
         for probe in ("toy_probe", "dependent_probe")
         for kind in ("probe_start", "probe_result")
     ]
+
+
+@pytest.mark.parametrize(
+    ("vary", "fragment"),
+    [
+        ({"model.tau": 0.1}, "vary 'model.tau' = 0.1: expected a list of values, e.g. "),
+        ({"model.name": "toy_model"}, "vary 'model.name' = 'toy_model': expected a list"),
+        ({"model.tau": [0.1, 0.1]}, "lists 0.1 more than once"),
+        ({"model.tau": [1, 1.0]}, "lists 1.0 more than once"),  # one setting of a float
+    ],
+)
+def test_vary_values_are_lists_of_distinct_values(plugins, vary, fragment):
+    with pytest.raises(ConfigError) as caught:
+        Suite(base=BASE, vary=vary, seeds=1, plugins=plugins)
+    assert fragment in str(caught.value)
+
+
+def test_vary_keeps_values_that_only_look_alike(plugins):
+    suite = Suite(base=BASE, vary={"model.tau": [0.1, 0.2, 0.3]}, seeds=1, plugins=plugins)
+    assert [v.values["model.tau"] for v in suite.variants] == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize("seeds", [2.5, "3", True, [], [0, 1.5], [0, -1], [2**32], {"n": 2}, None])
+def test_seeds_are_a_count_or_distinct_integers(plugins, seeds):
+    with pytest.raises(ConfigError, match="seeds"):
+        Suite(base=BASE, seeds=seeds, plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "a/b", "a\\b", "a\x00b", ".hidden", "..", "", "a..b", 3, None]
+)
+def test_unsafe_suite_names_are_refused_before_anything_runs(plugins, name):
+    with pytest.raises(ConfigError, match="not a safe file name"):
+        Suite(base=BASE, name=name, seeds=1, plugins=plugins)
+
+
+@pytest.mark.parametrize("name", ["toy", "kao2019-small", "run_2.v3", "A1"])
+def test_safe_suite_names_are_kept(plugins, name):
+    assert Suite(base=BASE, name=name, seeds=1, plugins=plugins).name == name
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "a\x00b"])
+def test_the_store_refuses_unsafe_suite_names_too(tmp_path, name):
+    with pytest.raises(mechscope.StoreError, match="not a file name inside the store"):
+        RunStore(tmp_path).suite_record_path(name)
+    assert RunStore(tmp_path).suite_record_path("ok").parent == tmp_path / "suites"
+
+
+def test_a_suite_named_after_its_file_gets_a_safe_name(plugins, tmp_path):
+    path = tmp_path / "my suite (draft).toml"
+    path.write_text(SUITE_TOML.replace('name = "toy"\n', ""))
+    assert Suite.from_toml(path, plugins=plugins).name == "my-suite--draft-"
+
+
+def test_base_probes_must_be_a_list(plugins):
+    for probes in ("toy_probe", {"name": "toy_probe"}):
+        with pytest.raises(ConfigError, match="base.probes = .*expected a list of values"):
+            Suite(base={**BASE, "probes": probes}, seeds=1, plugins=plugins)

@@ -9,12 +9,20 @@ The payload is written first under a new name, then the header is replaced with
 ``os.replace``; the header is the commit point, so a crash at any moment leaves the previous
 complete checkpoint readable. Older payloads are deleted only after the header is replaced.
 No pickle is involved: loading reads arrays into the structure of a freshly built state.
+
+A checkpoint directory belongs to one training at a time (the run store's per-run lock sees
+to that), so leftovers of a killed write are removed when training starts, and a checkpoint
+that cannot be read (pickled or object arrays, a damaged header) is moved aside with a warning
+and the run trains from the start instead of failing until someone deletes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,7 @@ from ._step import TrainState
 
 FORMAT = 1
 HEADER = "checkpoint.json"
+_HEADER_KEYS = ("step", "payload", "status", "reason", "trainer_config", "model_config", "history")
 
 #: Trainer fields that may change between an interrupted run and its resumption.
 RESUMABLE_FIELDS = frozenset(
@@ -36,7 +45,8 @@ RESUMABLE_FIELDS = frozenset(
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Unique per writer and call, in the store's `.<name>.tmp-<pid>-...` form.
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -100,10 +110,15 @@ def read_header(directory: Path) -> dict[str, Any] | None:
         header = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise mechscope.StoreError(f"unreadable checkpoint header {path}: {error}") from None
+    if not isinstance(header, dict):
+        raise mechscope.StoreError(f"unreadable checkpoint header {path}: not a JSON object")
     if header.get("format") != FORMAT:
         raise mechscope.StoreError(
             f"checkpoint {path} has format {header.get('format')!r}; this trainer reads {FORMAT}"
         )
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise mechscope.StoreError(f"checkpoint header {path} lacks {', '.join(missing)}")
     return header
 
 
@@ -128,6 +143,33 @@ def load_checkpoint(directory: Path, like: TrainState) -> tuple[TrainState, dict
             f"checkpoint {path} does not match this model and trainer: {error}"
         ) from None
     return state, header
+
+
+def resume_or_restart(
+    directory: Path, like: TrainState
+) -> tuple[TrainState, dict[str, Any]] | None:
+    """:func:`load_checkpoint`, except that a refused checkpoint does not block the run.
+
+    Leftover temporaries of a killed write are removed first. A checkpoint that cannot be
+    read into `like` (unreadable or unknown-format header, pickled or object arrays, a
+    truncated payload) is moved into ``refused-<time>-<random>/`` inside `directory`, with a
+    warning, and None is returned so training starts from scratch.
+    """
+    directory = Path(directory)
+    for leftover in directory.glob(".*.tmp-*"):
+        leftover.unlink(missing_ok=True)
+    try:
+        return load_checkpoint(directory, like)
+    except mechscope.StoreError as error:
+        aside = directory / f"refused-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        aside.mkdir()
+        for path in [directory / HEADER, *directory.glob("state-*.eqx")]:
+            if path.exists():
+                os.replace(path, aside / path.name)
+        warnings.warn(
+            f"{error}; moved it to {aside} and training this run from the start", stacklevel=2
+        )
+        return None
 
 
 def check_compatible(

@@ -147,6 +147,15 @@ class BPTTConfig(mechscope.Config):
         "results equal separate runs to float tolerance.",
     )
 
+    def peak_memory_bytes(self, shape: mechscope.RunShape) -> float:
+        """Bytes training needs beyond the model: activations, gradients, optimiser state."""
+        networks = shape.n_networks if self.parallel_seeds else 1
+        # Reverse mode keeps per step and trial the states, rates and noise, then their
+        # cotangents; the optimiser holds weights, gradients, two moments, the update and the
+        # last finite model. float32 throughout.
+        activations = 8 * self.batch_size * (shape.n_times or 1) * (shape.n_units or 0)
+        return 4.0 * networks * (activations + 6 * shape.parameters)
+
     @pydantic.field_validator("optimizer_args", "schedule_args", mode="before")
     @classmethod
     def _freeze_arguments(cls, value: Any) -> Any:

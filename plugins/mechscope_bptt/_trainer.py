@@ -16,7 +16,7 @@ from jaxtyping import PRNGKeyArray
 
 import mechscope
 
-from ._checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from ._checkpoint import check_compatible, resume_or_restart, save_checkpoint
 from ._config import BPTTConfig
 from ._loss import Hyperparameters
 from ._step import (
@@ -247,7 +247,7 @@ class BPTTTrainer(mechscope.AbstractTrainer):
         )
         if directory is None:
             return state, seed
-        loaded = load_checkpoint(directory, state)
+        loaded = resume_or_restart(directory, state)
         if loaded is None:
             return state, seed
         saved, header = loaded

@@ -58,6 +58,11 @@ class FixedPointsConfig(SolverConfig):
         default=25, ge=3, description="Grid points per side of the flow-field figure."
     )
 
+    def peak_memory_bytes(self, shape: mechscope.RunShape) -> float:
+        """The dense stages: an N × N float64 Jacobian and its eigenvectors per candidate."""
+        candidates = self.n_starts * len(self.inputs)
+        return 16.0 * candidates * (shape.n_units or 0) ** 2
+
     @pydantic.field_validator("inputs")
     @classmethod
     def _check_inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -58,6 +58,8 @@ class GeneralizationConfig(mechscope.Config):
     def _freeze(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
             return tuple(sorted(value.items()))
+        if isinstance(value, list):  # strict validation takes tuples from a validator, not lists
+            return tuple(tuple(item) if isinstance(item, list) else item for item in value)
         return value
 
 
