@@ -113,8 +113,12 @@ def _schema(arguments: argparse.Namespace) -> int:
     from mechscope.plugins import get_registry
 
     entry = get_registry().get(arguments.kind, arguments.name)
-    # A probe's metrics are those of its default config (some names follow the config).
-    metrics = entry.build(entry.validate({})).metrics() if entry.kind == "probe" else ()
+    # A probe's metrics are those of its default config (some names follow the config); a
+    # probe whose config has required fields has no default config to ask.
+    required = any(field.is_required() for field in entry.config_class.model_fields.values())
+    metrics = (
+        entry.build(entry.validate({})).metrics() if entry.kind == "probe" and not required else ()
+    )
     if arguments.json:
         schema = entry.config_class.model_json_schema()
         if entry.kind == "probe":
@@ -128,7 +132,9 @@ def _schema(arguments: argparse.Namespace) -> int:
     _print_table(("field", "type", "default", "description"), rows or [("(none)", "", "", "")])
     if entry.kind == "probe":
         print()
-        if not metrics:
+        if required:
+            print("metrics: this probe's config has required fields; its metrics follow them")
+        elif not metrics:
             print("metrics: not declared (suites cannot check this probe's metric names)")
         for kind, title in (
             ("metric", f"metrics (table columns {entry.name}.<name>; default config)"),
