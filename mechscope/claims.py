@@ -124,6 +124,24 @@ def parse_claims(raw: Sequence[Mapping[str, Any]]) -> list[Any]:
         raise ConfigError(f"claims: {where}: {detail['msg']}") from None
 
 
+def named_columns(claim: Any) -> tuple[list[str], list[str]]:
+    """The table columns a parsed claim names, so a suite can check them before training.
+
+    Returns:
+        The metric columns it tests (``metric``, or ``x`` and ``y``; none for mechanism
+        claims, whose metric is the comparison's) and the columns it groups or filters by
+        (``by`` and the keys of ``where``).
+    """
+    if isinstance(claim, MECHANISM_CLAIMS):
+        metrics: list[str] = []
+    elif isinstance(claim, Correlates):
+        metrics = [claim.x, claim.y]
+    else:
+        metrics = [claim.metric]
+    by = getattr(claim, "by", None)  # every kind but correlates and exceeds groups
+    return metrics, [*([by] if by is not None else []), *claim.where]
+
+
 def _completed(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] == "completed"] if "status" in table else table
 
@@ -427,4 +445,4 @@ def evaluate_all(
     return pd.DataFrame([evaluate(c, table, pairs) for c in claims], columns=columns)
 
 
-__all__ = ["Claim", "evaluate", "evaluate_all", "parse_claims"]
+__all__ = ["Claim", "evaluate", "evaluate_all", "named_columns", "parse_claims"]

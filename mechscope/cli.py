@@ -7,9 +7,11 @@ environment variable ``MECHSCOPE_DEBUG=1``) shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,9 +46,14 @@ def _build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(handler=_plugins)
 
-    schema = commands.add_parser("schema", help="print a component's config JSON schema")
-    schema.add_argument("kind", help="task, model, trainer, probe or executor")
+    schema = commands.add_parser(
+        "schema", help="show a component's config fields (and a probe's metrics)"
+    )
+    schema.add_argument("kind", help="task, model, trainer, probe, executor or comparison")
     schema.add_argument("name", help="the component's registered name")
+    schema.add_argument(
+        "--json", action="store_true", help="print the config's JSON schema (probes: + metrics)"
+    )
     schema.set_defaults(handler=_schema)
 
     run = commands.add_parser("run", help="run a suite or experiment file (TOML)")
@@ -106,8 +113,87 @@ def _schema(arguments: argparse.Namespace) -> int:
     from mechscope.plugins import get_registry
 
     entry = get_registry().get(arguments.kind, arguments.name)
-    print(json.dumps(entry.config_class.model_json_schema(), indent=1))
+    # A probe's metrics are those of its default config (some names follow the config); a
+    # probe whose config has required fields has no default config to ask.
+    required = any(field.is_required() for field in entry.config_class.model_fields.values())
+    metrics = (
+        entry.build(entry.validate({})).metrics() if entry.kind == "probe" and not required else ()
+    )
+    if arguments.json:
+        schema = entry.config_class.model_json_schema()
+        if entry.kind == "probe":
+            schema["metrics"] = [dataclasses.asdict(metric) for metric in metrics]
+        print(json.dumps(schema, indent=1, ensure_ascii=False))
+        return 0
+    source = f"{entry.distribution or entry.plugin} {entry.version or ''}".strip()
+    print(f"{entry.kind} '{entry.name}' ({source}): {entry.description}")
+    rows = [_field_row(name, field) for name, field in entry.config_class.model_fields.items()]
+    print()
+    _print_table(("field", "type", "default", "description"), rows or [("(none)", "", "", "")])
+    if entry.kind == "probe":
+        print()
+        if required:
+            print("metrics: this probe's config has required fields; its metrics follow them")
+        elif not metrics:
+            print("metrics: not declared (suites cannot check this probe's metric names)")
+        for kind, title in (
+            ("metric", f"metrics (table columns {entry.name}.<name>; default config)"),
+            ("setting", "settings (recorded with each run; not findings, not compared)"),
+        ):
+            chosen = [(m.name, m.unit, m.direction, m.meaning) for m in metrics if m.kind == kind]
+            if chosen:
+                print(f"{title}:")
+                _print_table(("name", "unit", "direction", "meaning"), chosen)
     return 0
+
+
+def _field_row(name: str, field: Any) -> tuple[str, str, str, str]:
+    """One config field as (name, type, default, description) text."""
+    import pydantic_core
+
+    if field.is_required():
+        default = "(required)"
+    else:
+        value = field.get_default(call_default_factory=True)
+        default = json.dumps(pydantic_core.to_jsonable_python(value), ensure_ascii=False)
+    return name, _type_text(field.annotation), default, field.description or ""
+
+
+def _type_text(annotation: Any) -> str:
+    """A type annotation as a reader writes it: ``tuple[float, ...]``, ``str | None``."""
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    text = repr(annotation).replace("NoneType", "None")
+    # Drop module paths (typing.Literal, mechscope_dynamics._fp_config.SearchConfig).
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, cap: int = 28) -> None:
+    """Columns padded to their widest cell; the last column wraps to the terminal's width.
+
+    A cell wider than `cap` (a long type or default) is cut short in its column and printed in
+    full on its own line below the row, so one long value does not widen the whole table.
+    """
+    import shutil
+    import textwrap
+
+    widths = [
+        min(max(len(str(row[i])) for row in [header, *rows]), cap) for i in range(len(header) - 1)
+    ]
+    indent = sum(widths) + 2 * len(widths)
+    room = max(shutil.get_terminal_size((120, 24)).columns - indent, 30)
+    for row in [header, *rows]:
+        cells = [str(cell) for cell in row]
+        spilled = [(header[i], cell) for i, cell in enumerate(cells[:-1]) if len(cell) > widths[i]]
+        lead = "".join(
+            f"{_shorten(cell, width):{width}}  " for cell, width in zip(cells, widths, strict=False)
+        )
+        lines = textwrap.wrap(cells[-1], room) or [""]
+        print((lead + lines[0]).rstrip())
+        for line in lines[1:]:
+            print(" " * indent + line)
+        for column, cell in spilled:
+            print(f"{'':{widths[0] + 2}}{column}: {cell}")
 
 
 def _check_store_path(path: Path, *, option: str) -> None:
@@ -185,38 +271,85 @@ def _report_path(store: Path, out: Path | None = None) -> None:
 def _runs(arguments: argparse.Namespace) -> int:
     from mechscope.store import RunStore
 
-    table = RunStore(arguments.store).runs_table()
+    store = RunStore(arguments.store)
+    table = store.runs_table()
     if table.empty:
         print(f"no runs in {arguments.store}")
         return 0
+    table = _with_suites(table, store)
     if arguments.all:
         print(table.to_string(index=False, max_colwidth=30))
         return 0
     patterns = [p.strip() for value in arguments.columns for p in value.split(",") if p.strip()]
     columns = _summary_columns(table, patterns)
-    print(table[columns].to_string(index=False, max_colwidth=40))
+    shown = table[columns].copy()
+    # What tells runs apart is shown in full (two lists of delays may differ only at the end);
+    # other text (a failure's reason) is cut short.
+    telling = {"variant", *_varying_config(table)}
+    for column in shown.columns:
+        if column not in telling and shown[column].dtype == object:
+            shown[column] = shown[column].map(_shorten)
+    print(shown.to_string(index=False))
     hidden = len(table.columns) - len(columns)
     if hidden:
         print(f"({hidden} more columns: --columns PATTERN shows some, --all shows every one)")
     return 0
 
 
+def _shorten(value: Any, width: int = 40) -> Any:
+    return value[: width - 1] + "…" if isinstance(value, str) and len(value) > width else value
+
+
+def _with_suites(table: Any, store: Any) -> Any:
+    """`table` with the ``suite`` and ``variant`` of each run, ordered by suite, variant, seed.
+
+    Variants keep the order of their suite's plan; a run in several suites is listed under the
+    first (by name) and names them all. Without suite records the table is sorted by seed.
+    """
+    places: dict[str, list[tuple[str, int, str]]] = {}
+    for record in sorted(store.suite_records(), key=lambda r: r.name):
+        variants: dict[str, int] = {}
+        for run in record.runs:
+            variants.setdefault(run.variant, len(variants))
+            place = (record.name, variants[run.variant], run.variant)
+            places.setdefault(run.run_id, []).append(place)
+    table = table.copy()
+    seeds = list(table["seed"]) if "seed" in table else [0] * len(table)
+    nowhere = [("\uffff", 0, "-")]  # runs of no suite sort last
+    keys = [
+        (*places.get(run_id, nowhere)[0][:2], seed, run_id)
+        for run_id, seed in zip(table["run_id"], seeds, strict=True)
+    ]
+    if places:
+        suites = [",".join(p[0] for p in places.get(r, [])) or "-" for r in table["run_id"]]
+        table.insert(2, "suite", suites)
+        table.insert(3, "variant", [places.get(r, nowhere)[0][2] for r in table["run_id"]])
+    order = sorted(range(len(table)), key=keys.__getitem__)
+    return table.iloc[order].reset_index(drop=True)
+
+
 _CONFIG_PREFIXES = ("task.", "model.", "trainer.")
+
+
+def _varying_config(table: Any) -> list[str]:
+    """The task, model and trainer settings (and the probe list) that differ between runs."""
+    config = [c for c in table.columns if c.startswith(_CONFIG_PREFIXES) or c == "probes"]
+    return [c for c in config if table[c].astype(str).nunique() > 1]
 
 
 def _summary_columns(table: Any, patterns: Sequence[str]) -> list[str]:
     """The columns `mechscope runs` shows by default, plus those matching `patterns`.
 
-    Those are the run id and status (and the reason, where a run did not complete), the
-    component names, every task, model and trainer setting that differs between the runs, the
-    probe list where it differs, the seed, the final training loss and R², then any column
-    matching one of the shell-style `patterns`.
+    Those are the run id and status (and the reason, where a run did not complete), the suite
+    and variant (when the store has suites), the component names, every task, model and trainer
+    setting that differs between the runs (lists included), the probe list where it differs,
+    the seed, the final training loss and R², then any column matching one of the
+    shell-style `patterns`.
     """
-    config = [c for c in table.columns if c.startswith(_CONFIG_PREFIXES) or c == "probes"]
-    varying = [c for c in config if table[c].astype(str).nunique() > 1]
+    varying = _varying_config(table)
     names = [f"{part}.name" for part in ("task", "model", "trainer")]
     incomplete = "status" in table and bool((table["status"] != "completed").any())
-    shown = ["run_id", "status", *(["reason"] if incomplete else [])]
+    shown = ["run_id", "status", *(["reason"] if incomplete else []), "suite", "variant"]
     shown += [c for c in names if c not in varying] + varying
     shown += ["seed", "train.loss", "train.r2"]
     shown += [c for c in table.columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]

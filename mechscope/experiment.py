@@ -283,6 +283,7 @@ class Experiment:
                 continue
             # A stable per-probe key: adding a probe does not change the others' randomness.
             key = jax.random.fold_in(probe_key, zlib.crc32(name.encode()))
+            self.plugins.hook.mechscope_probe_start(run_id=self.run_id, probe=name)
             try:
                 results[name] = probe.run(
                     trained,

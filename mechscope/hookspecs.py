@@ -139,6 +139,16 @@ def mechscope_train_end(run_id: str, status: str, reason: str) -> None:
 
 
 @hookspec
+def mechscope_probe_start(run_id: str, probe: str) -> None:
+    """Called just before a probe runs on a trained network.
+
+    Args:
+        run_id: the run's content hash.
+        probe: the probe's name.
+    """
+
+
+@hookspec
 def mechscope_probe_result(run_id: str, probe: str, metrics: Mapping[str, float]) -> None:
     """Called after each probe has run on a trained network.
 

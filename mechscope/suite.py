@@ -35,7 +35,16 @@ from mechscope.executor import AbstractExecutor
 from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
 from mechscope.pairwise import compare_runs, read_suite_pairs, resolve_comparisons
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
-from mechscope.store import RunStore, SuiteRecord, SuiteRun, atomic_write_parquet, cell
+from mechscope.probe import Metric, declared_columns
+from mechscope.progress import SuiteProgress
+from mechscope.store import (
+    RunStore,
+    SuiteRecord,
+    SuiteRun,
+    atomic_write_parquet,
+    cell,
+    config_columns,
+)
 
 _SUITE_KEYS = (
     "comparisons",
@@ -154,6 +163,7 @@ class Suite:
         probes = [p["name"] for p in self.runs[0].experiment.config["probes"]]
         self.comparisons = resolve_comparisons(comparisons, self.plugins.registry, probes=probes)
         self._check_mechanism_claims()
+        self._check_metric_names()
 
     def _check_mechanism_claims(self) -> None:
         """Mechanism claims must name a comparison the suite runs, and one of its metrics."""
@@ -175,6 +185,89 @@ class Suite:
                     f"'{claim.metric}'{close_matches(claim.metric, known)}; it has "
                     f"{', '.join(known)}"
                 )
+
+    def _check_metric_names(self) -> None:
+        """Every column ``statistics`` and the claims name must exist, before anything trains.
+
+        Metric names are checked against what the variants' probes declare
+        (:func:`~mechscope.probe.declared_columns`); a probe that declares nothing leaves its
+        names unchecked. Claims group and filter by varied paths, ``variant`` or config
+        columns.
+
+        Raises:
+            ConfigError: naming the unknown column and what its probe does declare.
+        """
+        from mechscope.claims import named_columns, parse_claims
+
+        declared: dict[str, Metric] = {}
+        unchecked = {"time"}  # timings, and probes that declare nothing
+        config: set[str] = {"variant", "seed", "run_id", "status", "reason", *self.vary}
+        for planned in {run.variant.label: run for run in self.runs}.values():
+            built = planned.experiment.build_probes()
+            declared.update(declared_columns(built))
+            unchecked.update(name for name, probe in built.items() if not probe.metrics())
+            config.update(config_columns(planned.experiment.config))
+        prefixes = {column.split(".", 1)[0] for column in declared}
+
+        def check(column: Any, where: str, *, settings_too: bool = False) -> None:
+            column = str(column)
+            prefix = column.split(".", 1)[0]
+            if column in declared:
+                if declared[column].kind == "setting" and not settings_too:
+                    raise ConfigError(
+                        f"{where}: '{column}' is a setting, not a metric "
+                        f"({declared[column].meaning})"
+                    )
+                return
+            if prefix in unchecked or (settings_too and column in config):
+                return
+            if prefix not in prefixes:
+                probes = sorted((prefixes | unchecked) - {"train", "time"})
+                raise ConfigError(
+                    f"{where}: '{column}' names no probe of the suite"
+                    f"{close_matches(column, declared)}; columns are train.loss, train.r2 "
+                    f"or <probe>.<metric> with probes {', '.join(probes) or 'none'}"
+                )
+            known = [
+                name
+                for name, metric in declared.items()
+                if metric.kind == "metric" and name.startswith(f"{prefix}.")
+            ]
+            owner = "training" if prefix == "train" else f"probe '{prefix}'"
+            raise ConfigError(
+                f"{where}: {owner} declares no metric '{column}'"
+                f"{close_matches(column, known)}; it declares "
+                f"{', '.join(name.split('.', 1)[1] for name in known)}"
+            )
+
+        compare = self.statistics.get("compare", [])
+        if not isinstance(compare, list | tuple) or not all(isinstance(c, str) for c in compare):
+            raise ConfigError(
+                f'statistics.compare = {compare!r}: expected a list of columns, ["jpca.r2_skew"]'
+            )
+        for column in compare:
+            check(column, "statistics.compare")
+        correlate = self.statistics.get("correlate", [])
+        if not isinstance(correlate, list | tuple):
+            raise ConfigError(f"statistics.correlate = {correlate!r}: expected a list of [x, y]")
+        for pair in correlate:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ConfigError(f"statistics.correlate: {pair!r} is not a pair [x, y]")
+            for column in pair:
+                # Correlating a metric with a setting of the run (a gain, say) is legitimate.
+                check(column, "statistics.correlate", settings_too=True)
+        for claim in parse_claims(self.claims):
+            metrics, groupings = named_columns(claim)
+            for column in metrics:
+                check(column, f"claim '{claim.title}'")
+            for column in groupings:
+                if column not in config:
+                    options = sorted(c for c in config if not c.startswith("probes"))
+                    raise ConfigError(
+                        f"claim '{claim.title}': no column '{column}' to group or filter by"
+                        f"{close_matches(column, options)}; use a varied path "
+                        f"({', '.join(self.vary) or 'none'}), 'variant' or a config column"
+                    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "suite", **kwargs: Any) -> Suite:
@@ -325,7 +418,13 @@ class Suite:
             # Only an in-process executor can share this process's plugin manager.
             plugins=self.plugins if executor.in_process else None,
         )
-        bar = _overall_bar(len(self.runs), len(self.runs) - len(pending), progress)
+        phases = self._progress(len(self.runs) - len(pending)) if progress else None
+        # The phase comes from the lifecycle hooks, which fire here only for in-process runs.
+        watching = None
+        if phases is not None and executor.in_process:
+            watching = f"suite-progress-{id(phases)}"
+        if watching:
+            self.plugins.register(phases, name=watching)
         started = time.perf_counter()
         try:
             units = [[planned.experiment.config for planned in group] for group in groups]
@@ -337,11 +436,13 @@ class Suite:
                 else:
                     for planned in group:
                         outcomes[planned.run_id] = {"status": "failed", "reason": outcome.error}
-                if bar is not None:
-                    bar.update(len(group))
+                if phases is not None:
+                    phases.finished([outcomes[planned.run_id]["status"] for planned in group])
         finally:
-            if bar is not None:
-                bar.close()
+            if watching:
+                self.plugins.unregister(watching)
+            if phases is not None:
+                phases.close()
         cached = [run_id for run_id, o in outcomes.items() if o.get("status") == "cached"]
         runs.write_suite_record(
             self.record(wall_time_s=time.perf_counter() - started, cached=cached)
@@ -352,6 +453,11 @@ class Suite:
         else:  # results of an earlier definition of this suite no longer describe it
             runs.comparisons.suite_pairs_path(self.name).unlink(missing_ok=True)
         return table
+
+    def _progress(self, loaded: int) -> SuiteProgress:
+        """The overall bar: runs done of all, the phase of the group computing, cache reuse."""
+        labels = {p.run_id: (p.variant.label, p.seed) for p in self.runs}
+        return SuiteProgress(labels, total=len(self.runs), loaded=loaded)
 
     def _compare(self, runs: RunStore, table: pd.DataFrame, progress: bool) -> None:
         """The comparison stage: every pair of completed runs, saved beside the suite record."""
@@ -441,18 +547,6 @@ def run_configs(
         else:
             statuses.append({"status": outcome.status, "reason": outcome.trained.reason})
     return statuses
-
-
-def _overall_bar(total: int, done: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=done, desc="suite", unit="run", file=sys.stderr, dynamic_ncols=True
-    )
 
 
 #: The form of each top-level entry of a suite file that has one, with an example.

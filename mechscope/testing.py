@@ -5,7 +5,7 @@ component. Each check raises ``AssertionError`` with a message saying which cont
 
 Checks: :func:`check_task`, :func:`check_model`, :func:`check_trainer`, :func:`check_probe`,
 :func:`check_executor` and :func:`check_comparison` (plus :func:`check_config_roundtrip`,
-which they all run).
+which they all run, and :func:`check_metric_declarations`, which :func:`check_probe` runs).
 
 Example:
     >>> from mechscope.testing import check_task
@@ -33,6 +33,7 @@ from mechscope.model import AbstractModel, Noise, Trajectory
 from mechscope.plugins import Registry
 from mechscope.probe import (
     AbstractProbe,
+    Metric,
     ProbeResult,
     accepts,
     accepts_conditions,
@@ -304,7 +305,9 @@ def check_probe(
     """The probe contract: named float metrics, deterministic, the same with a shared run, savable.
 
     A probe whose ``run`` takes ``conditions`` must give the same metrics whether it is handed
-    ``condition_run(trained.model, task)`` (as an experiment does) or computes it itself.
+    ``condition_run(trained.model, task)`` (as an experiment does) or computes it itself. A
+    probe that declares its metrics (``metrics()``) must report exactly the declared names,
+    each with a one-line meaning (:func:`check_metric_declarations`).
 
     Args:
         probe: the probe to check.
@@ -332,6 +335,7 @@ def check_probe(
     for name, value in result.metrics.items():
         assert isinstance(name, str) and name, "metric names must be non-empty strings"
         assert isinstance(value, float), f"metric '{name}' is not a float"
+    check_metric_declarations(probe, result)
     again = run(trained, task, key=key, dependencies=dependencies)
     _assert_same_metrics(result, again, "for the same key")
     if accepts_conditions(probe):
@@ -346,6 +350,44 @@ def check_probe(
         for name, array in result.arrays.items():
             np.testing.assert_array_equal(loaded.arrays[name], array, err_msg=name)
     return result
+
+
+def check_metric_declarations(probe: AbstractProbe, result: ProbeResult) -> None:
+    """A probe that declares metrics reports exactly those, each explained in one line.
+
+    Probes that declare nothing (``metrics() == ()``) pass: declaring is optional, and only
+    declared probes get their names checked before training and explained in the report.
+
+    Args:
+        probe: the configured probe.
+        result: what its ``run`` returned.
+    """
+    declared = probe.metrics()
+    assert isinstance(declared, tuple), "metrics() must return a tuple of mechscope.Metric"
+    if not declared:
+        return
+    names = []
+    for metric in declared:
+        assert isinstance(metric, Metric), f"metrics() holds {metric!r}, not a mechscope.Metric"
+        names.append(metric.name)
+        assert metric.name and "\n" not in metric.name, "declared metric names must be non-empty"
+        meaning = metric.meaning.strip()
+        assert meaning, f"metric '{metric.name}' has an empty meaning"
+        for field in ("meaning", "unit", "direction"):
+            text = getattr(metric, field)
+            assert "\n" not in text, f"metric '{metric.name}': {field} must be one line"
+        assert metric.kind in ("metric", "setting"), f"metric '{metric.name}': unknown kind"
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    assert not repeated, f"metrics() declares these names more than once: {', '.join(repeated)}"
+    undeclared = sorted(set(result.metrics) - set(names))
+    assert not undeclared, (
+        f"run reported metrics that metrics() does not declare: {', '.join(undeclared)}"
+    )
+    missing = sorted(set(names) - set(result.metrics))
+    assert not missing, (
+        f"metrics() declares metrics that run did not report (report NaN when a value cannot "
+        f"be measured): {', '.join(missing)}"
+    )
 
 
 def _assert_same_metrics(expected: ProbeResult, got: ProbeResult, when: str) -> None:

@@ -108,3 +108,22 @@ def test_where_restricts_rows():
     assert evaluate(only_x, data)["verdict"] == "held"
     assert evaluate(only_y, data)["verdict"] == "did not hold"
     assert evaluate(only_x, data)["n"] == 16
+
+
+def test_named_columns_are_what_a_suite_checks_before_training():
+    from mechscope.claims import named_columns
+
+    assert named_columns(claim(kind="differs", metric="p.m", by="g")) == (["p.m"], ["g"])
+    assert named_columns(
+        claim(kind="exceeds", metric="p.m", threshold=0.5, where={"model.gain": 4.0})
+    ) == (["p.m"], ["model.gain"])
+    assert named_columns(claim(kind="correlates", x="p.x", y="q.y", sign="negative")) == (
+        ["p.x", "q.y"],
+        [],
+    )
+    # A mechanism claim's metric is its comparison's (checked against the comparison), not a
+    # table column; its grouping column is.
+    mechanism = claim(
+        kind="different_mechanism", comparison="dsa", metric="angular", by="g", a=1, b=2
+    )
+    assert named_columns(mechanism) == ([], ["g"])

@@ -41,7 +41,7 @@ def test_plugins_table(capsys, toys):
 
 
 def test_schema_prints_json_schema(capsys, toys):
-    assert main(["schema", "model", "toy_model"]) == 0
+    assert main(["schema", "model", "toy_model", "--json"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"n_units", "tau"}
     assert schema["properties"]["n_units"]["default"] == 4
@@ -136,6 +136,106 @@ def test_run_runs_report(tmp_path, capsys, toys):
     assert run_id in html and "data:image/png;base64," in html
     csv = (store / "report" / "runs.csv").read_text().splitlines()
     assert len(csv) == 3 and "toy_probe.mse" in csv[0]  # header and the two runs
+
+
+def test_schema_is_a_table_of_fields_and_a_probes_metrics(capsys, toys):
+    assert main(["schema", "model", "toy_model"]) == 0
+    title, _, header, *rows = capsys.readouterr().out.splitlines()
+    assert title.startswith("model 'toy_model'") and title.endswith("Linear Euler network.")
+    assert header.split() == ["field", "type", "default", "description"]
+    assert [row.split()[:3] for row in rows] == [["n_units", "int", "4"], ["tau", "float", "0.1"]]
+
+    entry = mechscope.get_registry().get("probe", "jpca")
+    declared = entry.build(entry.validate({})).metrics()
+    assert main(["schema", "probe", "jpca"]) == 0
+    output = capsys.readouterr().out
+    lines = output.splitlines()
+    assert any(line.split()[:3] == ["n_pcs", "int", "6"] for line in lines)
+    metrics_at = next(i for i, line in enumerate(lines) if line.startswith("metrics ("))
+    settings_at = next(i for i, line in enumerate(lines) if line.startswith("settings ("))
+    listed = lambda block: [line.split()[0] for line in block if line and not line[0].isspace()]  # noqa: E731
+    assert listed(lines[metrics_at + 2 : settings_at]) == [
+        m.name for m in declared if m.kind == "metric"
+    ]
+    assert listed(lines[settings_at + 2 :]) == ["soften_norm_used"]
+    assert any(line.split()[:2] == ["freq_hz_plane1", "Hz"] for line in lines)
+    assert "ΔX" in output and "\\u" not in output, "unicode is printed as itself"
+
+    assert main(["schema", "probe", "jpca", "--json"]) == 0
+    raw = capsys.readouterr().out
+    schema = json.loads(raw)
+    assert [m["name"] for m in schema["metrics"]] == [m.name for m in declared]
+    assert schema["properties"]["n_pcs"]["default"] == 6
+    assert "ΔX" in raw and "\\u" not in raw
+
+    assert main(["schema", "probe", "toy_probe"]) == 0
+    assert "metrics: not declared" in capsys.readouterr().out
+
+
+def test_runs_orders_suite_runs_by_variant_and_seed_and_shows_list_settings(tmp_path, capsys, toys):
+    from mechscope.suite import Suite
+
+    # Two lists longer than a truncated cell that differ only in their last element.
+    first = [round(0.1 * i, 1) for i in range(1, 12)]
+    second = [*first[:-1], 2.0]
+    store = tmp_path / "runs"
+    suite = Suite(
+        base={
+            "task": "toy_task",
+            "model": "toy_model",
+            "trainer": {"name": "toy_trainer", "steps": 2},
+            "probes": ["toy_probe"],
+        },
+        # Planned order: `second` first, seeds 1 then 0 (neither alphabetical nor ascending).
+        vary={"task.levels": [second, first]},
+        seeds=[1, 0],
+        name="lists",
+        plugins=toys,
+    )
+    suite.run(store=store, progress=False)
+    loose = tmp_path / "experiment.toml"
+    loose.write_text(
+        'task = "toy_task"\n[model]\nname = "toy_model"\n[trainer]\nname = "toy_trainer"\n'
+        "steps = 5\n"
+    )
+    assert main(["run", str(loose), "--out", str(store), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(store)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()[:-1]  # the hidden-columns note
+    assert header.split()[:4] == ["run_id", "status", "suite", "variant"]
+    assert "task.levels" in header.split()
+    by_id = {run.run_id: run for run in suite.runs}
+    listed = [row.split()[0] for row in rows]
+    assert [(by_id[r].variant.label, by_id[r].seed) for r in listed[:4]] == [
+        (f"task.levels={json.dumps(second)}", 0),
+        (f"task.levels={json.dumps(second)}", 1),
+        (f"task.levels={json.dumps(first)}", 0),
+        (f"task.levels={json.dumps(first)}", 1),
+    ]
+    assert [row.split()[2] for row in rows] == ["lists"] * 4 + ["-"], "the loose run comes last"
+    for row, run_id in zip(rows, listed[:4], strict=False):
+        levels = by_id[run_id].variant.values["task.levels"]
+        assert row.count(json.dumps(levels)) == 2, "variant and task.levels, both in full"
+
+
+def test_a_suite_naming_an_undeclared_metric_fails_before_training(tmp_path, capsys):
+    from .toys import FIT_CALLS
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        'seeds = 2\n[base]\ntask = "delayed_reach"\nprobes = ["jpca"]\n'
+        '[base.model]\nname = "ctrnn"\nn_units = 4\n[base.trainer]\nname = "bptt"\nsteps = 1\n'
+        '[vary]\n"model.activation" = ["tanh", "relu"]\n'
+        '[statistics]\ncompare = ["jpca.rotation_r2"]\n'
+    )
+    calls = len(FIT_CALLS)
+    assert main(["run", str(suite), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        "mechscope: error: statistics.compare: probe 'jpca' declares no metric 'jpca.rotation_r2'"
+    )
+    assert "; it declares r2_best, r2_skew, r2_ratio" in error and "\n" not in error
+    assert not (tmp_path / "runs").exists() and len(FIT_CALLS) == calls, "nothing trained"
 
 
 class DivergingTrainerConfig(mechscope.Config):

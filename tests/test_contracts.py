@@ -366,3 +366,124 @@ def test_check_comparison_fails_an_asymmetric_distance(tiny_reach_networks, getk
     runs, _ = tiny_reach_networks
     with pytest.raises(AssertionError, match="not symmetric"):
         check_comparison(_AsymmetricComparison(ToyProbeConfig()), runs, key=getkey())
+
+
+class DeclaredToyProbe(ToyProbe):
+    """Declares the toy probe's two metrics correctly (the positive control)."""
+
+    def metrics(self):
+        return (
+            mechscope.Metric("mse", "mean squared output error on the condition trials"),
+            mechscope.Metric("noise_draw", "a uniform draw from the probe's key", kind="setting"),
+        )
+
+
+class UndeclaredNameProbe(ToyProbe):
+    """Reports ``noise_draw`` but declares only ``mse``."""
+
+    def metrics(self):
+        return (mechscope.Metric("mse", "mean squared output error on the condition trials"),)
+
+
+class UnreportedNameProbe(DeclaredToyProbe):
+    """Declares a metric that its run never reports."""
+
+    def metrics(self):
+        return (*super().metrics(), mechscope.Metric("rmse", "root of mse"))
+
+
+class BadMeaningProbe(ToyProbe):
+    """Declares both names, one with a blank and one with a two-line meaning."""
+
+    def metrics(self):
+        return (
+            mechscope.Metric("mse", "  "),
+            mechscope.Metric("noise_draw", "a draw\nfrom the key"),
+        )
+
+
+def test_check_probe_holds_declared_probes_to_their_declarations(getkey):
+    task, model = toy_setup(getkey())
+    trained = mechscope.TrainedRun(model=model)
+    result = check_probe(DeclaredToyProbe(ToyProbeConfig()), trained, task, key=getkey())
+    assert set(result.metrics) == {"mse", "noise_draw"}
+    with pytest.raises(AssertionError, match="does not declare: noise_draw"):
+        check_probe(UndeclaredNameProbe(ToyProbeConfig()), trained, task, key=getkey())
+    with pytest.raises(AssertionError, match="did not report .*: rmse"):
+        check_probe(UnreportedNameProbe(ToyProbeConfig()), trained, task, key=getkey())
+    with pytest.raises(AssertionError, match="'mse' has an empty meaning"):
+        check_probe(BadMeaningProbe(ToyProbeConfig()), trained, task, key=getkey())
+
+
+def test_every_first_party_probe_declares_its_metrics():
+    """First-party probes all declare; config-dependent names follow the config."""
+    first_party = [e for e in REGISTRY.entries("probe") if e.distribution == "mechscope"]
+    assert {e.name for e in first_party} >= {"jpca", "tuning", "population", "fixed_points"}
+    for entry in first_party:
+        declared = entry.build(entry.validate({})).metrics()
+        assert declared, f"probe '{entry.name}' declares no metrics"
+        assert all(m.meaning.strip() for m in declared)
+
+    def names(probe, settings):
+        entry = REGISTRY.get("probe", probe)
+        return {m.name for m in entry.build(entry.validate(settings)).metrics()}
+
+    assert {"var_plane3", "freq_hz_plane3"} <= names("jpca", {"n_pcs": 6})
+    assert "var_plane2" in names("jpca", {"n_pcs": 4})
+    assert "var_plane3" not in names("jpca", {"n_pcs": 4})
+    robustness = names("robustness", {"input_noise": (0.0, 0.3), "recurrent_noise": (), "kick": ()})
+    assert robustness == {
+        "clean_r2",
+        "auc_input_noise",
+        "auc_endpoint_error_input_noise",
+        "r2_input_noise_0",
+        "r2_input_noise_0.3",
+        "endpoint_error_input_noise_0",
+        "endpoint_error_input_noise_0.3",
+    }
+    assert names("generalization", {"tasks": ("target_switch",)}) == {
+        "switch_endpoint_error",
+        "switch_success_rate",
+        "switch_reaction_time",
+        "switch_preparation_index",
+        "switch_reprepared_fraction",
+    }
+    settings = {
+        (probe, m.name)
+        for probe in ("jpca", "fixed_points")
+        for m in REGISTRY.get("probe", probe)
+        .build(REGISTRY.get("probe", probe).validate({}))
+        .metrics()
+        if m.kind == "setting"
+    }
+    assert settings == {("jpca", "soften_norm_used"), ("fixed_points", "n_inputs")}
+
+
+class NoGoTask(ToyTask):
+    """The toy task without any event: nothing to kick at, no preparatory state."""
+
+    def conditions(self):
+        trials = super().conditions()
+        return mechscope.Trials(
+            inputs=trials.inputs,
+            targets=trials.targets,
+            mask=trials.mask,
+            times=trials.times,
+            labels=trials.labels,
+        )
+
+
+def test_robustness_reports_its_declared_kick_metrics_as_nan_without_a_go_event(getkey):
+    task, model = toy_setup(getkey())
+    task = NoGoTask(task.config)
+    entry = REGISTRY.get("probe", "robustness")
+    probe = entry.build(
+        entry.validate(
+            {"input_noise": (0.0, 0.1), "recurrent_noise": (), "kick": (0.0, 0.2), "n_repeats": 1}
+        )
+    )
+    result = check_probe(probe, mechscope.TrainedRun(model=model), task, key=getkey())
+    kick = {name: value for name, value in result.metrics.items() if "kick" in name}
+    assert set(kick) == {m.name for m in probe.metrics() if "kick" in m.name}
+    assert len(kick) == 6 and all(np.isnan(value) for value in kick.values())
+    assert np.isfinite(result.metrics["r2_input_noise_0.1"])

@@ -413,6 +413,290 @@ def test_a_failed_save_loses_only_that_seed(plugins, recorded, tmp_path, monkeyp
     recorded.assert_paired(table["run_id"])
 
 
+# Metric names are checked against the probes' declarations before anything trains.
+
+from .toys import ToyProbe, ToyProbeConfig  # noqa: E402 - kept with the tests that use them
+
+
+class DeclaredProbe(ToyProbe):
+    """The toy probe with its metrics declared: ``mse`` a metric, ``noise_draw`` a setting."""
+
+    def metrics(self):
+        return (
+            mechscope.Metric("mse", "mean squared output error on the condition trials"),
+            mechscope.Metric("noise_draw", "a uniform draw from the probe's key", kind="setting"),
+        )
+
+
+class DeclaredPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_probes(self, register):
+        register("declared_probe", ToyProbeConfig, DeclaredProbe)
+
+
+@pytest.fixture
+def declared(plugins):
+    plugins.register(DeclaredPlugin(), name="declared")
+    return plugins
+
+
+DECLARED_BASE = {**BASE, "probes": ["declared_probe", "toy_probe"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (
+            {"statistics": {"compare": ["declared_probe.mes"]}},
+            "statistics.compare: probe 'declared_probe' declares no metric 'declared_probe.mes' "
+            "(did you mean 'declared_probe.mse'?); it declares mse",
+        ),
+        (
+            {"statistics": {"compare": ["declared_probe.noise_draw"]}},
+            "statistics.compare: 'declared_probe.noise_draw' is a setting, not a metric",
+        ),
+        (
+            {"statistics": {"correlate": [["declared_probe.mse", "train.los"]]}},
+            "statistics.correlate: training declares no metric 'train.los' "
+            "(did you mean 'train.loss'?); it declares loss, r2",
+        ),
+        (
+            {
+                "claims": [
+                    {"kind": "exceeds", "title": "t", "metric": "declard_probe.mse", "threshold": 0}
+                ]
+            },
+            "claim 't': 'declard_probe.mse' names no probe of the suite "
+            "(did you mean 'declared_probe.mse'?)",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "correlates",
+                        "title": "c",
+                        "x": "declared_probe.mse",
+                        "y": "declared_probe.noise_draw",
+                        "sign": "positive",
+                    }
+                ]
+            },
+            "claim 'c': 'declared_probe.noise_draw' is a setting, not a metric",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "differs",
+                        "title": "d",
+                        "metric": "declared_probe.mse",
+                        "by": "model.taus",
+                    }
+                ]
+            },
+            "claim 'd': no column 'model.taus' to group or filter by (did you mean 'model.tau'?)",
+        ),
+        (
+            {
+                "claims": [
+                    {
+                        "kind": "exceeds",
+                        "title": "w",
+                        "metric": "declared_probe.mse",
+                        "threshold": 0,
+                        "where": {"modle.tau": 0.1},
+                    }
+                ]
+            },
+            "claim 'w': no column 'modle.tau' to group or filter by (did you mean 'model.tau'?)",
+        ),
+    ],
+)
+def test_unknown_metric_or_column_fails_before_training(declared, tmp_path, options, fragment):
+    calls = len(FIT_CALLS)
+    with pytest.raises(ConfigError) as caught:
+        Suite(base=DECLARED_BASE, vary=VARY, seeds=1, plugins=declared, **options).run(
+            store=tmp_path / "runs", progress=False
+        )
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert len(FIT_CALLS) == calls, "nothing may train for a suite naming an unknown column"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_declared_names_undeclared_probes_and_config_columns_are_accepted(declared):
+    suite = Suite(
+        base=DECLARED_BASE,
+        vary=VARY,
+        seeds=1,
+        plugins=declared,
+        # toy_probe declares nothing, so its names cannot be checked and pass unchecked.
+        statistics={
+            "compare": ["declared_probe.mse", "train.loss", "toy_probe.anything"],
+            "correlate": [["declared_probe.noise_draw", "model.tau"]],
+        },
+        claims=[
+            {"kind": "differs", "title": "a", "metric": "declared_probe.mse", "by": "model.tau"},
+            {"kind": "differs", "title": "b", "metric": "toy_probe.mse", "by": "variant"},
+            {
+                "kind": "exceeds",
+                "title": "c",
+                "metric": "train.r2",
+                "threshold": 0,
+                "where": {"model.n_units": 3},
+            },
+        ],
+    )
+    assert len(suite.runs) == 4
+
+
+def test_first_party_declarations_catch_a_typo_in_a_ready_suite():
+    """The kao2019 suite passes as written; one typo in it names jPCA's declared metrics."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "suites" / "kao2019-small.toml").read_text())
+    assert len(Suite.from_dict(data).runs) == 10
+    data["statistics"]["compare"][0] = "jpca.r2_skw"
+    with pytest.raises(ConfigError) as caught:
+        Suite.from_dict(data)
+    message = str(caught.value)
+    assert "probe 'jpca' declares no metric 'jpca.r2_skw' (did you mean 'jpca.r2_skew'?)" in message
+    assert "r2_best, r2_skew, r2_ratio" in message
+    assert "soften_norm_used" not in message, "settings are not offered as metrics"
+
+
+# The overall bar shows the phase of the group computing and how much came from the cache.
+
+
+class JointToyTrainer(ToyTrainer):
+    """Trains its seeds in lockstep and tags each evaluation with the network's index, as a
+    vmapping trainer does."""
+
+    def fit_many(self, models, task, *, keys, callbacks=(), checkpoint_dirs=None):
+        import jax
+        import numpy as np
+        import optax
+
+        from .toys import _toy_step
+
+        models = list(models)
+        states = [optax.sgd(self.config.learning_rate).init(eqx_arrays(m)) for m in models]
+        for model in models:
+            for callback in callbacks:
+                callback.on_train_start(model=model, task=task, n_steps=self.config.steps)
+        losses = [[] for _ in models]
+        for index in range(self.config.steps):
+            for seed, key in enumerate(keys):
+                models[seed], states[seed], loss = _toy_step(
+                    models[seed], states[seed], task, jax.random.fold_in(key, index), self.config
+                )
+                losses[seed].append(float(loss))
+                for callback in callbacks:
+                    callback.on_evaluation(
+                        step=index + 1, metrics={"loss": float(loss), "seed": seed}
+                    )
+        runs = []
+        for model, history in zip(models, losses, strict=True):
+            run = mechscope.TrainedRun(
+                model=model,
+                history={"step": np.arange(1, len(history) + 1), "loss": np.asarray(history)},
+                metadata={"wall_time_s": 0.0},
+            )
+            for callback in callbacks:
+                callback.on_train_end(run=run)
+            runs.append(run)
+        return runs
+
+
+def eqx_arrays(model):
+    import equinox as eqx
+
+    return eqx.filter(model, eqx.is_array)
+
+
+class JointPlugin:
+    @mechscope.hookimpl
+    def mechscope_register_trainers(self, register):
+        register("joint_toy_trainer", ToyTrainerConfig, JointToyTrainer)
+
+
+def status_lines(stream: str) -> list[str]:
+    """Each state the bar was drawn in (tqdm redraws a line after a carriage return)."""
+    lines = (line.rstrip() for chunk in stream.split("\n") for line in chunk.split("\r"))
+    return [line for line in lines if line]
+
+
+def test_suite_bar_shows_training_and_probe_phases_and_cache_reuse(plugins, tmp_path, capsys):
+    plugins.register(JointPlugin(), name="joint")
+    base = {
+        **BASE,
+        "trainer": {"name": "joint_toy_trainer", "steps": 3},
+        "probes": ["toy_probe", "dependent_probe"],
+    }
+    capsys.readouterr()
+    table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=True)
+    lines = status_lines(capsys.readouterr().err)
+    assert "0 loaded, 0 computed" in lines[1], "shown before anything trains"
+    # The group's loss at the last step is the mean of its runs' final losses.
+    loss = table["train.loss"].mean()
+    last_step = f"0 loaded, 0 computed | training [base] (2 seeds): step 3/3, loss {loss:.4g}"
+    assert any(line.endswith(last_step + "]") for line in lines), lines
+    assert any("training [base] (2 seeds): step 1/3" in line for line in lines)
+    trained = lines.index(next(line for line in lines if line.endswith(last_step + "]")))
+    for seed in (0, 1):
+        order = [
+            next(i for i, line in enumerate(lines) if line.endswith(f"probing [base] {what}]"))
+            for what in (f"seed {seed}: toy_probe", f"seed {seed}: dependent_probe")
+        ]
+        assert trained < order[0] < order[1], "after training, each probe in the order it runs"
+    assert "2/2" in lines[-1] and lines[-1].endswith("0 loaded, 2 computed]")
+
+    # A third seed: two runs are reused, one trains (alone: the label names its seed).
+    Suite(base=base, seeds=3, plugins=plugins).run(store=tmp_path, progress=True)
+    again = status_lines(capsys.readouterr().err)
+    assert "2 loaded, 0 computed" in again[1]
+    assert any("2 loaded, 0 computed | training [base] seed 2: step 3/3" in line for line in again)
+    assert not any("seed 0" in line or "seed 1" in line for line in again), "cached: not rerun"
+    assert again[-1].endswith("2 loaded, 1 computed]")
+
+
+class ProgressEvents:
+    """Records training progress and probe hooks by run."""
+
+    def __init__(self):
+        self.events = []
+
+    @mechscope.hookimpl
+    def mechscope_train_progress(self, run_id, step):
+        self.events.append(("progress", run_id, step))
+
+    @mechscope.hookimpl
+    def mechscope_probe_start(self, run_id, probe):
+        self.events.append(("probe_start", run_id, probe))
+
+    @mechscope.hookimpl
+    def mechscope_probe_result(self, run_id, probe):
+        self.events.append(("probe_result", run_id, probe))
+
+
+def test_seeds_trained_one_after_another_report_progress_under_their_own_runs(plugins, tmp_path):
+    """ToyTrainer's fit_many is the default (one network after another, untagged rows)."""
+    recorder = ProgressEvents()
+    plugins.register(recorder, name="progress-events")
+    base = {**BASE, "probes": ["toy_probe", "dependent_probe"]}
+    table = Suite(base=base, seeds=2, plugins=plugins).run(store=tmp_path, progress=False)
+    first, second = table["run_id"]
+    progress = [(run_id, step) for kind, run_id, step in recorder.events if kind == "progress"]
+    assert progress == [(first, 1), (first, 2), (first, 3), (second, 1), (second, 2), (second, 3)]
+    probes = [event for event in recorder.events if event[0] != "progress"]
+    assert probes == [
+        (kind, run_id, probe)
+        for run_id in (first, second)
+        for probe in ("toy_probe", "dependent_probe")
+        for kind in ("probe_start", "probe_result")
+    ]
+
+
 @pytest.mark.parametrize(
     ("vary", "fragment"),
     [

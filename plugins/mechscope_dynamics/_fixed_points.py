@@ -155,6 +155,10 @@ class FixedPointsProbe(mechscope.AbstractProbe):
 
     config: FixedPointsConfig = eqx.field(static=True)
 
+    def metrics(self) -> tuple[mechscope.Metric, ...]:
+        """Fixed-point counts per input, the delay-attractor verdict and its measurements."""
+        return fixed_point_metrics(self.config)
+
     def run(
         self,
         trained: mechscope.TrainedRun,
@@ -216,6 +220,78 @@ class FixedPointsProbe(mechscope.AbstractProbe):
 
 
 _KIND_CODE = {"delay": 0, "go": 1, "zero": 2}
+
+
+def fixed_point_metrics(config: FixedPointsConfig) -> tuple[mechscope.Metric, ...]:
+    """What :class:`FixedPointsProbe` reports (counts of every input kind, NaN if not analysed)."""
+    metric = mechscope.Metric
+    per_kind = {
+        "delay": "each condition's input just before go",
+        "go": "each condition's input just after go",
+        "zero": "zero input",
+    }
+    declared = [
+        metric(
+            "n_inputs",
+            "number of distinct constant inputs analysed (from the configured input kinds and "
+            "the task's conditions)",
+            kind="setting",
+        ),
+        metric("n_fixed_per_input", "mean number of fixed points found per constant input"),
+        metric(
+            "n_stable_per_input",
+            "mean number of stable fixed points (every Re λ < 0; |λ| < 1 in golub mode) per input",
+        ),
+        metric("n_unstable_per_input", "mean number of unstable fixed points per input"),
+        metric(
+            "n_slow_per_input",
+            "mean number of slow points (local minima of ½‖f‖² that are not zeros) per input",
+        ),
+    ]
+    for kind, meaning in per_kind.items():
+        declared += [
+            metric(
+                f"n_stable_{kind}",
+                f"mean number of stable fixed points for {meaning} (NaN if not analysed)",
+            ),
+            metric(
+                f"n_unstable_{kind}",
+                f"mean number of unstable fixed points for {meaning} (NaN if not analysed)",
+            ),
+        ]
+    declared += [
+        metric(
+            "attractor_fraction",
+            "fraction of conditions whose end-of-delay state lies within "
+            f"{config.attractor_radius:g} × the trajectory scale of a stable fixed point of "
+            "its delay input",
+            direction="higher = more attractor-like preparation",
+        ),
+        metric(
+            "mean_attractor_distance",
+            "mean distance from the end-of-delay state to the nearest stable fixed point of "
+            "its delay input, in trajectory scales",
+            direction="lower = preparation closer to an attractor",
+        ),
+        metric(
+            "fraction_without_stable_point",
+            "fraction of conditions whose delay input has no stable fixed point",
+        ),
+        metric(
+            "mean_end_of_delay_speed",
+            "mean speed ‖f(x, u)‖ of the end-of-delay state under its delay input, relative to "
+            "the trajectories' typical speed",
+            direction="lower = preparatory state held more still",
+        ),
+        metric(
+            "slowest_time_constant_delay",
+            "mean over the delay inputs' stable fixed points of their slowest decay time "
+            "constant −1/Re λ (continuous-time searches)",
+            unit="s",
+            direction="higher = slower forgetting",
+        ),
+    ]
+    return tuple(declared)
 
 
 def _metrics(

@@ -158,10 +158,60 @@ def preparation_index(
     return index
 
 
+_TAGS = {"target_switch": "switch", "target_relocation": "relocation"}
+
+
+def generalization_metrics(config: GeneralizationConfig) -> tuple[mechscope.Metric, ...]:
+    """What :class:`GeneralizationProbe` reports: five metrics per configured task."""
+    metric = mechscope.Metric
+    declared = []
+    for name in config.tasks:
+        tag = _TAGS[name]
+        trials = f"{name} condition trials"
+        declared += [
+            metric(
+                f"{tag}_endpoint_error",
+                f"mean distance of the final hand position from the final target on {trials}",
+                unit="output units",
+                direction="lower = better generalisation",
+            ),
+            metric(
+                f"{tag}_success_rate",
+                f"fraction of {trials} ending within {config.success_radius:g} × the final "
+                "target's distance of it",
+                direction="higher = better generalisation",
+            ),
+            metric(
+                f"{tag}_reaction_time",
+                f"mean time from go until hand speed first exceeds "
+                f"{config.onset_speed_fraction:g} × its peak, on {trials}",
+                unit="s",
+            ),
+            metric(
+                f"{tag}_preparation_index",
+                "mean over moved-target trials of (d_first − d_final)/(d_first + d_final), the "
+                "state's distances at movement onset to the two targets' preparatory states "
+                "(1 = re-prepared for the final target; NaN if a target was never trained)",
+                direction="higher = more re-preparation",
+            ),
+            metric(
+                f"{tag}_reprepared_fraction",
+                "fraction of moved-target trials whose state at movement onset is nearer the "
+                "final target's preparatory state than the first target's",
+                direction="higher = more re-preparation",
+            ),
+        ]
+    return tuple(declared)
+
+
 class GeneralizationProbe(mechscope.AbstractProbe):
     """A network trained on delayed reach, run on target-switch and target-relocation trials."""
 
     config: GeneralizationConfig = eqx.field(static=True)
+
+    def metrics(self) -> tuple[mechscope.Metric, ...]:
+        """Endpoint error, success, reaction time and re-preparation on each evaluation task."""
+        return generalization_metrics(self.config)
 
     def run(
         self,
@@ -191,7 +241,7 @@ class GeneralizationProbe(mechscope.AbstractProbe):
         go = event_index(base.trials, "go")
         prep = base.states[np.arange(base.states.shape[0]), go] if go is not None else None
         prep_targets = np.asarray(base.trials.labels.get("target", np.zeros((0, 2))))
-        short = {"target_switch": "switch", "target_relocation": "relocation"}
+        short = _TAGS
         metrics: dict[str, float] = {}
         arrays: dict[str, np.ndarray] = {}
         panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -223,6 +273,9 @@ class GeneralizationProbe(mechscope.AbstractProbe):
                     float(np.mean(index[measured] > 0)) if measured.any() else float("nan")
                 )
                 arrays[f"{tag}_preparation_index"] = index
+            else:  # no go event: no preparatory states to compare with
+                metrics[f"{tag}_preparation_index"] = float("nan")
+                metrics[f"{tag}_reprepared_fraction"] = float("nan")
             arrays[f"{tag}_endpoint_error"] = result["error"]
             arrays[f"{tag}_reaction_time"] = result["reaction_time"]
             arrays[f"{tag}_positions"] = result["positions"]

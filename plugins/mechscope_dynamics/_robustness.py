@@ -144,10 +144,68 @@ def _endpoint_error(outputs: np.ndarray, trials: mechscope.Trials, channels: tup
     return np.linalg.norm(end - target, axis=-1)
 
 
+_PERTURBATIONS = {
+    "input_noise": ("input noise σ_in = {:g}", "input-noise levels"),
+    "recurrent_noise": ("recurrent noise σ_rec = {:g}", "recurrent-noise levels"),
+    "kick": ("a state kick at go of {:g} × the trajectory scale", "kick sizes"),
+}
+
+
+def robustness_metrics(config: RobustnessConfig) -> tuple[mechscope.Metric, ...]:
+    """What :class:`RobustnessProbe` reports with `config`: names follow its levels."""
+    metric = mechscope.Metric
+    declared = [metric("clean_r2", "output R² on the noise-free condition trials")]
+    sweeps = {
+        "input_noise": config.input_noise,
+        "recurrent_noise": config.recurrent_noise,
+        "kick": config.kick,
+    }
+    repeats = f"mean of {config.n_repeats} repeat(s)"
+    for kind, levels in sweeps.items():
+        if not levels:
+            continue
+        perturbation, sweep = _PERTURBATIONS[kind]
+        span = f"{sweep} {levels[0]:g}–{levels[-1]:g}"
+        declared += [
+            metric(
+                f"auc_{kind}",
+                f"mean output R² over the {span} (area under the curve / range)",
+                direction="higher = more robust",
+            ),
+            metric(
+                f"auc_endpoint_error_{kind}",
+                f"mean endpoint error over the {span} (area under the curve / range)",
+                unit="output units",
+                direction="lower = more robust",
+            ),
+        ]
+        for level in levels:
+            declared += [
+                metric(
+                    f"r2_{kind}_{level:g}",
+                    f"output R² under {perturbation.format(level)} ({repeats})",
+                    direction="higher = more robust",
+                ),
+                metric(
+                    f"endpoint_error_{kind}_{level:g}",
+                    "distance of the output from the target at the last masked sample under "
+                    f"{perturbation.format(level)} ({repeats})",
+                    unit="output units",
+                    direction="lower = more robust",
+                ),
+            ]
+    # Levels that print alike (a repeated level) share a name, as they do in run's metrics.
+    return tuple({m.name: m for m in declared}.values())
+
+
 class RobustnessProbe(mechscope.AbstractProbe):
     """Robustness of the output to input noise, recurrent noise and state kicks at go time."""
 
     config: RobustnessConfig = eqx.field(static=True)
+
+    def metrics(self) -> tuple[mechscope.Metric, ...]:
+        """Clean R², then per perturbation its AUCs and R² and endpoint error per level."""
+        return robustness_metrics(self.config)
 
     def run(
         self,
@@ -215,7 +273,9 @@ class RobustnessProbe(mechscope.AbstractProbe):
             arrays[f"r2_{kind}"] = r2
             arrays[f"endpoint_error_{kind}"] = error
         if "kick" not in curves and config.kick:
-            metrics["auc_kick"] = float("nan")
+            # A task without a go event has nowhere to kick: its kick metrics are NaN.
+            kick_names = [m.name for m in robustness_metrics(config) if "kick" in m.name]
+            metrics.update(dict.fromkeys(kick_names, float("nan")))
         from mechscope_dynamics._plot import curves_figure
 
         figures = {"robustness": lambda: curves_figure(curves, r2_curves, "output R²")}

@@ -101,6 +101,22 @@ class OutputError(mechscope.AbstractProbe):
 
     config: OutputErrorConfig = eqx.field(static=True)
 
+    def metrics(self) -> tuple[mechscope.Metric, ...]:
+        """Declared up front, so suites can check the names a config uses before training."""
+        return (
+            mechscope.Metric(
+                "rmse",
+                "root-mean-square output error over the masked samples of the condition trials",
+                unit="output units",
+                direction="lower = better",
+            ),
+            mechscope.Metric(
+                "r2",
+                "R² of the outputs against the targets on the condition trials",
+                direction="higher = better",
+            ),
+        )
+
     def run(
         self,
         trained: mechscope.TrainedRun,
