@@ -17,7 +17,7 @@ import pydantic
 from scipy import stats as scipy_stats
 
 from mechscope.errors import ConfigError
-from mechscope.stats import RESAMPLES, bootstrap_ci
+from mechscope.stats import MIN_N_FOR_CI, RESAMPLES, bootstrap_ci
 
 
 class _Claim(pydantic.BaseModel):
@@ -157,7 +157,12 @@ def _groups(table: pd.DataFrame, metric: str, by: str) -> dict[Any, np.ndarray]:
     return groups
 
 
-def _matches(value: Any, wanted: Any) -> bool:
+def cell_matches(value: Any, wanted: Any) -> bool:
+    """Whether a table cell equals a value a config names (``where``, ``a``/``b``).
+
+    TOML gives ``0.0`` where the table may hold ``0`` or ``"0.0"``; equal values, or equal
+    text, match.
+    """
     try:
         return bool(value == wanted) or str(value) == str(wanted)
     except (TypeError, ValueError):
@@ -165,7 +170,7 @@ def _matches(value: Any, wanted: Any) -> bool:
 
 
 def _difference_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < MIN_N_FOR_CI or len(b) < MIN_N_FOR_CI:
         return math.nan, math.nan
     result = scipy_stats.bootstrap(
         (a, b),
@@ -207,7 +212,7 @@ def evaluate(claim: Any, table: pd.DataFrame, pairs: pd.DataFrame | None = None)
                 "measured": f"column '{column}' (in where) is not in the table",
                 "verdict": "inconclusive",
             }
-        table = table[[_matches(cell, value) for cell in table[column]]]
+        table = table[[cell_matches(cell, value) for cell in table[column]]]
     try:
         if isinstance(claim, MECHANISM_CLAIMS):
             return {**out, **_evaluate_mechanism(claim, table, pairs)}
@@ -264,7 +269,7 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
     groups = _groups(table, claim.metric, claim.by)
     n = int(sum(len(v) for v in groups.values()))
     if isinstance(claim, Differs):
-        usable = [v for v in groups.values() if len(v) >= 2]
+        usable = [v for v in groups.values() if len(v) >= MIN_N_FOR_CI]
         if len(usable) < 2:
             return {
                 "measured": f"{claim.metric} across {claim.by}",
@@ -292,8 +297,8 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             "verdict": "held" if test.pvalue < claim.alpha else "did not hold",
         }
     if isinstance(claim, Greater):
-        a = next((v for k, v in groups.items() if _matches(k, claim.a)), np.array([]))
-        b = next((v for k, v in groups.items() if _matches(k, claim.b)), np.array([]))
+        a = next((v for k, v in groups.items() if cell_matches(k, claim.a)), np.array([]))
+        b = next((v for k, v in groups.items() if cell_matches(k, claim.b)), np.array([]))
         low, high = _difference_ci(a, b)
         effect = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
         verdict = (
@@ -308,7 +313,7 @@ def _evaluate(claim: Any, table: pd.DataFrame) -> dict[str, Any]:
             "verdict": verdict,
         }
     if isinstance(claim, Similar):
-        usable = {k: v for k, v in groups.items() if len(v) >= 2}
+        usable = {k: v for k, v in groups.items() if len(v) >= MIN_N_FOR_CI}
         if len(usable) < 2:
             return {
                 "measured": f"{claim.metric} across {claim.by}",
@@ -352,15 +357,23 @@ def _evaluate_mechanism(
     if claim.by not in done:
         raise KeyError(claim.by)
     chosen_rows = [
-        (run_id, "a" if _matches(g, claim.a) else "b")
+        (run_id, "a" if cell_matches(g, claim.a) else "b")
         for run_id, g in zip(done["run_id"], done[claim.by], strict=True)
-        if _matches(g, claim.a) or _matches(g, claim.b)
+        if cell_matches(g, claim.a) or cell_matches(g, claim.b)
     ]
     runs = [run_id for run_id, _ in chosen_rows]
     labels = [label for _, label in chosen_rows]
     n_a, n_b = labels.count("a"), labels.count("b")
     if n_a < 2 or n_b < 2:
         return {"measured": measured, "n": n_a + n_b, "verdict": "inconclusive"}
+    if isinstance(claim, SameMechanism) and min(n_a, n_b) < MIN_N_FOR_CI:
+        # Equivalence rests on a bootstrap bound, meaningless over two networks per group;
+        # PERMANOVA (different_mechanism) stays honest at any n through its smallest p.
+        return {
+            "measured": f"{measured}: fewer than {MIN_N_FOR_CI} networks per group",
+            "n": n_a + n_b,
+            "verdict": "inconclusive",
+        }
     try:
         matrix = distance_matrix(chosen, claim.metric, runs)
     except ValueError:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mechscope.errors import ConfigError, MechscopeError
+from mechscope.probe import Metric
 
 DEBUG_VARIABLE = "MECHSCOPE_DEBUG"
 
@@ -116,9 +117,13 @@ def _schema(arguments: argparse.Namespace) -> int:
     # A probe's metrics are those of its default config (some names follow the config); a
     # probe whose config has required fields has no default config to ask.
     required = any(field.is_required() for field in entry.config_class.model_fields.values())
-    metrics = (
-        entry.build(entry.validate({})).metrics() if entry.kind == "probe" and not required else ()
-    )
+    metrics: tuple[Metric, ...] = ()
+    unavailable = ""
+    if entry.kind == "probe" and not required:
+        try:
+            metrics = entry.build(entry.validate({})).metrics()
+        except Exception as error:  # noqa: BLE001 - a plugin's default config or metrics() may fail
+            unavailable = f"metrics unavailable: {type(error).__name__}: {error}"
     if arguments.json:
         schema = entry.config_class.model_json_schema()
         if entry.kind == "probe":
@@ -134,6 +139,8 @@ def _schema(arguments: argparse.Namespace) -> int:
         print()
         if required:
             print("metrics: this probe's config has required fields; its metrics follow them")
+        elif unavailable:
+            print(unavailable)
         elif not metrics:
             print("metrics: not declared (suites cannot check this probe's metric names)")
         for kind, title in (

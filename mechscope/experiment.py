@@ -95,6 +95,7 @@ class Experiment:
         probes: Sequence[Any] = (),
         seed: int = 0,
         plugins: PluginManager | None = None,
+        check_resources: bool = True,
     ) -> None:
         self.plugins = plugins or get_plugin_manager()
         registry = self.plugins.registry
@@ -108,7 +109,8 @@ class Experiment:
         self._probes = self._with_requirements(
             [_Resolved(*registry.resolve(ComponentSpec.parse("probe", p))) for p in probes]
         )
-        self.check_memory()
+        if check_resources:  # False to rebuild a stored run only to read its components
+            self.check_memory()
 
     def check_memory(self, *, n_networks: int = 1, where: str = "run") -> MemoryEstimate:
         """Refuse (ConfigError) a run whose estimated peak memory exceeds what is available.
@@ -420,6 +422,9 @@ def _run_group(
             else:
                 todo.append(experiment)
         ordered = sorted(todo, key=lambda e: e.run_id)
+        # What another process stores from the moment its lock is found is reused, even with
+        # `force`: the user asked to recompute old results, not to repeat a run just finished.
+        waiting_since = time.time()
         elsewhere = []
         for experiment in ordered:
             lock = store.try_lock(experiment.run_id)
@@ -433,7 +438,6 @@ def _run_group(
         done.update(_compute_locked(mine, store, reuse_after, progress, callbacks))
         for experiment in mine:
             held.pop(experiment.run_id).release()
-        waiting_since = time.time()
         waited = []
         for experiment in elsewhere:
             try:
@@ -645,7 +649,7 @@ def _stamped(run: TrainedRun) -> TrainedRun:
     jointly = run.metadata.get("parallel_seeds", 1)
     metadata = {
         **run.metadata,
-        "trained_jointly_with": int(jointly) if isinstance(jointly, int | float) else 1,
+        "trained_jointly_with": jointly if type(jointly) is int and jointly >= 1 else 1,
         "environment": training_environment(),
     }
     return dataclasses.replace(run, metadata=metadata)

@@ -174,7 +174,11 @@ def _representation(
     if missing:
         raise ConfigError(f"its {', '.join(missing)} probe result is missing")
     # The task comes from the run's own config, through the suite's plugins.
-    experiment = Experiment.from_dict(dict(run.header.config), plugins=plugins)
+    # Only its task is built here: a run trained elsewhere is not refused for this machine's
+    # memory.
+    experiment = Experiment.from_dict(
+        dict(run.header.config), plugins=plugins, check_resources=False
+    )
     task = experiment.build_task()
     conditions = condition_run(run.trained.model, task)
     seed_key = jax.random.fold_in(

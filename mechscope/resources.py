@@ -132,12 +132,13 @@ def _asked(config: Any, shape: RunShape, *, default: float) -> float:
 
 
 def available_memory() -> float | None:
-    """Bytes this process can still allocate: the lower of free RAM and the cgroup's limit.
+    """Bytes this process can still allocate: the least of free RAM, cgroup and device memory.
 
-    Reads ``/proc/meminfo`` (``MemAvailable``) and the cgroup v2 limit, falling back to
-    ``os.sysconf``; None where none of them can be read.
+    Reads ``/proc/meminfo`` (``MemAvailable``), the cgroup v2 limit and, on an accelerator,
+    JAX's statistics of the default device, falling back to ``os.sysconf``; None where none
+    of them can be read.
     """
-    candidates = [_meminfo_available(), _cgroup_available()]
+    candidates = [_meminfo_available(), _cgroup_available(), _accelerator_available()]
     known = [c for c in candidates if c is not None]
     if not known:
         try:
@@ -145,6 +146,20 @@ def available_memory() -> float | None:
         except (AttributeError, OSError, ValueError):
             return None
     return min(known)
+
+
+def _accelerator_available() -> float | None:
+    """Free memory of JAX's default device when it is an accelerator (None on the CPU)."""
+    try:
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return None
+        stats = device.memory_stats() or {}
+        return float(stats["bytes_limit"]) - float(stats.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001 - no backend, or no memory stats: nothing to add
+        return None
 
 
 def _meminfo_available() -> float | None:

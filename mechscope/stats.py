@@ -30,11 +30,19 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
     ]
 
 
+MIN_N_FOR_CI = 3
+"""Fewest values a confidence interval (or a claim's verdict) is computed from.
+
+A bootstrap over two values has only three distinct resamples, so its "95% CI" is the range
+of the two values; below this, CIs are NaN, claims are inconclusive and the report says why.
+"""
+
+
 def bootstrap_ci(values: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of the mean (BCa, falling back to percentile); NaN for n < 2."""
+    """95% bootstrap CI of the mean (BCa, falling back to percentile); NaN for n < MIN_N_FOR_CI."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    if values.size < 2:
+    if values.size < MIN_N_FOR_CI:
         return math.nan, math.nan
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])

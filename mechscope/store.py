@@ -148,8 +148,28 @@ def _read_json(path: Path, schema: Any) -> Any:
 
 
 HOST = socket.gethostname()
-# Host names may hold any character; temporary names carry a short digest of it instead.
-_HOST_TAG = hashlib.sha256(HOST.encode()).hexdigest()[:8]
+
+
+def _process_space() -> str:
+    """What makes a pid meaningful: the host name, the boot and the pid namespace.
+
+    Two containers can share a host name (host networking, ``--hostname``) yet not their pids;
+    a pid is judged alive or dead only by a process that sees the same pid space.
+    """
+    parts = [HOST]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(
+                os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip()
+            )
+        except OSError:
+            parts.append("")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+PROCESS_SPACE = _process_space()
+# Host names may hold any character; temporary names carry a short digest of the pid space.
+_HOST_TAG = PROCESS_SPACE[:8]
 # `.<name>.tmp-<pid>-<host tag>-<random>` (or `.old-`, a replaced copy being deleted). Names
 # without a host (`.<name>.tmp-<pid>-<random>`, a trainer's checkpoint files) or from older
 # versions (`.<name>.tmp-<random>`) match too, and are judged by age alone.
@@ -543,6 +563,8 @@ class LockHolder(pydantic.BaseModel):
         host: the holder's host name.
         started: when the lock was taken (seconds since the epoch).
         token: unique to this taking of the lock, so a holder never releases another's.
+        process_space: digest of host, boot and pid namespace; only a process in the same
+            space may judge `pid` dead (others go by the lock's age).
     """
 
     model_config = pydantic.ConfigDict(extra="ignore")
@@ -550,6 +572,7 @@ class LockHolder(pydantic.BaseModel):
     pid: int
     host: str
     started: float
+    process_space: str = ""
     token: str
 
     def describe(self) -> str:
@@ -623,7 +646,13 @@ class RunLock:
 def _create_lock(path: Path, *, heartbeat_s: float) -> RunLock | None:
     """Take the lock at `path` if nobody holds it (O_CREAT | O_EXCL: one process wins)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    holder = LockHolder(pid=os.getpid(), host=HOST, started=time.time(), token=uuid.uuid4().hex)
+    holder = LockHolder(
+        pid=os.getpid(),
+        host=HOST,
+        started=time.time(),
+        token=uuid.uuid4().hex,
+        process_space=PROCESS_SPACE,
+    )
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -750,7 +779,11 @@ class RunStore:
 
     def _stale_because(self, holder: LockHolder | None, age: float) -> str | None:
         """Why a lock is abandoned, or None if its holder may still be at work."""
-        if holder is not None and holder.host == HOST and not _pid_alive(holder.pid):
+        if (
+            holder is not None
+            and holder.process_space == PROCESS_SPACE
+            and not _pid_alive(holder.pid)
+        ):
             return "that process is gone"
         if age > self.stale_lock_s:
             return f"it has not been refreshed for {age:.0f} s"

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mechscope import stats
+from mechscope.claims import cell_matches
 from mechscope.errors import StoreError
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
 from mechscope.probe import ProbeResult
@@ -46,7 +47,14 @@ from mechscope.report._data import (
     varied_paths,
 )
 from mechscope.report._html import Figures, escape, frame_table, heading, number, page, table, toc
-from mechscope.store import PROBES, RunHeader, RunStore, SuiteRecord, atomic_write_text
+from mechscope.store import (
+    PROBES,
+    RunHeader,
+    RunStore,
+    SuiteRecord,
+    atomic_write_parquet,
+    atomic_write_text,
+)
 
 __all__ = ["write_report"]
 
@@ -154,7 +162,9 @@ def _small_sample_banner(n: int, suite: str) -> str:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    # Suite names are validated file names (letters, digits, "-", "_", "."), all valid in ids
+    # and file names, so the name is kept as is: mapping "." to "_" made "a.b" and "a_b" clash.
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _estimate(mean: float, low: float, high: float, n: int) -> str:
@@ -774,20 +784,13 @@ class _SuiteSection:
         )
 
 
-def _matches(value: Any, wanted: Any) -> bool:
-    try:
-        return bool(value == wanted) or str(value) == str(wanted)
-    except (TypeError, ValueError):
-        return False
-
-
 def _smallest_group(claim: Any, table: pd.DataFrame) -> int:
     """The fewest networks behind any group the claim compares (its n for one group)."""
     done = completed(table)
     for column, value in claim.where.items():
         if column not in done:
             return 0
-        done = done[[_matches(cell, value) for cell in done[column]]]
+        done = done[[cell_matches(cell, value) for cell in done[column]]]
 
     def finite(frame: pd.DataFrame, column: str) -> int:
         if column not in frame:
@@ -810,7 +813,9 @@ def _smallest_group(claim: Any, table: pd.DataFrame) -> int:
         groups[value] = len(frame) if mechanism else finite(frame, claim.metric)
     if hasattr(claim, "a") and hasattr(claim, "b"):
         chosen = [
-            n for value, n in groups.items() if _matches(value, claim.a) or _matches(value, claim.b)
+            n
+            for value, n in groups.items()
+            if cell_matches(value, claim.a) or cell_matches(value, claim.b)
         ]
         return min(chosen) if len(chosen) == 2 else 0
     used = [n for n in groups.values() if n]
@@ -955,4 +960,4 @@ def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
                     else str(v)
                 )
             )
-    safe.to_parquet(path, index=False)
+    atomic_write_parquet(path, safe)

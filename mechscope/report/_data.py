@@ -19,12 +19,11 @@ from mechscope.config import ComponentSpec
 from mechscope.errors import MechscopeError, StoreError
 from mechscope.plugins import Registry
 from mechscope.probe import Metric, declared_columns
-from mechscope.stats import CONFIDENCE, RESAMPLES
+from mechscope.stats import CONFIDENCE, MIN_N_FOR_CI, RESAMPLES
 from mechscope.store import RunHeader, RunStore
 
 #: Fewest networks a CI is drawn or printed for: a bootstrap over two values only says
 #: which of the two is larger, so the report shows the mean alone below this.
-MIN_N_FOR_CI = 3
 
 #: Columns every suite table starts with, and what they are.
 RUN_COLUMNS = {
@@ -93,6 +92,9 @@ def declarations(
     seen: set[str] = set()
     for header in headers:
         for spec in header.config.get("probes", []):
+            if not isinstance(spec, Mapping):
+                problems[str(spec)] = f"probe entry {spec!r} in a stored config is not a table"
+                continue
             params = dict(spec)
             name = str(params.pop("name", ""))
             key = repr(sorted(params.items()))
@@ -105,7 +107,7 @@ def declarations(
                 )
                 probe = entry.build(config)
                 declared.update(declared_columns({name: probe}))
-            except (MechscopeError, TypeError, ValueError) as error:
+            except Exception as error:  # noqa: BLE001 - a third-party probe may raise anything
                 problems[name] = f"probe '{name}': declarations unavailable ({error})"
     if not declared:
         declared.update(declared_columns({}))
