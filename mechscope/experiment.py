@@ -681,6 +681,8 @@ class ExperimentResult:
         probe_errors: probe name → why it failed (failed probes do not stop the others).
         timings: seconds spent training and probing.
         directory: where the run is stored, if it is.
+        loaded: True when this result was read back from the store rather than computed now
+            (by this process or, while it waited, by another one).
     """
 
     run_id: str
@@ -690,6 +692,7 @@ class ExperimentResult:
     probe_errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
     directory: Path | None = None
+    loaded: bool = False
 
     @property
     def status(self) -> str:
@@ -755,6 +758,7 @@ class ExperimentResult:
             probe_errors=header.probe_errors,
             timings={k: math.nan if v is None else v for k, v in header.timings.items()},
             directory=stored.directory,
+            loaded=True,
         )
 
 

@@ -208,10 +208,16 @@ class SuiteProgress:
         self._show()
 
     def finished(self, statuses: Sequence[str]) -> None:
-        """Count runs the executor reported (``failed`` or any other status: computed)."""
+        """Count the runs an executor reported as failed, loaded or computed.
+
+        ``cached`` means read back from the store (e.g. finished meanwhile by another
+        process); any status but ``failed`` and ``cached`` means computed.
+        """
         failed = sum(status == "failed" for status in statuses)
+        loaded = sum(status == "cached" for status in statuses)
         self.failed += failed
-        self.computed += len(statuses) - failed
+        self.loaded += loaded
+        self.computed += len(statuses) - failed - loaded
         self.phase = ""
         self._bar.set_postfix_str(self.status, refresh=False)
         self._bar.update(len(statuses))

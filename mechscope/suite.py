@@ -437,13 +437,22 @@ class Suite:
                     for planned in group:
                         outcomes[planned.run_id] = {"status": "failed", "reason": outcome.error}
                 if phases is not None:
-                    phases.finished([outcomes[planned.run_id]["status"] for planned in group])
+                    phases.finished(
+                        [
+                            "cached" if o.get("loaded") else o["status"]
+                            for o in (outcomes[planned.run_id] for planned in group)
+                        ]
+                    )
         finally:
             if watching:
                 self.plugins.unregister(watching)
             if phases is not None:
                 phases.close()
-        cached = [run_id for run_id, o in outcomes.items() if o.get("status") == "cached"]
+        cached = [
+            run_id
+            for run_id, o in outcomes.items()
+            if o.get("status") == "cached" or o.get("loaded")
+        ]
         runs.write_suite_record(
             self.record(wall_time_s=time.perf_counter() - started, cached=cached)
         )
@@ -537,7 +546,7 @@ def run_configs(
     entry points are loaded). A failure in one run is recorded and does not stop the others.
 
     Returns:
-        One ``{"status": ..., "reason": ...}`` per config.
+        One ``{"status": ..., "reason": ..., "loaded": ...}`` per config.
     """
     experiments = [Experiment.from_dict(c, plugins=plugins) for c in configs]
     statuses = []
@@ -545,7 +554,14 @@ def run_configs(
         if isinstance(outcome, RunFailure):
             statuses.append({"status": "failed", "reason": outcome.reason})
         else:
-            statuses.append({"status": outcome.status, "reason": outcome.trained.reason})
+            statuses.append(
+                {
+                    "status": outcome.status,
+                    "reason": outcome.trained.reason,
+                    # Read back from the store (e.g. another process finished it meanwhile).
+                    "loaded": outcome.loaded,
+                }
+            )
     return statuses
 
 
