@@ -104,17 +104,26 @@ class AbstractCandidateSearch(AbstractSearch):
         close, far = self.approach(model, candidates, problem, merge_radius, dtype)
         near_zeros = Candidates.concatenate([close, settled], problem.n_units)
         found, slow = newton_stage(model, near_zeros, problem, settings, dtype)
-        values, vectors = _spectra(model, found, problem, dtype)
-        extra = Candidates.concatenate(
-            [
-                manifold_candidates(model, found, values, vectors, problem, settings, dtype),
-                continued_candidates(model, found, values, problem, settings, dtype),
-            ],
-            problem.n_units,
-        )
-        if len(extra):
-            more, more_slow = newton_stage(model, extra, problem, settings, dtype)
-            found = Candidates.concatenate([found, more], problem.n_units)
+        # The points found lead to more: down the saddles' unstable manifolds, and along the
+        # stable points' branches to the other inputs; the new points lead on in turn.
+        newest, n_extra = found, 0
+        unique_radius = 10 * settings.unique_tol * problem.scale
+        for _ in range(_FOLLOW_ROUNDS):
+            values, vectors = _spectra(model, newest, problem, dtype)
+            extra = Candidates.concatenate(
+                [
+                    manifold_candidates(model, newest, values, vectors, problem, settings, dtype),
+                    continued_candidates(model, newest, values, problem, settings, dtype),
+                ],
+                problem.n_units,
+            )
+            extra = extra.take(~near_known(extra.x, extra.input, [found], unique_radius))
+            if len(extra) == 0:
+                break
+            n_extra += len(extra)
+            newest, more_slow = newton_stage(model, extra, problem, settings, dtype)
+            newest = newest.take(~near_known(newest.x, newest.input, [found], unique_radius))
+            found = Candidates.concatenate([found, newest], problem.n_units)
             slow = Candidates.concatenate([slow, more_slow], problem.n_units)
         return polish_and_classify(
             model,
@@ -122,8 +131,12 @@ class AbstractCandidateSearch(AbstractSearch):
             settings,
             found,
             Candidates.concatenate([far, slow], problem.n_units),
-            n_candidates=len(candidates) + len(settled) + len(extra),
+            n_candidates=len(candidates) + len(settled) + n_extra,
         )
+
+
+#: Rounds of following the points found to more (each round starts from the last round's).
+_FOLLOW_ROUNDS = 3
 
 
 class NewtonSearch(AbstractCandidateSearch):
