@@ -580,7 +580,7 @@ def main() -> None:
     for name in args.networks:
         run = trained_network(name, task)
         condition, starts, inputs = problem(run, task)
-        flow_starts = trajectory_flow_starts(condition, len(starts))
+        flow_starts = trajectory_flow_starts(condition, len(starts) // 4)  # as the probe
         ref_points, ref_index, ref_stable, reached_by = reference(
             name, run, condition, starts, inputs
         )

@@ -189,7 +189,7 @@ class FixedPointsProbe(mechscope.AbstractProbe):
             scale=run.scale,
             speed_scale=run.speed_scale,
             center=run.center,
-            flow_starts=trajectory_flow_starts(run, self.config.n_starts),
+            flow_starts=trajectory_flow_starts(run, max(self.config.n_starts // 4, 1)),
             search=self.config.search.build(task.dt),
             settings=self.config,
         )

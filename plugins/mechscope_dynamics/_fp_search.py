@@ -189,7 +189,7 @@ def relaxed_candidates(
     relaxed = np.stack(
         call_padded(relax, model, x, u, dtype, jnp.asarray(step, dtype), settings.relax_steps)
     )
-    candidates = _prefer_relaxed(
+    candidates, relaxed_used = _prefer_relaxed(
         model,
         Candidates(x[is_start], row_input[is_start], np.zeros(int(is_start.sum()))),
         relaxed[:, is_start],
@@ -198,11 +198,12 @@ def relaxed_candidates(
         dtype,
         settings.relaxed_fraction * s,
     )
-    before = call_padded(norms, model, x, u, dtype)
-    settled = follow_flow(
-        model, Candidates(relaxed[0], row_input, before), problem, settings, dtype, step
-    )
-    return candidates, settled
+    # Where an input's relaxed points are the candidates, the search starts from its starts'
+    # end points anyway; elsewhere (and from the flow starts) the paths are followed on.
+    follow = ~is_start | ~relaxed_used[row_input]
+    before = call_padded(norms, model, x[follow], u[follow], dtype)
+    paths = Candidates(relaxed[0][follow], row_input[follow], before)
+    return candidates, follow_flow(model, paths, problem, settings, dtype, step)
 
 
 def flow_step(model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig) -> float:
@@ -400,7 +401,7 @@ def _prefer_relaxed(
     merge_radius: float,
     dtype: Any,
     most: float,
-) -> Candidates:
+) -> tuple[Candidates, np.ndarray]:
     """Per input, the relaxed candidates where the flow merged them, else the raw starts.
 
     Where an input's flow is dominated by attractors, relaxation collapses the starts onto a
@@ -419,7 +420,8 @@ def _prefer_relaxed(
         most: the most distinct relaxed candidates an input may have to use them.
 
     Returns:
-        The rows to search from, their inputs and ‖f‖ there.
+        The rows to search from, their inputs and ‖f‖ there; and, per input, whether they are
+        its relaxed points.
     """
     relaxed_x = relaxed.reshape(-1, relaxed.shape[-1])
     relaxed_k = np.tile(raw.input, 2)
@@ -433,11 +435,12 @@ def _prefer_relaxed(
         if len(raw_rows)
         else np.zeros(0)
     )
-    return Candidates(
+    candidates = Candidates(
         np.concatenate([raw.x[raw_rows], relaxed_x[keep]]),
         np.concatenate([raw.input[raw_rows], relaxed_k[keep]]),
         np.concatenate([raw_norm, relaxed_norm[keep]]),
     )
+    return candidates, use
 
 
 # ---------------------------------------------------------------------------------------------
