@@ -97,8 +97,8 @@ class FixedPoints:
         slow_input_index: input of each slow point, ``[p]``.
         slow_speed: ‖f‖ at each slow point, ``[p]``.
         discrete: True in compatibility mode (eigenvalues are of the discrete map).
-        n_candidates: distinct candidates that reached the search stage (the fast solver's
-            work).
+        n_candidates: distinct candidates that reached the search stage, plus the settled
+            flow points and the points followed from those found (the fast solver's work).
     """
 
     inputs: np.ndarray
