@@ -23,9 +23,20 @@ Reported per network and search (``--search``, the probe's ``search.kind``: "lm"
 "golub" = FixedPointFinder compatibility, skipped with ``--no-golub``): wall time after
 compilation (and of the process's first call, which compiles), recall of the reference zeros,
 precision (reported points that are true zeros in float64) and stability-label agreement.
+The fast searches also follow the flow from the trajectory states, as the probe does.
+
+The in-run baseline (skipped with ``--no-scipy``): ``scipy.optimize.root`` from every
+(input, start), ``method="hybr"`` and, where hybr fails, ``method="lm"``, with the analytic
+Jacobian, in float64 NumPy. Printed beside mechscope's: distinct verified zeros (float64
+‖f‖ ≤ 1e-7 × typical speed) of each, how many of the stable zeros that any method finds
+(mechscope ∪ scipy ∪ reference) each finds, and both times with their ratio. The targets:
+every such stable zero found, at least as many verified zeros as scipy, ≤ 10 s (chaotic) and
+≤ 1.5 s with recall 1.00 (regularised). ``--scipy-starts N`` runs the baseline from the first
+N starts only and extrapolates its time (from every start it takes tens of minutes).
 
 Usage: ``python benchmarks/fixed_points.py [--networks regularised chaotic] [--no-golub]
-[--repeats 3] [--search lm|dense_lm|newton] [--other-starts] [--branches]``.
+[--repeats 3] [--search lm|dense_lm|newton] [--other-starts] [--branches] [--no-scipy]
+[--scipy-starts N]``.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
 from mechscope_dynamics import (
     DenseLMConfig,
     GolubConfig,
@@ -47,6 +60,7 @@ from mechscope_dynamics import (
     condition_run,
     find_fixed_points,
 )
+from mechscope_dynamics._fixed_points import trajectory_flow_starts
 from mechscope_dynamics._fp_clustering import unique_per_input
 from mechscope_dynamics._fp_kernels import cast_model
 
@@ -323,17 +337,20 @@ SEARCHES = {
 }
 
 
-def timed_solve(model, condition, starts, inputs, search, repeats: int):
+def timed_solve(model, condition, starts, inputs, search, repeats: int, flow_starts=None):
     """Solve with the search module `search` once (compiling), then `repeats` more times.
+
+    `flow_starts` are the trajectory states the probe also follows the flow from.
 
     Returns:
         The last result, the median time of the repeats and the time of the first call.
     """
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         scale=condition.scale,
         speed_scale=condition.speed_scale,
         center=condition.center,
         search=search,
+        flow_starts=flow_starts,
     )
     start = time.perf_counter()
     fps = find_fixed_points(model, inputs, starts, **kwargs)
@@ -369,6 +386,156 @@ def score(fps, ref_points, ref_index, ref_stable, run, condition):
     return recall, precision, labels_right / max(hits, 1)
 
 
+def numpy_field(model):
+    """The CT-RNN's f(x, u) and ∂f/∂x in float64 NumPy, checked against the model.
+
+    scipy calls them once per iteration from Python; at N = 100 a compiled JAX call would cost
+    more than the arithmetic, which would make the baseline look slower than it is.
+
+    Returns:
+        ``field(x, drive)``, ``jacobian(x, drive)`` and ``drive(u)`` = W_in u + b.
+    """
+    dynamics = model.dynamics()
+    w, w_in, bias = (
+        np.asarray(a, np.float64) for a in (dynamics.w_rec, dynamics.w_in, dynamics.bias)
+    )
+    tau, eye = float(dynamics.tau), np.eye(len(bias))
+    if model.config.activation != "tanh":
+        raise SystemExit("the scipy baseline is written for tanh networks")
+
+    def field(x, drive):
+        return (-x + w @ np.tanh(x) + drive) / tau
+
+    def jacobian(x, drive):
+        return (-eye + w * (1.0 - np.tanh(x) ** 2)[None, :]) / tau
+
+    def drive(u):
+        return w_in @ u + bias
+
+    rng = np.random.default_rng(0)
+    x, u = rng.standard_normal(len(bias)), rng.standard_normal(w_in.shape[1])
+    with jax.enable_x64(True):
+        wide = cast_model(model, jnp.float64)
+        expected = np.asarray(wide.vector_field(0.0, jnp.asarray(x), jnp.asarray(u)))
+        expected_jac = np.asarray(wide.jacobian(0.0, jnp.asarray(x), jnp.asarray(u)))
+    np.testing.assert_allclose(field(x, drive(u)), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(jacobian(x, drive(u)), expected_jac, rtol=1e-10, atol=1e-10)
+    return field, jacobian, drive
+
+
+def scipy_baseline(run, condition, starts, inputs):
+    """``scipy.optimize.root`` from every (input, start): hybr, then lm where hybr fails.
+
+    A solution counts when its float64 ‖f‖ ≤ 1e-7 × typical speed; the zeros are made unique
+    at 1e-4 × scale and kept within 10 × scale of the centre (mechscope's outlier rule), and
+    classified by the Jacobian's eigenvalues.
+
+    Returns:
+        Unique zeros, their input indices, their stability, the wall time, and how many
+        solutions hybr and lm gave.
+    """
+    field, jacobian, drive_of = numpy_field(run.model)
+    tol = 1e-7 * condition.speed_scale
+    points, index, by_method = [], [], {"hybr": 0, "lm": 0}
+    start = time.perf_counter()
+    for k, u in enumerate(inputs):
+        drive = drive_of(u)
+        for x0 in starts:
+            for method in ("hybr", "lm"):
+                x = scipy.optimize.root(field, x0, args=(drive,), jac=jacobian, method=method).x
+                if np.all(np.isfinite(x)) and np.linalg.norm(field(x, drive)) <= tol:
+                    points.append(x)
+                    index.append(k)
+                    by_method[method] += 1
+                    break
+    elapsed = time.perf_counter() - start
+    n = starts.shape[1]
+    points = np.asarray(points).reshape(-1, n)
+    index = np.asarray(index, dtype=int)
+    near = np.linalg.norm(points - condition.center, axis=1) <= 10 * condition.scale
+    points, index = points[near], index[near]
+    keep = unique_per_input(points, index, np.zeros(len(points)), 1e-4 * condition.scale)
+    points, index = points[keep], index[keep]
+    stable = np.asarray(
+        [
+            np.linalg.eigvals(jacobian(x, drive_of(inputs[k]))).real.max() < 0
+            for x, k in zip(points, index, strict=True)
+        ],
+        dtype=bool,
+    )
+    return points, index, stable, elapsed, by_method
+
+
+def verified(fps, run, condition):
+    """Which reported fixed points are zeros in float64: ‖f‖ ≤ 1e-7 × typical speed."""
+    field, _, drive_of = numpy_field(run.model)
+    speed = np.asarray(
+        [
+            np.linalg.norm(field(x, drive_of(fps.inputs[k])))
+            for x, k in zip(fps.points, fps.input_index, strict=True)
+        ]
+    )
+    return speed <= 1e-7 * condition.speed_scale
+
+
+def stable_union(sets, scale):
+    """The distinct stable zeros of several methods together: ``(points, input_index)``."""
+    points = np.concatenate([p for p, _ in sets])
+    index = np.concatenate([k for _, k in sets]).astype(int)
+    keep = unique_per_input(points, index, np.zeros(len(points)), 1e-3 * scale)
+    return points[keep], index[keep]
+
+
+def compare_with_scipy(fps, elapsed, run, condition, starts, inputs, ref, scipy_starts):
+    """Print the restated target's figures: mechscope against the scipy baseline."""
+    ref_points, ref_index, ref_stable = ref
+    subset = starts[:scipy_starts]
+    sp_points, sp_index, sp_stable, sp_time, by_method = scipy_baseline(
+        run, condition, subset, inputs
+    )
+    ours_ok = verified(fps, run, condition)
+    ours_stable = fps.stable & ours_ok
+    union_points, union_index = stable_union(
+        [
+            (fps.points[ours_stable], fps.input_index[ours_stable]),
+            (sp_points[sp_stable], sp_index[sp_stable]),
+            (ref_points[ref_stable], ref_index[ref_stable]),
+        ],
+        condition.scale,
+    )
+    tol = 1e-3 * condition.scale
+    ours_hits = sum(
+        match(fps.points[ours_stable], fps.input_index[ours_stable], x, k, tol) is not None
+        for x, k in zip(union_points, union_index, strict=True)
+    )
+    scipy_hits = sum(
+        match(sp_points[sp_stable], sp_index[sp_stable], x, k, tol) is not None
+        for x, k in zip(union_points, union_index, strict=True)
+    )
+    scipy_only = sum(
+        match(fps.points, fps.input_index, x, k, tol) is None
+        for x, k in zip(sp_points, sp_index, strict=True)
+    )
+    share = len(subset) / len(starts)
+    extrapolated = "" if share == 1 else f" (from {len(subset)} of the {len(starts)} starts)"
+    full_time = sp_time / share
+    print(
+        f"  scipy hybr→lm{extrapolated}: {len(sp_points)} distinct verified zeros "
+        f"({sp_stable.sum()} stable; hybr solved {by_method['hybr']}, lm {by_method['lm']} "
+        f"of {len(subset) * len(inputs)} solves) in {sp_time:.0f} s"
+        + ("" if share == 1 else f", ≈ {full_time:.0f} s from every start"),
+        flush=True,
+    )
+    print(
+        f"  mechscope vs scipy: distinct verified zeros {ours_ok.sum()} vs {len(sp_points)} "
+        f"({scipy_only} of scipy's are not mechscope's); stable zeros {ours_hits} (scipy "
+        f"{scipy_hits}) of the {len(union_points)} that any method finds (mechscope ∪ scipy "
+        f"∪ reference); time {elapsed:.2f} s vs {full_time:.0f} s "
+        f"(scipy/mechscope {full_time / max(elapsed, 1e-9):.0f}×)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
@@ -392,6 +559,14 @@ def main() -> None:
         help="the fast solver's search (the probe's search.kind; default lm)",
     )
     parser.add_argument(
+        "--scipy-starts",
+        type=int,
+        default=None,
+        help="run the scipy baseline (hybr, then lm where hybr fails) from the first N "
+        "starts only, and extrapolate its time (default: every start; ≈ 0.1–0.4 s a solve)",
+    )
+    parser.add_argument("--no-scipy", action="store_true", help="skip the scipy baseline")
+    parser.add_argument(
         "--repeats",
         type=int,
         default=3,
@@ -405,6 +580,7 @@ def main() -> None:
     for name in args.networks:
         run = trained_network(name, task)
         condition, starts, inputs = problem(run, task)
+        flow_starts = trajectory_flow_starts(condition, len(starts) // 4)  # as the probe
         ref_points, ref_index, ref_stable, reached_by = reference(
             name, run, condition, starts, inputs
         )
@@ -454,7 +630,13 @@ def main() -> None:
             search = SEARCHES[kind]().build(task.dt)
             repeats = 1 if kind == "golub" else args.repeats
             fps, elapsed, first_call = timed_solve(
-                run.model, condition, starts, inputs, search, repeats
+                run.model,
+                condition,
+                starts,
+                inputs,
+                search,
+                repeats,
+                flow_starts=None if kind == "golub" else flow_starts,
             )
             recall, precision, labels = score(
                 fps, ref_points, ref_index, ref_stable, run, condition
@@ -469,6 +651,17 @@ def main() -> None:
                 f"{labels:.3f}  slow points {len(fps.slow_points)}",
                 flush=True,
             )
+            if kind != "golub" and not args.no_scipy:
+                compare_with_scipy(
+                    fps,
+                    elapsed,
+                    run,
+                    condition,
+                    starts,
+                    inputs,
+                    (ref_points, ref_index, ref_stable),
+                    args.scipy_starts or len(starts),
+                )
 
 
 if __name__ == "__main__":

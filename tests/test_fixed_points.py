@@ -63,6 +63,8 @@ class FieldModel(mechscope.AbstractModel):
             drift = self.a @ x
         elif kind == "bistable":  # x − x³ along the first axis, −y along the second
             drift = jnp.stack([x[0] - x[0] ** 3, -x[1]])
+        elif kind == "wells":  # see `_wells`
+            drift = _wells_field(x)
         else:  # Hopfield: −x + W tanh(x)
             drift = -x + self.a @ jnp.tanh(x)
         return drift + self.b @ u
@@ -85,6 +87,63 @@ class FieldModel(mechscope.AbstractModel):
         start = self.initial_state() if x0 is None else x0
         _, states = jax.lax.scan(step, start, inputs)
         return mechscope.Trajectory(times=times, states=states, rates=states, outputs=states)
+
+
+#: Zeros of the wells' cubic along each well axis: stable, saddle, stable.
+WELL_ZEROS = (-1.0, 1.0, 1.3)
+
+
+def _wells_field(x):
+    """A limit cycle that hides a stable focus, times two small-basin bistable axes.
+
+    In (z1, z2): ż = −4 (|z|² − 0.3²)(|z|² − 1) z + 3 J z, a stable cycle of radius 1 around a
+    stable focus at 0 whose basin is the disc |z| < 0.3. Along w and v:
+    ẇ = −2 (w + 1)(w − 1)(w − 1.3): stable at −1 and at 1.3 (basin (1, ∞)), a saddle at 1.
+    Its zeros are z = 0 with (w, v) ∈ WELL_ZEROS²: four stable, five unstable.
+    """
+    z, w = x[:2], x[2:]
+    r2 = jnp.sum(z**2)
+    spin = 3.0 * jnp.stack([-z[1], z[0]])
+    dz = -4.0 * (r2 - 0.09) * (r2 - 1.0) * z + spin
+    a, b, c = WELL_ZEROS
+    dw = -2.0 * (w - a) * (w - b) * (w - c)
+    return jnp.concatenate([dz, dw])
+
+
+def _wells():
+    return FieldModel(DoubleConfig(kind="wells"), jnp.zeros((4, 4)), jnp.zeros((4, 1)))
+
+
+@pytest.mark.parametrize("search", [MatrixFreeLMSearch(), NewtonSearch()], ids=["lm", "newton"])
+def test_stable_points_with_small_basins_that_no_start_reaches_are_all_found(search):
+    # Every start lies outside the small basins: on the annulus 0.6 < |z| < 1.4 (the flow takes
+    # it to the cycle, so relaxed points never merge and the search keeps the raw starts) and
+    # with w, v < 0.8 (the flow takes both to −1). Of the stable points, only (−1, −1) is
+    # where the flow from a start goes; the others lie down the saddles' unstable manifolds.
+    rng = np.random.default_rng(4)
+    angle = rng.uniform(0, 2 * np.pi, 256)
+    radius = rng.uniform(0.6, 1.4, 256)
+    starts = np.column_stack(
+        [radius * np.cos(angle), radius * np.sin(angle), rng.uniform(-1.5, 0.8, (256, 2))]
+    )
+    model = _wells()
+    expected = np.array([[0.0, 0.0, w, v] for w in WELL_ZEROS for v in WELL_ZEROS])
+    expected_stable = np.array([w != 1.0 and v != 1.0 for w in WELL_ZEROS for v in WELL_ZEROS])
+    kwargs = dict(scale=1.0, speed_scale=1.0, center=np.zeros(4), search=search)
+    fps = find_fixed_points(model, np.zeros((1, 1)), starts, **kwargs)
+    order = np.lexsort((fps.points[:, 3], fps.points[:, 2]))
+    assert len(fps.points) == len(expected)
+    np.testing.assert_allclose(fps.points[order], expected, atol=1e-6)
+    np.testing.assert_array_equal(fps.stable[order], expected_stable)
+    if isinstance(search, NewtonSearch):
+        # Negative control: Newton from the starts alone misses the stable point whose basin
+        # is smallest (both coordinates in their small basin), which only the flow down the
+        # unstable manifold of the saddle (1, 1) reaches.
+        settings = SolverConfig(manifold_modes=0, continuation_steps=0)
+        alone = find_fixed_points(model, np.zeros((1, 1)), starts, settings=settings, **kwargs)
+        corner = np.linalg.norm(alone.points - [0.0, 0.0, 1.3, 1.3], axis=1)
+        assert corner.min() > 0.1
+        assert alone.stable.sum() == expected_stable.sum() - 1
 
 
 def _scales(points):

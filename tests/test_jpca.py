@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import mechscope_population as mp
 import numpy as np
 import pytest
 import scipy.linalg
+from mechscope_population.jpca import weighted_circular_mean
+
+import mechscope
 
 DT = 0.01
 
@@ -158,9 +163,97 @@ def test_alignment_to_per_condition_events_matches_prealigned_data(rotational):
 
 
 def test_window_outside_the_trials_is_a_clear_error(rotational):
-    data = rotational.replace(events={"movement_onset": np.full(rotational.n_conditions, 0.1)})
+    # Within the data's range relative to the event overall, but past the end of the trials
+    # whose event comes late.
+    onsets = np.where(np.arange(rotational.n_conditions) % 2, 0.1, -0.1)
+    data = rotational.replace(events={"movement_onset": onsets})
     with pytest.raises(ValueError, match="leaves some trials"):
-        mp.jpca_analysis(data, mp.JPCAConfig(window=(-0.05, 0.5)))
+        mp.jpca_analysis(data, mp.JPCAConfig(window=(-0.05, 0.25)))
+    assert mp.jpca_analysis(data, mp.JPCAConfig(window=(-0.05, 0.05))).projection.shape[1] == 11
+
+
+def test_window_outside_the_data_names_both_ranges(rotational):
+    # A window in ms against times in s: one line naming the window and the data's range.
+    with pytest.raises(mechscope.ConfigError, match=r"\(-50, 150\) s .*\(-0.2, 0.2\) s"):
+        mp.jpca_analysis(rotational, mp.JPCAConfig(window=(-50.0, 150.0)))
+    onsets = np.full(rotational.n_conditions, 0.1)
+    data = rotational.replace(events={"movement_onset": onsets})
+    with pytest.raises(mechscope.ConfigError, match="relative to 'movement_onset'"):
+        mp.jpca_analysis(data, mp.JPCAConfig(window=(-0.05, 0.15)))
+    # The same window fits once the event leaves room for it.
+    data = rotational.replace(events={"movement_onset": np.zeros(rotational.n_conditions)})
+    result = mp.jpca_analysis(data, mp.JPCAConfig(window=(-0.05, 0.15)))
+    assert result.times[-1] == pytest.approx(0.15)
+
+
+def _second_axis_flipped(second: np.ndarray) -> bool:
+    """Whether getRealVs would flip a plane whose second-axis values are `second`."""
+    return bool(np.max(np.abs(second)) > np.max(second))
+
+
+def test_plane_orientation_uses_every_analysed_sample_as_the_reference(rotational):
+    # Short windows of ordinary rotational data: in some, a plane's largest |jPC2| is a
+    # condition's last analysed sample, which only the reference's rule (all analysed
+    # samples, not only those that precede a step) sees.
+    where_it_matters = []
+    for first in range(0, 34, 2):
+        window = (rotational.times[first], rotational.times[first + 6])
+        result = mp.jpca_analysis(rotational, mp.JPCAConfig(window=window))
+        for plane in range(result.n_planes):
+            x = result.projection[:, :, 2 * plane]
+            y = result.projection[:, :, 2 * plane + 1]
+            # The reference's rule holds on every window: the largest |jPC2| is positive ...
+            assert not _second_axis_flipped(y.reshape(-1)), (window, plane)
+            # ... and the rosette still turns counter-clockwise.
+            turning = x[:, :-1] * np.diff(y, axis=1) - y[:, :-1] * np.diff(x, axis=1)
+            assert np.mean(turning > 0) > 0.9, (window, plane)
+            if _second_axis_flipped(y[:, :-1].reshape(-1)):
+                # The pre-step samples alone would have flipped this plane (rotated the rosette
+                # by 180°): its extreme is a last sample, and positive.
+                extreme = np.unravel_index(np.argmax(np.abs(y)), y.shape)
+                assert extreme[1] == y.shape[1] - 1
+                assert y[extreme] > 0
+                where_it_matters.append((window, plane))
+    assert len(where_it_matters) >= 2, "too few windows where the last sample decides"
+
+
+def test_circular_statistics_are_radius_weighted_as_the_reference():
+    # Closed form: two angles, weights 3 and 1.
+    mean, resultant = weighted_circular_mean(np.array([0.0, np.pi / 2]), np.array([3.0, 1.0]))
+    assert mean == pytest.approx(np.arctan2(1.0, 3.0))
+    assert resultant == pytest.approx(np.sqrt(10.0) / 4.0)
+    # On non-rotational data the weighted statistics are those of a direct computation from
+    # the projection, and differ from the unweighted ones.
+    dynamics = np.diag([-4.0, -2.5, -1.0, 1.0, 2.0, 3.0])
+    rates, _ = simulate_linear(dynamics, 24, 41, 120, seed=1)
+    data = mp.NeuralData(rates=rates, times=np.arange(41) * DT)
+    result = mp.jpca_analysis(data, mp.JPCAConfig(window=(0.0, 0.4)))
+    x, y = result.projection[:, :, 0], result.projection[:, :, 1]
+    sum_cos = sum_sin = total = 0.0
+    angles = []
+    for c in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            # As getPhase.m: the step arriving at t (at t = 0, the first step).
+            arrival = max(t, 1)
+            step_angle = math.atan2(
+                y[c, arrival] - y[c, arrival - 1], x[c, arrival] - x[c, arrival - 1]
+            )
+            angle = (step_angle - math.atan2(y[c, t], x[c, t]) + math.pi) % (2 * math.pi) - math.pi
+            radius = math.hypot(x[c, t], y[c, t])
+            sum_cos += radius * math.cos(angle)
+            sum_sin += radius * math.sin(angle)
+            total += radius
+            angles.append(angle)
+    metrics = result.metrics()
+    assert metrics["phase_mean_plane1"] == pytest.approx(math.atan2(sum_sin, sum_cos), abs=1e-9)
+    assert metrics["phase_resultant_plane1"] == pytest.approx(
+        math.hypot(sum_sin, sum_cos) / total, abs=1e-9
+    )
+    unweighted = np.mean(np.exp(1j * np.asarray(angles)))
+    assert abs(np.angle(unweighted) - metrics["phase_mean_plane1"]) > 1e-3
+    assert metrics["phase_rotation_index_plane1"] == pytest.approx(
+        np.mean(np.cos(np.asarray(angles) - np.pi / 2)), abs=1e-9
+    )
 
 
 def test_config_validation():

@@ -215,6 +215,37 @@ def test_mat_flat_and_jpca_struct_layouts(tmp_path):
     loaded = mp.load_neural_data(tmp_path / "jpca.mat", time_scale=1e-3)
     np.testing.assert_allclose(loaded.rates, data.rates)
     np.testing.assert_allclose(loaded.times, data.times)
+    # The struct layout is in ms unless told otherwise; the flat layouts are in seconds.
+    np.testing.assert_allclose(mp.load_neural_data(tmp_path / "jpca.mat").times, data.times)
+    as_given = mp.load_neural_data(tmp_path / "jpca.mat", time_scale=1.0)
+    np.testing.assert_allclose(as_given.times, data.times * 1000)
+    np.testing.assert_allclose(mp.load_neural_data(tmp_path / "flat.mat").times, data.times * 1000)
+    with pytest.raises(mechscope.ConfigError, match="time_scale must be a positive number"):
+        mp.load_neural_data(tmp_path / "jpca.mat", time_scale=0.0)
+
+
+def test_jpca_struct_in_ms_gives_the_frequencies_of_the_same_data_in_seconds(tmp_path):
+    # A 3 Hz rotation in 12 neurons, sampled every 10 ms from -200 ms.
+    times = np.arange(41) * DT - 0.2
+    phase = 2 * np.pi * 3.0 * times[None, :] + np.linspace(0, np.pi, 6)[:, None]
+    latent = np.stack([np.cos(phase), np.sin(phase)], axis=-1) * np.linspace(1, 2, 6)[:, None, None]
+    embedding = np.random.default_rng(0).normal(size=(2, 12))
+    rates = 20 + 5 * latent @ embedding
+    in_seconds = mp.NeuralData(rates=rates, times=times)
+    struct = np.zeros(6, dtype=[("A", object), ("times", object)])
+    for c in range(6):
+        struct[c] = (rates[c], times * 1000)
+    scipy.io.savemat(tmp_path / "jpca.mat", {"Data": struct})
+    loaded = mp.load_neural_data(tmp_path / "jpca.mat")
+    config = mp.JPCAConfig(window=(-0.05, 0.15), n_pcs=2)
+    expected = mp.jpca_analysis(in_seconds, config)
+    found = mp.jpca_analysis(loaded, config)
+    np.testing.assert_allclose(expected.freq_hz, [3.0], rtol=0.02)
+    np.testing.assert_allclose(found.freq_hz, expected.freq_hz, rtol=1e-9)
+    np.testing.assert_allclose(found.times, expected.times, atol=1e-12)
+    # The window in ms is an error naming both ranges, not an analysis at 1/1000 the rate.
+    with pytest.raises(mechscope.ConfigError, match=r"\(-50, 150\) s .*\(-0.2, 0.2\) s"):
+        mp.jpca_analysis(loaded, mp.JPCAConfig(window=(-50.0, 150.0), n_pcs=2))
 
 
 def test_nwb_round_trip(tmp_path):

@@ -82,6 +82,23 @@ def sample_starts(
     return flat[index] + noise * kick
 
 
+def trajectory_flow_starts(run: ConditionRun, most: int) -> np.ndarray:
+    """At most about `most` noise-free trajectory states, evenly strided, plus every end-of-delay state.
+
+    The flow is followed from these (besides the starts) so that every attractor the
+    trajectories themselves fall into is found; the end-of-delay states are the ones the
+    attractor verdict is about.
+    """  # noqa: E501
+    states = np.asarray(run.states, np.float64)
+    flat = states.reshape(-1, states.shape[-1])
+    stride = max(1, -(-len(flat) // max(most, 1)))
+    chosen = [flat[::stride]]
+    go = event_index(run.trials, "go")
+    if go is not None:
+        chosen.append(states[np.arange(states.shape[0]), go])
+    return np.concatenate(chosen)
+
+
 def constant_inputs(
     run: ConditionRun, kinds: tuple[str, ...]
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -181,6 +198,7 @@ class FixedPointsProbe(mechscope.AbstractProbe):
             scale=run.scale,
             speed_scale=run.speed_scale,
             center=run.center,
+            flow_starts=trajectory_flow_starts(run, max(self.config.n_starts // 4, 1)),
             search=self.config.search.build(task.dt),
             settings=self.config,
         )

@@ -97,7 +97,7 @@ def merged(candidates: Candidates, radius: float) -> Candidates:
     return candidates.take(merge_indices(candidates.x, candidates.input, candidates.norm, radius))
 
 
-def _near_known(
+def near_known(
     x: np.ndarray, row_input: np.ndarray, known: list[Candidates], radius: float
 ) -> np.ndarray:
     """Whether each row lies within `radius` of a known point of the same input."""
@@ -126,5 +126,5 @@ def survivors(
     """
     x, row_input, norm = candidates.x, candidates.input, candidates.norm
     going = np.flatnonzero(~leaving)
-    going = going[~_near_known(x[going], row_input[going], known, merge_radius)]
+    going = going[~near_known(x[going], row_input[going], known, merge_radius)]
     return going[merge_indices(x[going], row_input[going], norm[going], merge_radius)]

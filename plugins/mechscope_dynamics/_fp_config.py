@@ -41,6 +41,33 @@ class SolverConfig(mechscope.Config):
         description="Length of those steps; None = 1 / spectral radius of the "
         "Jacobian at the trajectories' centroid.",
     )
+    flow_blocks: int = Field(
+        default=6,
+        ge=0,
+        description="Follow the flow further, in up to this many more blocks of relax_steps "
+        "Euler steps, from every start and flow start whose path is still settling (its ‖f‖ "
+        "halved over the last block), until it settles (‖f‖ ≤ flow_tol × typical speed); "
+        "the settled points go straight to Newton, so every stable point the flow reaches "
+        "from a start is found whatever the relaxed/raw choice and the merging do.",
+    )
+    flow_tol: float = Field(
+        default=1e-2,
+        gt=0,
+        description="A path of the flow has settled when ‖f‖ ≤ flow_tol × typical speed.",
+    )
+    manifold_modes: int = Field(
+        default=4,
+        ge=0,
+        description="From every unstable point found, follow the flow down this many of its "
+        "leading unstable modes (both ways) to the stable points they lead to; 0 = never.",
+    )
+    continuation_steps: int = Field(
+        default=20,
+        ge=0,
+        description="Follow every stable point found to every other input, moving the "
+        "input there in this many steps (three Newton iterations each), to find the stable "
+        "points on its branch that no start's search reaches; 0 = never.",
+    )
     relaxed_fraction: float = Field(
         default=0.5,
         gt=0,

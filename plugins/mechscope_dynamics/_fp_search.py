@@ -11,9 +11,16 @@ The pipeline, with the settings shared by every search (:class:`SolverConfig`):
 1. :func:`relaxed_candidates`: every (input, start) pair takes ``relax_steps`` Euler steps
    along the flow; per input, the relaxed points are used where they merge into few
    candidates, the raw starts elsewhere; candidates closer than ``merge_tol`` × scale merge.
+   Separately, :func:`follow_flow` goes on following every path (from the starts and the
+   flow starts) that is still settling, until it settles on a stable point: those end
+   points skip step 2, so no relaxed/raw choice or merge of starts can lose a stable point
+   that the flow reaches.
 2. ``search.approach``: e.g. Levenberg–Marquardt until a candidate comes close to a zero.
 3. :func:`newton_stage`: globalised float32 Newton in blocks of two with merging; converged
    candidates leave as fixed-point candidates, stalled ones as slow-point candidates.
+   Then :func:`manifold_candidates` follows the flow down the leading unstable modes of
+   every unstable point found, to the stable points its unstable manifold leads to, and
+   those settled end points take step 3 too.
 4. :func:`polish_and_classify`: float64 polish with optimistix, the fixed/slow thresholds,
    outliers, unique-ing, and the Jacobian's eigen-decomposition.
 """
@@ -34,6 +41,7 @@ from mechscope_dynamics._fp_batching import call_padded
 from mechscope_dynamics._fp_clustering import (
     merge_indices,
     merged,
+    near_known,
     survivors,
     unique_per_input,
 )
@@ -41,6 +49,7 @@ from mechscope_dynamics._fp_kernels import (
     PolishMethod,
     cast_model,
     eigen,
+    jacobians,
     model_dtype,
     newton,
     norms,
@@ -90,17 +99,44 @@ class AbstractCandidateSearch(AbstractSearch):
         """Run the pipeline of the module docstring with this search as its step 2."""
         dtype = model_dtype(model)
         merge_radius = settings.merge_tol * problem.scale
-        candidates = merged(relaxed_candidates(model, problem, settings, dtype), merge_radius)
+        starting, settled = relaxed_candidates(model, problem, settings, dtype)
+        candidates = merged(starting, merge_radius)
         close, far = self.approach(model, candidates, problem, merge_radius, dtype)
-        found, slow = newton_stage(model, close, problem, settings, dtype)
+        near_zeros = Candidates.concatenate([close, settled], problem.n_units)
+        found, slow = newton_stage(model, near_zeros, problem, settings, dtype)
+        # The points found lead to more: down the saddles' unstable manifolds, and along the
+        # stable points' branches to the other inputs; the new points lead on in turn.
+        newest, n_extra = found, 0
+        unique_radius = 10 * settings.unique_tol * problem.scale
+        for _ in range(_FOLLOW_ROUNDS):
+            values, vectors = _spectra(model, newest, problem, dtype)
+            extra = Candidates.concatenate(
+                [
+                    manifold_candidates(model, newest, values, vectors, problem, settings, dtype),
+                    continued_candidates(model, newest, values, problem, settings, dtype),
+                ],
+                problem.n_units,
+            )
+            extra = extra.take(~near_known(extra.x, extra.input, [found], unique_radius))
+            if len(extra) == 0:
+                break
+            n_extra += len(extra)
+            newest, more_slow = newton_stage(model, extra, problem, settings, dtype)
+            newest = newest.take(~near_known(newest.x, newest.input, [found], unique_radius))
+            found = Candidates.concatenate([found, newest], problem.n_units)
+            slow = Candidates.concatenate([slow, more_slow], problem.n_units)
         return polish_and_classify(
             model,
             problem,
             settings,
             found,
             Candidates.concatenate([far, slow], problem.n_units),
-            n_candidates=len(candidates),
+            n_candidates=len(candidates) + len(settled) + n_extra,
         )
+
+
+#: Rounds of following the points found to more (each round starts from the last round's).
+_FOLLOW_ROUNDS = 3
 
 
 class NewtonSearch(AbstractCandidateSearch):
@@ -125,31 +161,236 @@ class NewtonSearch(AbstractCandidateSearch):
 
 def relaxed_candidates(
     model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig, dtype: Any
-) -> Candidates:
+) -> tuple[Candidates, Candidates]:
     """Every (input, start) pair, relaxed along the flow where that collapses the starts.
 
-    Every pair relaxes in one compiled call; starts that fall into the same attractor end up
-    together. With ``relax_steps = 0`` (or no starts) the raw starts are the candidates.
+    Every pair relaxes in one compiled call, and so does every (input, flow start) pair;
+    starts that fall into the same attractor end up together. With ``relax_steps = 0`` (or no
+    starts) the raw starts are the candidates and the flow is not followed.
+
+    Returns:
+        The candidates for the search (relaxed or raw, per input), and the points where the
+        flow from the starts and flow starts settled (see :func:`follow_flow`), which are
+        already close to stable points.
     """
     k, s = len(problem.inputs), len(problem.starts)
-    x = np.tile(problem.starts, (k, 1))
-    row_input = np.repeat(np.arange(k), s)
+    flow_rows = problem.flow_rows
+    x = np.tile(flow_rows, (k, 1))
+    row_input = np.repeat(np.arange(k), len(flow_rows))
     u = problem.inputs[row_input]
-    if settings.relax_steps == 0 or len(x) == 0:
-        return Candidates(x, row_input, call_padded(norms, model, x, u, dtype))
-    # One step length for all inputs: the spectrum at the centroid sets the time scale (for a
-    # CT-RNN the Jacobian does not depend on the input at all).
-    step = settings.relax_step or relaxation_step(model, problem.center, problem.inputs[-1])
-    relaxed = call_padded(relax, model, x, u, dtype, jnp.asarray(step, dtype), settings.relax_steps)
-    return _prefer_relaxed(
+    is_start = np.tile(np.arange(len(flow_rows)) < s, k)
+    if settings.relax_steps == 0 or s == 0:
+        starts = Candidates(x[is_start], row_input[is_start], np.zeros(int(is_start.sum())))
+        starts = Candidates(
+            starts.x, starts.input, call_padded(norms, model, starts.x, u[is_start], dtype)
+        )
+        return starts, Candidates.empty(problem.n_units)
+    step = flow_step(model, problem, settings)
+    relaxed = np.stack(
+        call_padded(relax, model, x, u, dtype, jnp.asarray(step, dtype), settings.relax_steps)
+    )
+    candidates, relaxed_used = _prefer_relaxed(
         model,
-        Candidates(x, row_input, np.zeros(len(x))),
-        np.stack(relaxed),
+        Candidates(x[is_start], row_input[is_start], np.zeros(int(is_start.sum()))),
+        relaxed[:, is_start],
         problem.inputs,
         settings.merge_tol * problem.scale,
         dtype,
         settings.relaxed_fraction * s,
     )
+    # Where an input's relaxed points are the candidates, the search starts from its starts'
+    # end points anyway; elsewhere (and from the flow starts) the paths are followed on.
+    follow = ~is_start | ~relaxed_used[row_input]
+    before = call_padded(norms, model, x[follow], u[follow], dtype)
+    paths = Candidates(relaxed[0][follow], row_input[follow], before)
+    return candidates, follow_flow(model, paths, problem, settings, dtype, step)
+
+
+def flow_step(model: mechscope.AbstractModel, problem: Problem, settings: SolverConfig) -> float:
+    """The Euler step of the relaxation and of :func:`follow_flow`.
+
+    One step length for all inputs: the spectrum at the centroid sets the time scale (for a
+    CT-RNN the Jacobian does not depend on the input at all).
+    """
+    return settings.relax_step or relaxation_step(model, problem.center, problem.inputs[-1])
+
+
+def follow_flow(
+    model: mechscope.AbstractModel,
+    paths: Candidates,
+    problem: Problem,
+    settings: SolverConfig,
+    dtype: Any,
+    step: float,
+    grace: int = 0,
+) -> Candidates:
+    """Where the flow settles: paths followed in blocks of ``relax_steps`` Euler steps.
+
+    A path has settled once ‖f‖ ≤ ``flow_tol`` × speed scale (it is closing in on a stable
+    point, or passing very slowly by a zero). Between blocks, a path goes on only while it is
+    settling (its ‖f‖ fell by at least half over the last block); paths that come within
+    ``merge_tol`` × scale of a settled point, or of each other, are merged, so the paths that
+    converge onto one attractor cost one path. At most ``flow_blocks`` further blocks, after
+    `grace` blocks in which every path goes on (paths leaving a saddle speed up first).
+
+    Args:
+        model: the model.
+        paths: the paths' current points, inputs, and ‖f‖ at their previous points (where
+            they stood one block earlier; ``inf`` follows every path one more block).
+        problem: the problem (inputs, scales).
+        settings: the shared settings.
+        dtype: working dtype.
+        step: the Euler step.
+        grace: blocks every path takes before the settling test applies.
+
+    Returns:
+        The settled points (one per cluster of radius ``merge_tol`` × scale and input).
+    """
+    tol = settings.flow_tol * problem.speed_scale
+    merge_radius = settings.merge_tol * problem.scale
+    x, row_input, before = paths.x, paths.input, paths.norm
+    settled: list[Candidates] = []
+    for block in range(grace + settings.flow_blocks + 1):
+        if len(x) == 0:
+            break
+        now = call_padded(norms, model, x, problem.inputs[row_input], dtype)
+        finite = np.all(np.isfinite(x), axis=1) & np.isfinite(now)
+        current = Candidates(x, row_input, np.where(finite, now, np.inf))
+        if block < grace:
+            done, settling = np.zeros(len(x), dtype=bool), finite
+        else:
+            done = finite & (now <= tol)
+            settling = finite & ~done & (now <= 0.5 * before)
+        settled.append(current.take(done))
+        if block == grace + settings.flow_blocks:
+            break
+        going = survivors(current, ~settling, settled, merge_radius)
+        if len(going) == 0:
+            break
+        before, row_input = current.norm[going], row_input[going]
+        x, _ = call_padded(
+            relax,
+            model,
+            x[going],
+            problem.inputs[row_input],
+            dtype,
+            jnp.asarray(step, dtype),
+            settings.relax_steps,
+        )
+    return merged(Candidates.concatenate(settled, problem.n_units), merge_radius)
+
+
+def _spectra(
+    model: mechscope.AbstractModel, found: Candidates, problem: Problem, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and vectors of ∂f/∂x at the converged points, by decreasing real part.
+
+    Rows whose Jacobian is not finite get eigenvalues −∞ (neither stable nor unstable use).
+    """
+    n = problem.n_units
+    if len(found) == 0:
+        return np.zeros((0, n), complex), np.zeros((0, n, n), complex)
+    jac = jacobians(model, found.x, problem.inputs[found.input], dtype)
+    finite = np.all(np.isfinite(jac), axis=(1, 2))
+    values = np.full(jac.shape[:2], np.nan, dtype=complex)
+    vectors = np.zeros(jac.shape, dtype=complex)
+    if finite.any():
+        values[finite], vectors[finite] = np.linalg.eig(jac[finite])
+    return sort_modes(values, vectors, np.nan_to_num(np.real(values), nan=-np.inf))
+
+
+def continued_candidates(
+    model: mechscope.AbstractModel,
+    found: Candidates,
+    values: np.ndarray,
+    problem: Problem,
+    settings: SolverConfig,
+    dtype: Any,
+) -> Candidates:
+    """Stable points of every other input, continued from each stable point found.
+
+    A stable point moves smoothly with the input until it meets a saddle (a fold), so the
+    stable points of neighbouring inputs lie on each other's branches: each stable point of
+    input a is followed to every input b along u(s) = (1 − s) u_a + s u_b, in
+    ``continuation_steps`` equal steps of s with three globalised Newton iterations each.
+    A search from the starts can miss a stable point of b whose basin no start reaches; its
+    branch through a's stable point does not.
+
+    Returns:
+        The end points (for input b) not already found (empty with ``continuation_steps`` 0).
+    """
+    k = len(problem.inputs)
+    stable = np.real(values[:, 0]) < 0 if len(values) else np.zeros(0, dtype=bool)
+    if settings.continuation_steps == 0 or k < 2 or not stable.any():
+        return Candidates.empty(problem.n_units)
+    source = np.repeat(np.flatnonzero(stable), k)
+    target = np.tile(np.arange(k), int(stable.sum()))
+    other = target != found.input[source]
+    source, target = source[other], target[other]
+    x = found.x[source]
+    u_from, u_to = problem.inputs[found.input[source]], problem.inputs[target]
+    speed = np.full(len(x), np.inf)
+    for fraction in np.linspace(0.0, 1.0, settings.continuation_steps + 1)[1:]:
+        u = (1.0 - fraction) * u_from + fraction * u_to
+        x, speed = call_padded(newton, model, x, u, dtype, 3)
+    continued = Candidates(x, target, speed)
+    continued = continued.take(np.all(np.isfinite(x), axis=1) & np.isfinite(speed))
+    new = ~near_known(
+        continued.x, continued.input, [found], 10 * settings.unique_tol * problem.scale
+    )
+    return merged(continued.take(new), settings.merge_tol * problem.scale)
+
+
+def manifold_candidates(
+    model: mechscope.AbstractModel,
+    found: Candidates,
+    values: np.ndarray,
+    vectors: np.ndarray,
+    problem: Problem,
+    settings: SolverConfig,
+    dtype: Any,
+) -> Candidates:
+    """Where the flow settles down the unstable manifolds of the unstable points found.
+
+    Each branch of a saddle's unstable manifold ends on an attractor (or in chaos), so the
+    stable points the saddles connect to are found even where no start's path reaches them.
+    From every converged point with an unstable mode, the flow is followed (as in
+    :func:`follow_flow`) from the point displaced by ±``merge_tol`` × scale along each of its
+    ``manifold_modes`` leading unstable modes (the real part of a complex mode's vector).
+
+    Args:
+        model: the model.
+        found: the converged points.
+        values: their Jacobians' eigenvalues, by decreasing real part.
+        vectors: the matching eigenvectors (columns).
+        problem: the problem.
+        settings: the shared settings.
+        dtype: working dtype.
+
+    Returns:
+        The settled points not already found (empty with ``relax_steps`` or
+        ``manifold_modes`` 0).
+    """
+    if settings.relax_steps == 0 or settings.manifold_modes == 0 or len(found) == 0:
+        return Candidates.empty(problem.n_units)
+    modes = min(settings.manifold_modes, problem.n_units)
+    unstable = np.real(values[:, :modes]) > 0  # [points, modes]
+    point, mode = np.nonzero(unstable)
+    if len(point) == 0:
+        return Candidates.empty(problem.n_units)
+    direction = np.real(vectors[point, :, mode])
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-30)
+    kick = settings.merge_tol * problem.scale * direction
+    x = np.concatenate([found.x[point] + kick, found.x[point] - kick])
+    row_input = np.tile(found.input[point], 2)
+    paths = Candidates(x, row_input, np.full(len(x), np.inf))
+    step = flow_step(model, problem, settings)
+    settled = follow_flow(model, paths, problem, settings, dtype, step, grace=2)
+    # Only the points not found already are new candidates (the unique radius of Newton).
+    new = np.flatnonzero(
+        ~near_known(settled.x, settled.input, [found], 10 * settings.unique_tol * problem.scale)
+    )
+    return settled.take(new)
 
 
 def _prefer_relaxed(
@@ -160,7 +401,7 @@ def _prefer_relaxed(
     merge_radius: float,
     dtype: Any,
     most: float,
-) -> Candidates:
+) -> tuple[Candidates, np.ndarray]:
     """Per input, the relaxed candidates where the flow merged them, else the raw starts.
 
     Where an input's flow is dominated by attractors, relaxation collapses the starts onto a
@@ -179,7 +420,8 @@ def _prefer_relaxed(
         most: the most distinct relaxed candidates an input may have to use them.
 
     Returns:
-        The rows to search from, their inputs and ‖f‖ there.
+        The rows to search from, their inputs and ‖f‖ there; and, per input, whether they are
+        its relaxed points.
     """
     relaxed_x = relaxed.reshape(-1, relaxed.shape[-1])
     relaxed_k = np.tile(raw.input, 2)
@@ -193,11 +435,12 @@ def _prefer_relaxed(
         if len(raw_rows)
         else np.zeros(0)
     )
-    return Candidates(
+    candidates = Candidates(
         np.concatenate([raw.x[raw_rows], relaxed_x[keep]]),
         np.concatenate([raw.input[raw_rows], relaxed_k[keep]]),
         np.concatenate([raw_norm, relaxed_norm[keep]]),
     )
+    return candidates, use
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ class Problem:
         scale: typical size of the state; distances are measured in this unit.
         speed_scale: typical ‖f‖ along trajectories; speeds are measured in this unit.
         center: centroid of the trajectories, ``[n_units]``, for outlier removal.
+        flow_starts: further states, ``[p, n_units]`` (e.g. the noise-free trajectory states),
+            from which only the flow is followed, to find the stable points it settles on.
     """
 
     inputs: np.ndarray
@@ -25,6 +27,14 @@ class Problem:
     scale: float
     speed_scale: float
     center: np.ndarray
+    flow_starts: np.ndarray | None = None
+
+    @property
+    def flow_rows(self) -> np.ndarray:
+        """Every state the flow is followed from: the starts, then the flow starts."""
+        if self.flow_starts is None or len(self.flow_starts) == 0:
+            return self.starts
+        return np.concatenate([self.starts, self.flow_starts])
 
     @property
     def n_units(self) -> int:
@@ -87,8 +97,8 @@ class FixedPoints:
         slow_input_index: input of each slow point, ``[p]``.
         slow_speed: ‖f‖ at each slow point, ``[p]``.
         discrete: True in compatibility mode (eigenvalues are of the discrete map).
-        n_candidates: distinct candidates that reached the search stage (the fast solver's
-            work).
+        n_candidates: distinct candidates that reached the search stage, plus the settled
+            flow points and the points followed from those found (the fast solver's work).
     """
 
     inputs: np.ndarray

@@ -43,6 +43,7 @@ def find_fixed_points(
     scale: float,
     speed_scale: float,
     center: Float[ArrayLike, " n_units"] | None = None,
+    flow_starts: Float[ArrayLike, "p n_units"] | None = None,
     search: AbstractSearch = DEFAULT_SEARCH,
     settings: SolverConfig = DEFAULT_SETTINGS,
 ) -> FixedPoints:
@@ -60,6 +61,9 @@ def find_fixed_points(
             mean); distances (merging, unique-ing, outliers) are measured in this unit.
         speed_scale: typical ‖f‖ along trajectories; speeds are measured in this unit.
         center: centroid of the trajectories for outlier removal (default: mean of starts).
+        flow_starts: further states (e.g. the noise-free trajectory states) from which the
+            flow is followed until it settles, so that the stable points it reaches are found
+            even where no start's search reaches them (default: none, only the starts).
         search: the search (default: matrix-free Levenberg–Marquardt, then dense Newton).
         settings: the settings every search shares (the probe passes its config).
 
@@ -74,6 +78,9 @@ def find_fixed_points(
         scale=scale,
         speed_scale=speed_scale,
         center=starts_np.mean(0) if center is None else np.asarray(center, dtype=np.float64),
+        flow_starts=None
+        if flow_starts is None
+        else np.asarray(flow_starts, dtype=np.float64).reshape(-1, starts_np.shape[1]),
     )
     with jax.default_matmul_precision("highest"):
         return search.find(model, problem, settings)

@@ -296,7 +296,7 @@ def model_neural_data(
 def load_neural_data(
     path: str | Path,
     *,
-    time_scale: float = 1.0,
+    time_scale: float | None = None,
     struct: str = "Data",
     name: str = "condition_averages",
 ) -> NeuralData:
@@ -305,17 +305,23 @@ def load_neural_data(
     Layouts: ``.npz`` and ``.mat`` hold ``rates`` ``[condition, time, neuron]``, ``times``
     ``[time]`` and optional ``label_<name>``, ``event_<name>`` and ``neuron_ids`` variables;
     a ``.mat`` file may instead hold the struct array of Churchland et al.'s jPCA code
-    (``Data(c).A`` ``[time, neuron]`` and ``Data(c).times``). ``.nwb`` files are those written
-    by :meth:`NeuralData.save_nwb` (needs ``pynwb``).
+    (``Data(c).A`` ``[time, neuron]`` and ``Data(c).times``, in milliseconds as that code's
+    format has them). ``.nwb`` files are those written by :meth:`NeuralData.save_nwb` (needs
+    ``pynwb``). Times come back in seconds.
 
     Args:
         path: the file.
-        time_scale: multiply times and events by this to get seconds (1e-3 for ms).
+        time_scale: multiply the file's times and events by this to get seconds (1e-3 for
+            ms, 1.0 for s). None: the layout's unit, milliseconds for the jPCA struct array
+            and seconds for every other layout.
         struct: name of the struct array in a jPCA-style ``.mat`` file.
         name: name of the NWB processing module holding the arrays.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if time_scale is not None and not (np.isfinite(time_scale) and time_scale > 0):
+        raise mechscope.ConfigError(f"time_scale must be a positive number, got {time_scale}")
+    unit = 1.0  # the layout's time unit in seconds
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             data = _from_flat({k: archive[k] for k in archive.files}, path)
@@ -324,7 +330,7 @@ def load_neural_data(
 
         raw = {k: v for k, v in loadmat(path, squeeze_me=True).items() if not k.startswith("__")}
         if "rates" not in raw and struct in raw:
-            data = _from_jpca_struct(raw[struct], path)
+            data, unit = _from_jpca_struct(raw[struct], path), 1e-3
         else:
             data = _from_flat(raw, path)
     elif suffix == ".nwb":
@@ -333,6 +339,7 @@ def load_neural_data(
         data = _nwb.read(path, name=name)
     else:
         raise ValueError(f"cannot load {path}: expected a .npz, .mat or .nwb file")
+    time_scale = unit if time_scale is None else time_scale
     if time_scale != 1.0:
         data = data.replace(
             times=data.times * time_scale,

@@ -19,7 +19,6 @@ import numpy as np
 import pydantic
 import scipy.linalg
 import scipy.optimize
-import scipy.stats
 from jaxtyping import Float
 from numpy.typing import NDArray
 
@@ -36,6 +35,7 @@ __all__ = [
     "fit_skew_symmetric",
     "fit_skew_symmetric_iterative",
     "jpca_analysis",
+    "weighted_circular_mean",
 ]
 
 
@@ -173,6 +173,8 @@ class JPCAResult:
         freq_hz: rotation frequency of each plane in Hz.
         phase_diff: angle between state and its derivative in each plane, wrapped to
             (−π, π], shape ``[plane, condition, time]`` (π/2 = pure counter-clockwise rotation).
+        radius: distance of each state from the origin in each plane, the weight of its
+            angle in the circular statistics, shape ``[plane, condition, time]``.
         norm_factors: the per-neuron normalisation divisors that were used.
         labels: the analysed conditions' labels.
     """
@@ -193,6 +195,7 @@ class JPCAResult:
     var_planes: np.ndarray
     freq_hz: np.ndarray
     phase_diff: np.ndarray
+    radius: np.ndarray
     norm_factors: np.ndarray
     labels: dict[str, np.ndarray]
 
@@ -204,20 +207,23 @@ class JPCAResult:
     def circular_stats(self, plane: int = 0) -> dict[str, float]:
         """Circular statistics of the state–derivative angle in one plane.
 
+        ``mean`` and ``resultant`` are the reference's (``circ_mean`` and ``circ_r`` of
+        ``plotPhaseDiff.m``): each sample's angle is weighted by its radius in the plane, so
+        states near the origin, whose angle is mostly noise, count little.
+
         Returns:
-            ``mean`` (circular mean, rad), ``resultant`` (mean resultant length, 0–1),
-            ``rotation_index`` (mean of cos(angle − π/2): 1 for pure counter-clockwise
-            rotation, 0 for no consistent rotation) and ``fraction_ccw`` (fraction of samples
-            with angle in (0, π)).
+            ``mean`` (radius-weighted circular mean, rad), ``resultant`` (radius-weighted mean
+            resultant length, 0–1), ``rotation_index`` (unweighted mean of cos(angle − π/2),
+            the reference's ``averageDotProduct``: 1 for pure counter-clockwise rotation, 0 for
+            no consistent rotation) and ``fraction_ccw`` (fraction of samples with angle in
+            (0, π)).
         """
         angles = self.phase_diff[plane].reshape(-1)
-        stats = scipy.stats.directional_stats(
-            np.stack([np.cos(angles), np.sin(angles)], axis=1), normalize=False
-        )
-        mean = float(np.arctan2(stats.mean_direction[1], stats.mean_direction[0]))
+        weights = self.radius[plane].reshape(-1)
+        mean, resultant = weighted_circular_mean(angles, weights)
         return {
             "mean": mean,
-            "resultant": float(stats.mean_resultant_length),
+            "resultant": resultant,
             "rotation_index": float(np.mean(np.cos(angles - np.pi / 2))),
             "fraction_ccw": float(np.mean((angles > 0) & (angles < np.pi))),
         }
@@ -314,6 +320,21 @@ class JPCAResult:
         return {"jpca_rosette": self.rosette_figure, "jpca_r2": self.r2_figure}
 
 
+def weighted_circular_mean(
+    angles: Float[np.ndarray, " sample"], weights: Float[np.ndarray, " sample"]
+) -> tuple[float, float]:
+    """Weighted circular mean direction and mean resultant length (``circ_mean``, ``circ_r``).
+
+    The mean direction is the angle of Σ wᵢ e^{iθᵢ}; the resultant length is its modulus over
+    Σ wᵢ (1 when every angle agrees, near 0 when they spread evenly).
+    """
+    total = float(np.sum(weights))
+    if total <= 0:
+        return float("nan"), float("nan")
+    resultant = complex(np.sum(weights * np.exp(1j * angles)))
+    return float(np.angle(resultant)), abs(resultant) / total
+
+
 def _r2(target: np.ndarray, residual: np.ndarray) -> float:
     # Uncentred, as the reference code (ΔX has no mean to speak of after mean subtraction).
     total = float(np.sum(target**2))
@@ -321,9 +342,17 @@ def _r2(target: np.ndarray, residual: np.ndarray) -> float:
 
 
 def _real_plane(
-    vector: NDArray[np.inexact], start_states: np.ndarray, states: np.ndarray
+    vector: NDArray[np.inexact], start_states: np.ndarray, samples: np.ndarray
 ) -> np.ndarray:
-    """Two real orthonormal axes from a complex eigenvector, aligned as ``getRealVs.m``."""
+    """Two real orthonormal axes from a complex eigenvector, aligned as ``getRealVs.m``.
+
+    Args:
+        vector: the eigenvector of M_skew's positive-frequency eigenvalue of the plane.
+        start_states: every condition's first analysed state, ``[condition, k]``.
+        samples: every analysed state, ``[sample, k]``, the last time of each condition
+            included (the reference orients the plane by all of them, not only by the states
+            that precede a step).
+    """
     # For M v = iω v (ω > 0): M Re v = −ω Im v and M Im v = ω Re v, so in the axes
     # (Re v, −Im v) the dynamics are [[0, −ω], [ω, 0]]: counter-clockwise.
     basis, upper = np.linalg.qr(np.stack([vector.real, -vector.imag], axis=1))
@@ -339,7 +368,7 @@ def _real_plane(
         rotation[:, 1] = -rotation[:, 1]
     basis = basis @ rotation
     # Flip both axes so the largest excursion along the second axis is positive.
-    second = states @ basis[:, 1]
+    second = samples @ basis[:, 1]
     if np.max(np.abs(second)) > np.max(second):
         basis = -basis
     return basis
@@ -362,6 +391,7 @@ def jpca_analysis(data: NeuralData, config: JPCAConfig | None = None) -> JPCARes
     else:
         factors = np.ones(data.n_neurons)
     data = data.replace(rates=data.rates / factors)
+    _check_window(data, config)
     if config.align_event in data.events:
         data = data.align(config.align_event, config.window)
     else:
@@ -406,7 +436,7 @@ def jpca_analysis(data: NeuralData, config: JPCAConfig | None = None) -> JPCARes
     order = positive[np.argsort(-np.abs(eigenvalues[positive]), kind="stable")][: k // 2]
     planes = []
     for index in order:
-        planes.append(_real_plane(vectors[:, index], reduced[:, 0], states))
+        planes.append(_real_plane(vectors[:, index], reduced[:, 0], reduced.reshape(-1, k)))
     jpcs = np.concatenate(planes, axis=1)
     # Re-orthonormalise across planes (eigenvectors of a normal matrix are orthogonal, but a
     # near-degenerate spectrum can leave round-off) without changing any plane's axes much.
@@ -444,9 +474,32 @@ def jpca_analysis(data: NeuralData, config: JPCAConfig | None = None) -> JPCARes
         var_planes=var_jpcs.reshape(-1, 2).sum(axis=1),
         freq_hz=omega / (2 * np.pi * data.dt),
         phase_diff=np.moveaxis(phase_diff, -1, 0),
+        radius=np.moveaxis(np.hypot(x, y), -1, 0),
         norm_factors=factors,
         labels=dict(data.labels),
     )
+
+
+def _check_window(data: NeuralData, config: JPCAConfig) -> None:
+    """A one-line error when the window lies outside the data's times (e.g. ms against s).
+
+    The range is that of the times relative to the alignment event, over all conditions that
+    carry it; a window reaching past it by more than half a sample cannot be analysed.
+    """
+    event = config.align_event
+    onsets = data.event_times(event)
+    onsets = onsets[np.isfinite(onsets)]
+    if len(onsets) == 0 or data.n_times == 0:
+        return
+    first, last = float(data.times[0] - onsets.max()), float(data.times[-1] - onsets.min())
+    slack = 0.5 * data.dt if data.n_times > 1 else 0.0
+    start, end = config.window
+    if start < first - slack or end > last + slack:
+        relative = f" relative to '{event}'" if event in data.events else ""
+        raise mechscope.ConfigError(
+            f"the jPCA window ({start:g}, {end:g}) s lies outside the data's time range "
+            f"({first:g}, {last:g}) s{relative}; are the data's times or the window in ms?"
+        )
 
 
 def _orthonormal_like(basis: np.ndarray) -> np.ndarray:
