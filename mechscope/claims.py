@@ -382,14 +382,17 @@ def _evaluate_mechanism(
     if isinstance(claim, DifferentMechanism):
         test = permanova(matrix, labels, permutations=claim.permutations)
         held = observed["difference"] > 0 and test["p_value"] < claim.alpha
+        # With too few networks no labelling can reach alpha: the test cannot say "no".
+        powerless = test["min_p"] >= claim.alpha
         return {
             "measured": f"{measured}: mean between − mean within distance "
             f"(PERMANOVA pseudo-F {test['pseudo_f']:.3g}; smallest attainable p "
-            f"{test['min_p']:.2g})",
+            f"{test['min_p']:.2g}"
+            + (f", not below α = {claim.alpha:g} with these group sizes)" if powerless else ")"),
             "effect": observed["difference"],
             "p_value": test["p_value"],
             "n": n_a + n_b,
-            "verdict": "held" if held else "did not hold",
+            "verdict": "inconclusive" if powerless else "held" if held else "did not hold",
         }
     rng = np.random.default_rng(0)
     index_a = np.flatnonzero(np.asarray(labels) == "a")

@@ -229,14 +229,16 @@ def test_mechanism_claims_and_report(plugins, tmp_path):
     assert "Mechanism comparison" in page and "outputs · euclidean" in page
     verdicts = pd.read_csv(tmp_path / "report" / "mech_claims.csv")
     # Two networks per group: 6 labellings, two per value of F (the groups swap), so p ≥ 1/3
-    # and the claim cannot hold at α = 0.05 whatever the networks; the report says why.
+    # and the claim cannot hold at α = 0.05 whatever the networks: inconclusive, and why.
     different = verdicts[verdicts["title"] == "taus differ"].iloc[0]
     assert different["p_value"] >= 1 / 3 - 1e-12
     assert "smallest attainable p 0.33" in different["measured"]
-    assert different["verdict"] == "did not hold"
+    assert "not below α = 0.05" in different["measured"]
+    assert different["verdict"] == "inconclusive"
     same = verdicts[verdicts["title"] == "taus alike"].iloc[0]
-    # Two networks per group: the report writes no CI (claims.evaluate still computes one).
+    # Two networks per group: no bootstrap bound, so no CI and no verdict.
     assert np.isnan(same["ci_high"]) and same["n"] == 4 and same["smallest_group_n"] == 2
+    assert same["verdict"] == "inconclusive"
 
 
 def claim_inputs(separation, *, per_group=5, seed=0):
@@ -285,6 +287,29 @@ def test_mechanism_claims_positive_and_negative_controls(separation):
         assert verdict_different["verdict"] == "did not hold"
         assert verdict_same["verdict"] == "held", verdict_same
     assert evaluate(different, table, None)["verdict"] == "inconclusive"
+
+
+def test_mechanism_claims_with_two_networks_per_group_are_inconclusive():
+    """However far apart, 2 vs 2 networks cannot reach α (PERMANOVA) or bound a bootstrap."""
+    from mechscope.claims import evaluate, parse_claims
+
+    common = {"comparison": "c", "metric": "d", "by": "group", "a": "a", "b": "b"}
+    different, same = parse_claims(
+        [
+            {"kind": "different_mechanism", "title": "differ", **common},
+            {"kind": "same_mechanism", "title": "alike", "margin": 1.0, **common},
+        ]
+    )
+    table, pairs = claim_inputs(50.0, per_group=2)
+    assert evaluate(different, table, pairs)["verdict"] == "inconclusive"
+    assert evaluate(same, table, pairs)["verdict"] == "inconclusive"
+    # Three per group: a bootstrap bound exists, but PERMANOVA's floor is still 2/20 = 0.1.
+    table, pairs = claim_inputs(50.0, per_group=3)
+    assert evaluate(different, table, pairs)["verdict"] == "inconclusive"
+    assert evaluate(same, table, pairs)["verdict"] == "did not hold"
+    # Four per group: the floor is 2/70 < 0.05, and the separation is found.
+    table, pairs = claim_inputs(50.0, per_group=4)
+    assert evaluate(different, table, pairs)["verdict"] == "held"
 
 
 def test_stacking_names_the_array_whose_shape_differs():
