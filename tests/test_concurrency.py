@@ -25,6 +25,7 @@ from mechscope.experiment import Experiment, ExperimentResult, run_experiments
 from mechscope.plugins import PluginManager
 from mechscope.store import (
     HOST,
+    PROCESS_SPACE,
     LockHolder,
     RunStore,
     atomic_directory,
@@ -110,10 +111,27 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _plant_lock(store: RunStore, run_id: str, *, pid: int, host: str, age_s: float = 0.0):
+def _plant_lock(
+    store: RunStore,
+    run_id: str,
+    *,
+    pid: int,
+    host: str,
+    age_s: float = 0.0,
+    process_space: str | None = None,
+):
+    """A lock file as a holder writes it; on this host, in this pid space unless told."""
     path = store.lock_path(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    holder = LockHolder(pid=pid, host=host, started=time.time() - age_s, token="planted")
+    if process_space is None:
+        process_space = PROCESS_SPACE if host == HOST else "elsewhere"
+    holder = LockHolder(
+        pid=pid,
+        host=host,
+        started=time.time() - age_s,
+        token="planted",
+        process_space=process_space,
+    )
     path.write_text(holder.model_dump_json())
     os.utime(path, (time.time() - age_s, time.time() - age_s))
     return path
@@ -158,6 +176,10 @@ def test_stale_locks_are_broken_and_live_ones_kept(tmp_path):
     # This host, live pid (this very process), old lock refreshed now: kept.
     _plant_lock(store, "alive", pid=os.getpid(), host=HOST)
     assert store.try_lock("alive") is None
+    # The same host name but another pid space (a container sharing it): its pid says
+    # nothing here, so a fresh lock is kept however dead that pid looks.
+    _plant_lock(store, "container", pid=_dead_pid(), host=HOST, process_space="other-space")
+    assert store.try_lock("container") is None
     # Another host: judged by age since its last refresh.
     _plant_lock(store, "remote-fresh", pid=_dead_pid(), host="elsewhere", age_s=10)
     assert store.try_lock("remote-fresh") is None
