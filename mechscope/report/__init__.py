@@ -857,7 +857,9 @@ def _reading(claim: Any, row: Mapping[Any, Any], n_group: int) -> str:
             f"{claim.b}; the claim needs the CI above 0."
         )
     elif isinstance(claim, Similar):
-        bound = f"; upper bound {high:.3g}" if math.isfinite(high) and n_group >= 3 else ""
+        bound = (
+            f"; upper bound {high:.3g}" if math.isfinite(high) and n_group >= MIN_N_FOR_CI else ""
+        )
         sentence = (
             f"The group means of {claim.metric} span {effect:.3g}{bound}; the claim needs the "
             f"upper bound below the margin {claim.margin:g}."
