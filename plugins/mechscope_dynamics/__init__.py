@@ -1,4 +1,4 @@
-"""First-party dynamics probes: ``fixed_points``, ``robustness`` and ``generalization``.
+"""First-party dynamics probes: fixed points, robustness, generalisation, delay generalisation.
 
 ``fixed_points`` finds zeros of a model's vector field for constant inputs (batched
 Levenberg–Marquardt and Newton from many starts, merging, optimistix polish in float64),
@@ -6,13 +6,27 @@ classifies their stability, reports slow points separately and asks whether each
 end-of-delay state sits on a stable fixed point of its delay input; a compatibility search
 follows Golub & Sussillo's FixedPointFinder. ``robustness`` sweeps input noise, recurrent noise
 and state kicks at go; ``generalization`` runs a delayed-reach network on target-switch and
-target-relocation trials.
+target-relocation trials; ``delay_generalization`` runs it at delays outside its training range
+and under input noise during the delay only.
 """
 
 from __future__ import annotations
 
 import mechscope
-from mechscope_dynamics._common import ConditionRun, condition_run, pca_basis
+from mechscope_dynamics._common import (
+    ConditionRun,
+    condition_run,
+    endpoint_error,
+    pca_basis,
+    reach_success,
+)
+from mechscope_dynamics._delay_generalization import (
+    DelayGeneralizationConfig,
+    DelayGeneralizationProbe,
+    delay_noise_inputs,
+    plan_delays,
+    trained_delays,
+)
 from mechscope_dynamics._fixed_points import (
     FixedPointsConfig,
     FixedPointsProbe,
@@ -46,6 +60,8 @@ __all__ = [
     "AbstractLMSearch",
     "AbstractSearch",
     "ConditionRun",
+    "DelayGeneralizationConfig",
+    "DelayGeneralizationProbe",
     "DenseLMConfig",
     "DenseLMSearch",
     "FixedPoints",
@@ -67,19 +83,25 @@ __all__ = [
     "attractor_summary",
     "condition_run",
     "constant_inputs",
+    "delay_noise_inputs",
+    "endpoint_error",
     "find_fixed_points",
     "matching_task",
     "mechscope_register_probes",
     "pca_basis",
+    "plan_delays",
     "preparation_index",
     "reach_metrics",
+    "reach_success",
     "sample_starts",
+    "trained_delays",
 ]
 
 
 @mechscope.hookimpl
 def mechscope_register_probes(register: mechscope.Register) -> None:
-    """Register the ``fixed_points``, ``robustness`` and ``generalization`` probes."""
+    """Register ``fixed_points``, ``robustness``, ``generalization``, ``delay_generalization``."""
     register("fixed_points", FixedPointsConfig, FixedPointsProbe)
     register("robustness", RobustnessConfig, RobustnessProbe)
     register("generalization", GeneralizationConfig, GeneralizationProbe)
+    register("delay_generalization", DelayGeneralizationConfig, DelayGeneralizationProbe)

@@ -1,9 +1,12 @@
-"""Helpers shared by the dynamics probes: the condition run (from the core), PCA, events."""
+"""Helpers shared by the dynamics probes: condition run (from the core), PCA, events, endpoints."""
 
 from __future__ import annotations
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Array, ArrayLike, Float
 
 import mechscope
 
@@ -29,3 +32,59 @@ def event_index(trials: mechscope.Trials, event: str) -> np.ndarray | None:
     if event not in trials.events:
         return None
     return np.asarray(trials.event_index(event))
+
+
+def last_masked_index(trials: mechscope.Trials) -> np.ndarray:
+    """Each trial's last sample where any output channel is masked in, ``[b]``."""
+    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
+    return mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+
+
+def _chosen(channels: tuple[int, ...], n_outputs: int) -> list[int]:
+    """`channels` that exist, or every channel if none does."""
+    return [c for c in channels if c < n_outputs] or list(range(n_outputs))
+
+
+def endpoint_error(
+    outputs: np.ndarray, trials: mechscope.Trials, channels: tuple[int, ...]
+) -> np.ndarray:
+    """Distance of `outputs` from the targets in `channels` at each trial's last masked sample.
+
+    `outputs` is ``[..., b, t, o]`` (leading axes: levels, repeats); the result ``[..., b]``.
+    """
+    last = last_masked_index(trials)
+    chosen = _chosen(channels, outputs.shape[-1])
+    batch = np.arange(len(last))
+    target = np.asarray(trials.targets)[batch, last][:, chosen]
+    end = np.asarray(outputs)[..., batch, last, :][..., chosen]
+    return np.linalg.norm(end - target, axis=-1)
+
+
+def final_targets(trials: mechscope.Trials, channels: tuple[int, ...]) -> np.ndarray:
+    """The targets in `channels` at each trial's last masked sample, ``[b, len(channels)]``."""
+    last = last_masked_index(trials)
+    chosen = _chosen(channels, np.asarray(trials.targets).shape[-1])
+    return np.asarray(trials.targets)[np.arange(len(last)), last][:, chosen]
+
+
+def reach_success(
+    error: np.ndarray, trials: mechscope.Trials, channels: tuple[int, ...], radius: float
+) -> np.ndarray:
+    """A reach succeeds when its endpoint `error` is at most `radius` × the final target's reach.
+
+    The reach is the final target's distance from the origin (where every reach starts);
+    `error` is ``[..., b]`` as :func:`endpoint_error` gives it.
+    """
+    reach = np.maximum(np.linalg.norm(final_targets(trials, channels), axis=-1), 1e-9)
+    return error <= radius * reach
+
+
+@eqx.filter_jit
+def r2_per_repeat(
+    outputs: Float[ArrayLike, "levels repeats b t o"],
+    targets: Float[Array, "b t o"],
+    mask: Float[Array, "b t o"],
+) -> Float[Array, "levels repeats"]:
+    """:func:`mechscope.masked_r2` of every level's every repeat (pooled over trials)."""
+    per_repeat = jax.vmap(mechscope.masked_r2, in_axes=(0, None, None))
+    return jax.vmap(per_repeat, in_axes=(0, None, None))(jnp.asarray(outputs), targets, mask)

@@ -12,7 +12,14 @@ from jaxtyping import PRNGKeyArray
 from pydantic import Field
 
 import mechscope
-from mechscope_dynamics._common import condition_run, event_index
+from mechscope_dynamics._common import (
+    condition_run,
+    endpoint_error,
+    event_index,
+    final_targets,
+    last_masked_index,
+    reach_success,
+)
 
 TaskName = Literal["target_switch", "target_relocation"]
 
@@ -94,13 +101,11 @@ def reach_metrics(
 ) -> dict[str, np.ndarray]:
     """Per trial: endpoint error to the final target, success, reaction time (s)."""
     position = outputs[..., list(position_channels)]
-    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
-    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    last = last_masked_index(trials)
     batch = np.arange(len(last))
-    final_target = np.asarray(trials.targets)[batch, last][:, list(position_channels)]
-    error = np.linalg.norm(position[batch, last] - final_target, axis=-1)
-    reach = np.maximum(np.linalg.norm(final_target, axis=-1), 1e-9)
-    success = error <= success_radius * reach
+    final_target = final_targets(trials, position_channels)
+    error = endpoint_error(outputs, trials, position_channels)
+    success = reach_success(error, trials, position_channels, success_radius)
     times = np.asarray(trials.times)
     dt = times[1] - times[0]
     speed = np.linalg.norm(np.gradient(position, dt, axis=1), axis=-1)

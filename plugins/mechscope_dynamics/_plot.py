@@ -151,3 +151,33 @@ def hands_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     axes[0][0].set_ylabel("y")
     figure.tight_layout()
     return figure
+
+
+def delay_generalization_figure(arrays: dict[str, np.ndarray]) -> Figure:
+    """Endpoint error and success against delay (trained range shaded); R² against delay noise."""
+    import matplotlib.pyplot as plt
+
+    delays = np.asarray(arrays["delays"])
+    order = np.argsort(delays, kind="stable")
+    low, high = np.asarray(arrays["trained_range"], float)
+    figure, axes = plt.subplots(1, 3, figsize=(9.6, 3))
+    for axis, name, ylabel in (
+        (axes[0], "endpoint_error", "endpoint error"),
+        (axes[1], "success_rate", "success rate"),
+    ):
+        if high > low:
+            axis.axvspan(low, high, color="0.85", label="trained delays")
+        else:  # one trained delay: a band would be invisible
+            axis.axvline(low, color="0.75", lw=6, label="trained delay")
+        axis.plot(delays[order], np.asarray(arrays[name])[order], "o-", color="k")
+        axis.set_xlabel("delay (s)")
+        axis.set_ylabel(ylabel)
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=7, loc="best")
+    r2 = np.asarray(arrays["r2_delay_noise"])
+    axes[2].plot(arrays["delay_noise_levels"], r2, "o-", color="k")
+    axes[2].set_xlabel("delay-period input noise σ")
+    axes[2].set_ylabel("output R²")
+    axes[2].set_ylim(min(-0.05, float(np.nanmin(r2)) - 0.05), 1.05)
+    figure.tight_layout()
+    return figure

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pydantic
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 from pydantic import Field
 
 import mechscope
-from mechscope_dynamics._common import event_index, pca_basis
+from mechscope_dynamics._common import endpoint_error, event_index, pca_basis, r2_per_repeat
 
 _DIRECTION = re.compile(r"^(random|pc[1-9][0-9]*)$")
 
@@ -120,28 +120,6 @@ def _kicked_outputs(
     per_repeat = jax.vmap(per_trial, in_axes=(None, None, None, None, 0))
     per_level = jax.vmap(per_repeat, in_axes=(None, None, None, None, 0))
     return per_level(inputs, states, outputs, go, kicks)
-
-
-@eqx.filter_jit
-def _r2_per_repeat(
-    outputs: Float[ArrayLike, "levels repeats b t o"],
-    targets: Float[Array, "b t o"],
-    mask: Float[Array, "b t o"],
-) -> Float[Array, "levels repeats"]:
-    """:func:`mechscope.masked_r2` of every level's every repeat."""
-    per_repeat = jax.vmap(mechscope.masked_r2, in_axes=(0, None, None))
-    return jax.vmap(per_repeat, in_axes=(0, None, None))(jnp.asarray(outputs), targets, mask)
-
-
-def _endpoint_error(outputs: np.ndarray, trials: mechscope.Trials, channels: tuple[int, ...]):
-    """Distance at each trial's last masked sample, ``[..., b]``."""
-    mask: np.ndarray = np.any(np.asarray(trials.mask), axis=-1)
-    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
-    chosen = [c for c in channels if c < outputs.shape[-1]] or list(range(outputs.shape[-1]))
-    batch = np.arange(len(last))
-    target = np.asarray(trials.targets)[batch, last][:, chosen]
-    end = outputs[..., batch, last, :][..., chosen]
-    return np.linalg.norm(end - target, axis=-1)
 
 
 _PERTURBATIONS = {
@@ -261,8 +239,8 @@ class RobustnessProbe(mechscope.AbstractProbe):
         for kind, levels in curves.items():
             outputs = outputs_by_kind[kind]
             # One R² per level and repeat (over all trials), averaged over the repeats.
-            r2 = np.asarray(_r2_per_repeat(outputs, trials.targets, trials.mask), float).mean(1)
-            error = _endpoint_error(outputs, trials, config.endpoint_channels).mean(axis=(1, 2))
+            r2 = np.asarray(r2_per_repeat(outputs, trials.targets, trials.mask), float).mean(1)
+            error = endpoint_error(outputs, trials, config.endpoint_channels).mean(axis=(1, 2))
             r2_curves[kind], error_curves[kind] = r2, error
             metrics[f"auc_{kind}"] = area_under_curve(levels, r2)
             metrics[f"auc_endpoint_error_{kind}"] = area_under_curve(levels, error)
