@@ -77,6 +77,7 @@ CHEAP_PROBE_SETTINGS = {
         "kick": (0.0, 0.2),
         "n_repeats": 1,
     },
+    "delay_generalization": {"delay_noise": (0.0, 0.1), "n_repeats": 1},
 }
 
 
