@@ -1,4 +1,4 @@
-"""Training-step speed of the ctrnn model against plain JAX and PyTorch-eager baselines.
+"""Training-step speed of the ctrnn models against plain JAX and PyTorch-eager baselines.
 
 Canonical configuration: N = 100 tanh units, batch 64, 250 steps of 10 ms, Euler, float32,
 Adam, masked MSE + rate regularisation. Every variant is timed in the same process, in
@@ -9,6 +9,10 @@ the hand-written Euler adjoint; ``mechscope_autodiff_ms`` times the same model w
 is the largest relative difference between the two gradients. Peak memory of the compiled
 training step at N = 512 and 1,000 steps is read from XLA's memory analysis for the adjoint,
 plain autodiff, and autodiff with gradient checkpointing (the default at that size).
+
+The same configuration is timed for ``gated_ctrnn`` (a GRU in ODE form, autodiff through the
+scan) and ``lowrank_ctrnn`` (rank 2, the Euler adjoint), each with an idiomatic PyTorch-eager
+equivalent; ratios are reported against ctrnn and against each model's PyTorch baseline.
 
 Usage:
     python benchmarks/train_step.py            # human-readable table
@@ -30,7 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from mechscope_ctrnn import CTRNNConfig, make_ctrnn
+from mechscope_ctrnn import (
+    CTRNNConfig,
+    GatedCTRNNConfig,
+    LowRankCTRNNConfig,
+    make_ctrnn,
+    make_gated_ctrnn,
+    make_lowrank_ctrnn,
+)
 
 import mechscope
 
@@ -72,10 +83,19 @@ def masked_loss(outputs, rates, targets, mask):
 # ---------------------------------------------------------------- mechscope (the model)
 
 
-def mechscope_step_fns(n_units: int, batch_data, **config_overrides):
+#: The models timed, by name: (config class, factory).
+MODELS = {
+    "ctrnn": (CTRNNConfig, make_ctrnn),
+    "gated_ctrnn": (GatedCTRNNConfig, make_gated_ctrnn),
+    "lowrank_ctrnn": (LowRankCTRNNConfig, make_lowrank_ctrnn),
+}
+
+
+def mechscope_step_fns(n_units: int, batch_data, model_name: str = "ctrnn", **config_overrides):
     """The mechscope training step and forward pass, jitted with eqx.filter_jit."""
-    config = CTRNNConfig(n_units=n_units, tau=TAU, **config_overrides)
-    model = make_ctrnn(config, n_inputs=N_INPUTS, n_outputs=N_OUTPUTS, key=jax.random.key(0))
+    config_class, factory = MODELS[model_name]
+    config = config_class(n_units=n_units, tau=TAU, **config_overrides)
+    model = factory(config, n_inputs=N_INPUTS, n_outputs=N_OUTPUTS, key=jax.random.key(0))
     optimiser = optax.adam(LEARNING_RATE)
     opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -152,8 +172,8 @@ def scan_step_fn(n_units: int, batch_data):
 # ---------------------------------------------------------------- PyTorch eager baseline
 
 
-def torch_step_fn(n_units: int, batch_data, threads: int | None = None):
-    """An idiomatic PyTorch-eager CT-RNN training step, or None when torch is absent."""
+def torch_step_fn(n_units: int, batch_data, threads: int | None = None, model_name: str = "ctrnn"):
+    """An idiomatic PyTorch-eager training step of `model_name`, or None when torch is absent."""
     try:
         import torch
     except ImportError:
@@ -181,7 +201,54 @@ def torch_step_fn(n_units: int, batch_data, threads: int | None = None):
                 x = x + alpha * (-x + r @ self.w_rec.T + self.input(inputs[:, t]))
             return torch.stack(outputs, 1), torch.stack(rates, 1)
 
-    net = RNN()
+    class GatedRNN(torch.nn.Module):
+        """The gated CT-RNN: tau·dh/dt = (1 − z)⊙(ĥ − h), Euler at dt, rates = h."""
+
+        def __init__(self):
+            super().__init__()
+            scale = 1.0 / n_units**0.5
+            self.w_gates = torch.nn.Parameter(torch.randn(2 * n_units, n_units) * scale)
+            self.w_candidate = torch.nn.Parameter(torch.randn(n_units, n_units) * scale)
+            self.input = torch.nn.Linear(N_INPUTS, 3 * n_units)
+            self.output = torch.nn.Linear(n_units, N_OUTPUTS)
+
+        def forward(self, inputs):
+            alpha = DT / TAU
+            h = torch.zeros(inputs.shape[0], n_units)
+            outputs, rates = [], []
+            for t in range(inputs.shape[1]):
+                outputs.append(self.output(h))
+                rates.append(h)
+                drive = self.input(inputs[:, t])
+                gates = torch.sigmoid(h @ self.w_gates.T + drive[:, : 2 * n_units])
+                update, reset = gates[:, :n_units], gates[:, n_units:]
+                candidate = torch.tanh((reset * h) @ self.w_candidate.T + drive[:, 2 * n_units :])
+                h = h + alpha * (1 - update) * (candidate - h)
+            return torch.stack(outputs, 1), torch.stack(rates, 1)
+
+    class LowRankRNN(torch.nn.Module):
+        """The CT-RNN with W_rec = m·nᵀ/N (rank 2), applied in factored form."""
+
+        def __init__(self, rank: int = 2):
+            super().__init__()
+            self.m = torch.nn.Parameter(torch.randn(n_units, rank))
+            self.n = torch.nn.Parameter(torch.randn(n_units, rank))
+            self.input = torch.nn.Linear(N_INPUTS, n_units)
+            self.output = torch.nn.Linear(n_units, N_OUTPUTS)
+
+        def forward(self, inputs):
+            alpha = DT / TAU
+            x = torch.zeros(inputs.shape[0], n_units)
+            outputs, rates = [], []
+            for t in range(inputs.shape[1]):
+                r = torch.tanh(x)
+                outputs.append(self.output(r))
+                rates.append(r)
+                recurrence = (r @ self.n) @ self.m.T / n_units
+                x = x + alpha * (-x + recurrence + self.input(inputs[:, t]))
+            return torch.stack(outputs, 1), torch.stack(rates, 1)
+
+    net = {"ctrnn": RNN, "gated_ctrnn": GatedRNN, "lowrank_ctrnn": LowRankRNN}[model_name]()
     optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     inputs, targets, mask = (torch.from_numpy(batch_data[k]) for k in ("inputs", "targets", "mask"))
 
@@ -299,13 +366,22 @@ def main(argv: list[str] | None = None) -> dict:
         "forward_ms": mechscope_forward,
         "scan_baseline_ms": scan_step_fn(options.units, data),
     }
-    torch_fn = (
-        None if options.no_torch else torch_step_fn(options.units, data, options.torch_threads)
-    )
-    if torch_fn is not None:
-        fns["torch_eager_ms"] = torch_fn
+    for name in ("gated_ctrnn", "lowrank_ctrnn"):
+        fns[f"{name}_ms"] = mechscope_step_fns(options.units, data, name)[0]
+    torch_fn = None
+    if not options.no_torch:
+        for name, label in (
+            ("ctrnn", ""),
+            ("gated_ctrnn", "gated_"),
+            ("lowrank_ctrnn", "lowrank_"),
+        ):
+            fn = torch_step_fn(options.units, data, options.torch_threads, name)
+            if fn is not None:
+                fns[f"torch_{label}eager_ms"] = fn
+                torch_fn = fn
     result: dict = time_interleaved(fns, options.rounds, burst=options.burst)
-    result.setdefault("torch_eager_ms", None)
+    for label in ("", "gated_", "lowrank_"):
+        result.setdefault(f"torch_{label}eager_ms", None)
     ms = result["mechscope_ms"]
     result["ratios"] = {
         "torch_eager_over_mechscope": (
@@ -315,6 +391,13 @@ def main(argv: list[str] | None = None) -> dict:
         "autodiff_over_adjoint": result["mechscope_autodiff_ms"] / ms,
         "mechscope_over_forward": ms / result["forward_ms"],
     }
+    for name, label in (("gated_ctrnn", "gated_"), ("lowrank_ctrnn", "lowrank_")):
+        model_ms = result[f"{name}_ms"]
+        torch_ms = result[f"torch_{label}eager_ms"]
+        result["ratios"][f"{name}_over_ctrnn"] = model_ms / ms
+        result["ratios"][f"torch_{label}eager_over_{name}"] = (
+            torch_ms / model_ms if torch_ms else None
+        )
     result["config"] = {
         "n_units": options.units,
         "batch": options.batch,

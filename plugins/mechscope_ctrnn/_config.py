@@ -1,4 +1,4 @@
-"""Validated configs of the ctrnn and ei_ctrnn models."""
+"""Validated configs of the ctrnn, ei_ctrnn, lowrank_ctrnn and gated_ctrnn models."""
 
 from __future__ import annotations
 
@@ -36,6 +36,24 @@ def diffrax_solvers() -> dict[str, type[diffrax.AbstractSolver]]:
 def make_solver(name: str) -> diffrax.AbstractSolver:
     """A diffrax solver instance from its (case-insensitive) class name, e.g. ``"tsit5"``."""
     return diffrax_solvers()[name.lower()]()
+
+
+def _known_solver_name(value: str) -> str:
+    """`value` lowercased, if it names a diffrax solver buildable without arguments."""
+    solvers = diffrax_solvers()
+    if value.lower() not in solvers:
+        raise ValueError(
+            f"not a diffrax solver buildable without arguments; choose one of: "
+            f"{', '.join(sorted(solvers))}"
+        )
+    return value.lower()
+
+
+def _device_name(value: str | None) -> str | None:
+    """`value`, if it is None or a device name like 'gpu' or 'cuda:1'."""
+    if value is not None and not _DEVICE_PATTERN.match(value):
+        raise ValueError("a device is a platform name with an optional index, e.g. 'gpu:0'")
+    return value
 
 
 class _CTRNNFields(mechscope.Config):
@@ -133,6 +151,16 @@ class _CTRNNFields(mechscope.Config):
             "current default device. Placement only: it never changes the numbers."
         ),
     )
+    recurrent_noise_site: Literal["state", "preactivation"] = pydantic.Field(
+        "state",
+        description=(
+            "Where the recurrent training noise σ_rec enters: 'state' adds it to dx/dt "
+            "(outside φ, x += σ_rec·sqrt(2h/tau)·ξ per step); 'preactivation' puts it inside "
+            "φ in the recurrence, r = φ(x + σ_rec·sqrt(2·tau/h)·ξ), so it penalises the "
+            "rates' sensitivity instead of perturbing the state (scan integrator; trains "
+            "with autodiff, not the Euler adjoint)."
+        ),
+    )
 
     @pydantic.field_validator("activation")
     @classmethod
@@ -145,20 +173,12 @@ class _CTRNNFields(mechscope.Config):
     @pydantic.field_validator("solver")
     @classmethod
     def _known_solver(cls, value: str) -> str:
-        solvers = diffrax_solvers()
-        if value.lower() not in solvers:
-            raise ValueError(
-                f"not a diffrax solver buildable without arguments; choose one of: "
-                f"{', '.join(sorted(solvers))}"
-            )
-        return value.lower()
+        return _known_solver_name(value)
 
     @pydantic.field_validator("device")
     @classmethod
     def _device_form(cls, value: str | None) -> str | None:
-        if value is not None and not _DEVICE_PATTERN.match(value):
-            raise ValueError("a device is a platform name with an optional index, e.g. 'gpu:0'")
-        return value
+        return _device_name(value)
 
     @pydantic.model_validator(mode="after")
     def _consistent_stepping(self) -> _CTRNNFields:
@@ -176,6 +196,18 @@ class _CTRNNFields(mechscope.Config):
                 )
             if self.substeps != 1:
                 raise ValueError("substeps applies to fixed-step integration, not adaptive=True")
+        if self.recurrent_noise_site == "preactivation":
+            if self.integrator == "diffeqsolve":
+                raise ValueError(
+                    "recurrent_noise_site 'preactivation' puts per-step noise inside φ, which "
+                    "only the scan integrator supports; use integrator 'scan' or 'auto'"
+                )
+            if self.gradient == "adjoint":
+                raise ValueError(
+                    "gradient 'adjoint' is written for noise added to the state; with "
+                    "recurrent_noise_site 'preactivation' use gradient 'auto' (which then "
+                    "uses autodiff) or 'autodiff'"
+                )
         if self.gradient == "adjoint":
             if not (self.solver == "euler" and self.substeps == 1 and self.uses_scan):
                 raise ValueError(
@@ -194,6 +226,7 @@ class _CTRNNFields(mechscope.Config):
         """Whether the Euler adjoint runs, given the checkpoint chunk the run would use."""
         if self.gradient == "auto":
             applies = self.solver == "euler" and self.substeps == 1 and self.uses_scan
+            applies = applies and self.recurrent_noise_site == "state"
             return applies and checkpoint_chunk is None
         return self.gradient == "adjoint"
 
@@ -246,3 +279,74 @@ class EICTRNNConfig(_CTRNNFields):
     def n_excitatory(self) -> int:
         """Number of excitatory units (the first ones; the rest are inhibitory)."""
         return round(self.excitatory_fraction * self.n_units)
+
+
+class LowRankCTRNNConfig(_CTRNNFields):
+    """CT-RNN with rank-R recurrent weights W_rec = m·nᵀ/N (Mastrogiuseppe & Ostojic 2018)."""
+
+    rank: int = pydantic.Field(
+        2, ge=1, description="Rank R of W_rec = m·nᵀ/N (m, n are N × R and trained)."
+    )
+    gain: float = pydantic.Field(
+        1.0,
+        ge=0,
+        description=(
+            "Initial scale g of the connectivity vectors: m ~ N(0, g²), n ~ N(0, 1) entrywise, "
+            "so each of W_rec's R non-zero singular values starts near g."
+        ),
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _rank_fits(self) -> LowRankCTRNNConfig:
+        if self.rank > self.n_units:
+            raise ValueError(f"rank {self.rank} exceeds n_units {self.n_units}")
+        return self
+
+
+class GatedCTRNNConfig(mechscope.Config):
+    """Continuous-time GRU, tau·dh/dt = (1 − z)⊙(ĥ − h) (Jordan, Sokół & Park 2021)."""
+
+    n_units: int = pydantic.Field(100, ge=1, description="Number of recurrent units N.")
+    tau: float = pydantic.Field(
+        0.05,
+        gt=0,
+        description="Time constant tau (s); a unit's effective time constant is tau/(1 − z).",
+    )
+    gain: float = pydantic.Field(
+        1.0,
+        ge=0,
+        description="Initial recurrent gain g: W_z, W_g, W_h ~ N(0, g²/N) entrywise.",
+    )
+    learn_x0: bool = pydantic.Field(
+        False, description="Learn the initial state h0 (initialised at 0); otherwise h0 = 0."
+    )
+    solver: str = pydantic.Field(
+        "euler",
+        description="Name of the fixed-step diffrax solver (case-insensitive): euler, heun, ...",
+    )
+    substeps: int = pydantic.Field(
+        1, ge=1, description="Solver steps per sample interval of the task."
+    )
+    checkpointing: Literal["auto", "always", "never"] = pydantic.Field(
+        "auto",
+        description=(
+            "Gradient checkpointing of the scan integrator; 'auto' turns it on for long or "
+            "wide runs (steps × units ≥ 2^18)."
+        ),
+    )
+    checkpoint_chunk: int | None = pydantic.Field(
+        None, ge=1, description="Sample intervals per checkpointed chunk; None ≈ sqrt(intervals)."
+    )
+    device: str | None = pydantic.Field(
+        None, description="JAX device for the parameters, e.g. 'cpu', 'gpu'; None = default."
+    )
+
+    @pydantic.field_validator("solver")
+    @classmethod
+    def _known_solver(cls, value: str) -> str:
+        return _known_solver_name(value)
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str | None) -> str | None:
+        return _device_name(value)

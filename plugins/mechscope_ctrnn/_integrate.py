@@ -202,6 +202,7 @@ def integrate_scan(
     *,
     substeps: int,
     checkpoint_chunk: int | None,
+    drift_sees_draws: bool = False,
 ) -> Float[Array, "time n"]:
     """Fixed-step integration as a scan over ``solver.step``; the state at every sample time.
 
@@ -219,8 +220,13 @@ def integrate_scan(
             and the function turning one step's draws into its state increment; or None.
         substeps: solver steps per sample interval.
         checkpoint_chunk: intervals per checkpointed chunk, or None for no checkpointing.
+        drift_sees_draws: call the drift as ``drift(x, (u, draws_j))`` with the step's
+            draws, for noise that enters the vector field non-additively (inside a
+            nonlinearity); the step's ``increment`` is still added. Needs `noise`.
 
     """
+    if drift_sees_draws and noise is None:
+        raise ValueError("drift_sees_draws needs per-step noise draws")
     n_intervals = times.shape[0] - 1
     increment, draws = None, None
     if noise is not None:
@@ -232,15 +238,19 @@ def integrate_scan(
             return None
         return HeldIncrement(increment(*draws_j))
 
+    def args(u, draws_j):
+        # The drift's second argument: the held input, with the step's draws if it sees them.
+        return (u, draws_j) if drift_sees_draws else u
+
     first_draws = None if draws is None else jax.tree.map(lambda a: a[0, 0], draws)
     solver_state = solver.init(
-        _terms(drift, control(first_draws)), times[0], times[1], x0, inputs[0]
+        _terms(drift, control(first_draws)), times[0], times[1], x0, args(inputs[0], first_draws)
     )
 
     def one_step(carry, t0, t1, u, draws_j, made_jump):
         x, state = carry
         x, _, _, state, _ = solver.step(
-            _terms(drift, control(draws_j)), t0, t1, x, u, state, made_jump
+            _terms(drift, control(draws_j)), t0, t1, x, args(u, draws_j), state, made_jump
         )
         return x, state
 
@@ -315,6 +325,31 @@ class RateDynamics(eqx.Module):
         slope = self.activation.derivative(x)
         eye = jnp.eye(self.w_rec.shape[0], dtype=x.dtype)
         return (-eye + self.w_rec * slope[None, :]) / self.tau
+
+
+class PreactivationNoiseDrift(eqx.Module):
+    """The CT-RNN drift with recurrent noise inside φ: (−x + W_rec·φ(x + c·ξ) + W_in·u + b)/tau.
+
+    A :data:`Drift` for :func:`integrate_scan` with ``drift_sees_draws=True``: its second
+    argument is ``(u, (ξ, η))``, one solver step's held input and draws. ``c`` is
+    σ_rec·sqrt(2·tau/h), the scaling of input noise, so that in the linear regime the state
+    receives the white-noise increment σ_rec·sqrt(2h/tau)·W_rec·diag(φ'(x))·ξ whatever h is.
+    The rates the model returns and reads out stay φ(x): the noise acts on the recurrence.
+
+    Attributes:
+        dynamics: the noise-free right-hand side.
+        level: c = σ_rec·sqrt(2·tau/h), the standard deviation of the preactivation noise.
+    """
+
+    dynamics: RateDynamics
+    level: Float[Array, ""]
+
+    def __call__(self, x: Float[Array, " n"], args) -> Float[Array, " n"]:
+        """dx/dt with the preactivation noise of this step's draws ξ."""
+        u, (xi, _) = args
+        d = self.dynamics
+        recurrence = d.w_rec @ d.activation.fn(x + self.level * xi)
+        return (-x + recurrence + d.w_in @ u + d.bias) / d.tau
 
 
 class EulerParameters(eqx.Module):
@@ -557,6 +592,7 @@ __all__ = [
     "HeldInputIntegral",
     "NoiseDraws",
     "NoiseSource",
+    "PreactivationNoiseDrift",
     "RateDynamics",
     "StepNoise",
     "checkpoint_chunk_for",

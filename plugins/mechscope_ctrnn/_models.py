@@ -1,4 +1,4 @@
-"""The ctrnn and ei_ctrnn models: equinox modules over the shared integration code."""
+"""The ctrnn, ei_ctrnn and lowrank_ctrnn models: equinox modules over the shared integrators."""
 
 from __future__ import annotations
 
@@ -10,15 +10,23 @@ import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
 
 import mechscope
 from mechscope_ctrnn._activations import get_activation
-from mechscope_ctrnn._config import CTRNNConfig, EICTRNNConfig, make_solver
+from mechscope_ctrnn._config import (
+    CTRNNConfig,
+    EICTRNNConfig,
+    LowRankCTRNNConfig,
+    _CTRNNFields,
+    make_solver,
+)
 from mechscope_ctrnn._integrate import (
     EulerParameters,
     NoiseDraws,
     NoiseSource,
+    PreactivationNoiseDrift,
     RateDynamics,
     checkpoint_chunk_for,
     integrate_diffeqsolve,
@@ -26,7 +34,7 @@ from mechscope_ctrnn._integrate import (
     integrate_scan,
 )
 
-_Model = TypeVar("_Model", bound="AbstractCTRNN")
+_Model = TypeVar("_Model", bound=mechscope.AbstractModel)
 
 
 def _is_concretely_zero(noise: mechscope.Noise) -> bool:
@@ -34,7 +42,8 @@ def _is_concretely_zero(noise: mechscope.Noise) -> bool:
     for level in (noise.input, noise.recurrent):
         if isinstance(level, jax.core.Tracer):
             return False
-        if bool(jnp.any(level != 0)):
+        # NumPy, not jnp: under jit a jnp comparison of a closed-over constant is a tracer.
+        if np.any(np.asarray(level) != 0):
             return False
     return True
 
@@ -47,8 +56,9 @@ class AbstractCTRNN(mechscope.AbstractModel):
     :class:`~mechscope_ctrnn._integrate.RateDynamics` (:meth:`dynamics`).
     """
 
-    config: eqx.AbstractVar[CTRNNConfig | EICTRNNConfig]
-    w_rec: eqx.AbstractVar[Float[Array, "n_units n_units"]]
+    # W_rec is not declared here: concrete classes store it (ctrnn, ei_ctrnn) or form it from
+    # other parameters (lowrank_ctrnn's property), and recurrent_weights() is the interface.
+    config: eqx.AbstractVar[_CTRNNFields]
     w_in: eqx.AbstractVar[Float[Array, "n_units n_inputs"]]
     w_out: eqx.AbstractVar[Float[Array, "n_outputs n_units"]]
     bias: eqx.AbstractVar[Float[Array, " n_units"]]
@@ -80,7 +90,7 @@ class AbstractCTRNN(mechscope.AbstractModel):
     @property
     def n_units(self) -> int:
         """Number of recurrent units N."""
-        return self.w_rec.shape[0]
+        return self.w_in.shape[0]
 
     def rates(self, x: Float[Array, "*batch n_units"]) -> Float[Array, "*batch n_units"]:
         """Firing rates r = φ(x) (works on any leading axes)."""
@@ -136,6 +146,8 @@ class AbstractCTRNN(mechscope.AbstractModel):
         sample's input never affects the trajectory. Noise follows the documented convention:
         per solver step of length h, the recurrent term adds σ_rec·sqrt(2h/tau)·ξ and the input
         gets σ_in·sqrt(2·tau/h)·η before W_in, so stationary statistics do not depend on h.
+        With ``recurrent_noise_site = "preactivation"`` the recurrent noise instead enters
+        inside φ in the recurrence, W_rec·φ(x + σ_rec·sqrt(2·tau/h)·ξ), with the same ξ.
 
         Args:
             inputs: input at each sample time.
@@ -232,6 +244,26 @@ class AbstractCTRNN(mechscope.AbstractModel):
         chunk = checkpoint_chunk_for(
             config.checkpointing, config.checkpoint_chunk, n_intervals, substeps, self.n_units
         )
+        if draws is not None and config.recurrent_noise_site == "preactivation":
+            # Validation allows this site only with the scan integrator (adaptive runs
+            # refuse noise earlier), and never with the adjoint.
+            source, xi, eta = draws
+            h = (times[1] - times[0]) / substeps
+            level = source.sigma_recurrent * jnp.sqrt(2.0 * dynamics.tau / h).astype(start.dtype)
+            input_only = eqx.tree_at(
+                lambda s: s.sigma_recurrent, source, jnp.zeros_like(source.sigma_recurrent)
+            )
+            return integrate_scan(
+                PreactivationNoiseDrift(dynamics, level),
+                solver,
+                start,
+                inputs,
+                times,
+                (input_only.increment, (xi, eta)),
+                substeps=substeps,
+                checkpoint_chunk=chunk,
+                drift_sees_draws=True,
+            )
         if config.uses_adjoint(chunk):
             parameters = EulerParameters(
                 dynamics.w_rec, dynamics.w_in, dynamics.bias, start, inputs
@@ -337,10 +369,59 @@ class EICTRNN(AbstractCTRNN):
         return self.w_out * excitatory[None, :]
 
 
+class LowRankCTRNN(AbstractCTRNN):
+    """A CT-RNN with rank-R recurrent weights W_rec = m·nᵀ/N (Mastrogiuseppe & Ostojic 2018).
+
+    The trained parameters are the connectivity vectors m, n ∈ R^{N×R}; W_rec is formed from
+    them wherever the dynamics need it, so integration, the Euler adjoint and the Jacobian
+    are the ctrnn's, and their gradients reach m and n through the product.
+    """
+
+    config: LowRankCTRNNConfig = eqx.field(static=True)
+    m: Float[Array, "n_units rank"]
+    n: Float[Array, "n_units rank"]
+    w_in: Float[Array, "n_units n_inputs"]
+    w_out: Float[Array, "n_outputs n_units"]
+    bias: Float[Array, " n_units"]
+    output_bias: Float[Array, " n_outputs"]
+    x0: Float[Array, " n_units"]
+
+    def __check_init__(self):
+        want = (self.config.n_units, self.config.rank)
+        for name in ("m", "n"):
+            got = tuple(getattr(self, name).shape)
+            if got != want:
+                raise ValueError(f"{name} has shape {got}, expected {want} (n_units, rank)")
+        _check_shapes(self)
+
+    @property
+    def w_rec(self) -> Float[Array, "n_units n_units"]:
+        """W_rec = m·nᵀ/N, formed from the connectivity vectors."""
+        return self.m @ self.n.T / self.m.shape[0]
+
+    def recurrent_weights(self) -> Float[Array, "n_units n_units"]:
+        """W_rec = m·nᵀ/N (rank ≤ R)."""
+        return self.w_rec
+
+    def input_weights(self) -> Float[Array, "n_units n_inputs"]:
+        """W_in as stored."""
+        return self.w_in
+
+    def output_weights(self) -> Float[Array, "n_outputs n_units"]:
+        """W_out as stored."""
+        return self.w_out
+
+    def latent(self, x: Float[Array, "*batch n_units"]) -> Float[Array, "*batch rank"]:
+        """Coordinates of x on the columns of m (least squares), κ with x ≈ m·κ."""
+        return jnp.linalg.lstsq(self.m, x.reshape(-1, x.shape[-1]).T)[0].T.reshape(
+            *x.shape[:-1], self.m.shape[1]
+        )
+
+
 def _check_shapes(model: AbstractCTRNN) -> None:
     n = model.config.n_units
     checks = {
-        "w_rec": (model.w_rec.shape, (n, n)),
+        "w_rec": (model.recurrent_weights().shape, (n, n)),
         "w_in": (model.w_in.shape[:1], (n,)),
         "w_out": (model.w_out.shape[1:], (n,)),
         "bias": (model.bias.shape, (n,)),
@@ -440,6 +521,40 @@ def make_ei_ctrnn(
         w_rec=config.gain / bulk_radius * magnitude,
         w_in=jax.random.normal(key_in, (n, n_inputs)) / math.sqrt(max(n_inputs, 1)),
         w_out=jax.random.normal(key_out, (n_outputs, n)) / math.sqrt(fan_in_out),
+        bias=jnp.zeros(n),
+        output_bias=jnp.zeros(n_outputs),
+        x0=jnp.zeros(n),
+    )
+    return _place(model, config.device)
+
+
+def make_lowrank_ctrnn(
+    config: LowRankCTRNNConfig, *, n_inputs: int, n_outputs: int, key: PRNGKeyArray
+) -> LowRankCTRNN:
+    """Build a lowrank_ctrnn: m ~ N(0, g²), n ~ N(0, 1) entrywise; W_in, W_out as for ctrnn.
+
+    Mastrogiuseppe & Ostojic's convention: connectivity vectors with O(1) entries and
+    W_rec = m·nᵀ/N, so each non-zero singular value of W_rec is about g·‖m̂‖‖n̂‖ ≈ g and the
+    overlaps nᵢᵀmⱼ/N (the eigenvalues that set the dynamics) start O(g/sqrt(N)), near zero.
+
+    Args:
+        config: the validated config.
+        n_inputs: input channels of the task.
+        n_outputs: output channels of the task.
+        key: PRNG key for the initial weights.
+    """
+    if type(config) is not LowRankCTRNNConfig:
+        raise TypeError(
+            f"make_lowrank_ctrnn needs a LowRankCTRNNConfig, got {type(config).__name__}"
+        )
+    n, rank = config.n_units, config.rank
+    key_m, key_n, key_in, key_out = jax.random.split(key, 4)
+    model = LowRankCTRNN(
+        config=config,
+        m=config.gain * jax.random.normal(key_m, (n, rank)),
+        n=jax.random.normal(key_n, (n, rank)),
+        w_in=jax.random.normal(key_in, (n, n_inputs)) / math.sqrt(max(n_inputs, 1)),
+        w_out=jax.random.normal(key_out, (n_outputs, n)) / math.sqrt(n),
         bias=jnp.zeros(n),
         output_bias=jnp.zeros(n_outputs),
         x0=jnp.zeros(n),
