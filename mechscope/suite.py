@@ -554,16 +554,18 @@ class Suite:
     ) -> list[list[PlannedRun]]:
         """Seeds of one variant form one unit when the executor trains them together.
 
-        Units are split (the largest first, in halves) while there are fewer than two per
-        item the executor runs at once, so no worker idles while another trains a whole
-        variant; the largest units come first, so they start first.
+        With an executor that runs several items at once, units are split (the largest
+        first, in halves) while there are fewer than two per item it runs at once, so no
+        worker idles while another trains a whole variant; the largest units come first, so
+        they start first. One item at a time (``local``) keeps every variant whole.
         """
         if not executor.group_seeds:
             return [[p] for p in pending]
         groups: dict[str, list[PlannedRun]] = {}
         for planned in pending:
             groups.setdefault(planned.variant.label, []).append(planned)
-        return balance_groups(list(groups.values()), 2 * executor.parallelism)
+        parallelism = executor.parallelism
+        return balance_groups(list(groups.values()), 2 * parallelism if parallelism > 1 else 1)
 
 
 def balance_groups(groups: list[list[Any]], at_least: int) -> list[list[Any]]:
