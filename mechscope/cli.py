@@ -67,6 +67,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", action="store_true", help="write the report afterwards")
     run.set_defaults(handler=_run)
 
+    script = commands.add_parser(
+        "cluster-script",
+        help="print the batch script of one worker job of a suite's cluster executor "
+        "(dask with a [slurm] table)",
+    )
+    script.add_argument("file", type=Path, help="suite TOML whose executor has a [slurm] table")
+    script.add_argument(
+        "--out", type=Path, default=Path("mechscope-runs"), help="run store (shared by the nodes)"
+    )
+    script.set_defaults(handler=_cluster_script)
+
     runs = commands.add_parser(
         "runs", help="list the runs in a store: what tells them apart, and their training fit"
     )
@@ -361,6 +372,23 @@ def _summary_columns(table: Any, patterns: Sequence[str]) -> list[str]:
     shown += ["seed", "train.loss", "train.r2"]
     shown += [c for c in table.columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
     return list(dict.fromkeys(c for c in shown if c in table.columns))
+
+
+def _cluster_script(arguments: argparse.Namespace) -> int:
+    from mechscope.suite import Suite, suite_or_experiment
+
+    job = suite_or_experiment(arguments.file)
+    if not isinstance(job, Suite):
+        raise ConfigError(f"{arguments.file}: an experiment file; cluster-script needs a suite")
+    executor = job.build_executor()
+    job_script = getattr(executor, "job_script", None)
+    if job_script is None:
+        raise ConfigError(
+            f"{arguments.file}: its executor has no cluster jobs; use executor = "
+            '{ name = "dask", slurm = { cores = 4, memory = "16GB" } }'
+        )
+    print(job_script(arguments.out.resolve()))
+    return 0
 
 
 def _report(arguments: argparse.Namespace) -> int:

@@ -46,6 +46,21 @@ class AbstractExecutor(eqx.Module):
         """Whether the seeds of one variant go to one item, so a trainer can fit them together."""
         return False
 
+    @property
+    def parallelism(self) -> int:
+        """How many items run at once (a hint: a suite splits its groups to keep all busy)."""
+        return 1
+
+    @property
+    def compilation_cache(self) -> str | None:
+        """Where JAX's persistent compilation cache lives: ``"auto"``, a directory or ``"off"``.
+
+        ``"auto"`` (the default) is the ``MECHSCOPE_COMPILATION_CACHE`` environment variable if
+        set, else a directory in the store (see
+        :func:`mechscope.experiment.compilation_cache_directory`).
+        """
+        return "auto"
+
     @abc.abstractmethod
     def map(
         self, function: Callable[[Item], Value], items: Sequence[Item]

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 import tomllib
 import warnings
@@ -56,6 +57,10 @@ from mechscope.task import AbstractTask
 from mechscope.training import Callback, TrainedRun
 
 DEFAULT_STORE = Path("mechscope-runs")
+#: Environment variable naming the persistent compilation cache: a directory, or ``off``.
+COMPILATION_CACHE_ENV = "MECHSCOPE_COMPILATION_CACHE"
+#: Where the persistent compilation cache lives by default, inside the store's root.
+COMPILATION_CACHE_NAME = "compilation-cache"
 _TOP_LEVEL_KEYS = ("task", "model", "trainer", "probes", "seed")
 
 
@@ -625,6 +630,48 @@ def _fit(
             continue
         fitted[experiment.run_id] = _stamped(experiment.named(run))
     return fitted
+
+
+def compilation_cache_directory(setting: str | None, store: str | Path | None) -> Path | None:
+    """Where JAX's persistent compilation cache should live for a run in `store`.
+
+    Args:
+        setting: ``"auto"`` (the environment variable ``MECHSCOPE_COMPILATION_CACHE`` if set,
+            else ``<store>/compilation-cache``), ``"off"`` or None (no persistent cache), or a
+            directory.
+        store: the run store (None: no default directory).
+    """
+    if setting == "auto":
+        setting = os.environ.get(COMPILATION_CACHE_ENV) or "auto"
+    if setting is None or setting.lower() in ("off", "none", ""):
+        return None
+    if setting == "auto":
+        return None if store is None else Path(store) / COMPILATION_CACHE_NAME
+    return Path(setting)
+
+
+def use_compilation_cache(directory: str | Path | None) -> None:
+    """Point JAX's persistent compilation cache at `directory` (None: leave JAX as it is).
+
+    Every compiled program is kept, however small or quick to compile (JAX's defaults skip
+    programs that compile in under a second, which is most of a small CPU network's), so a
+    restarted worker or a second suite loads them instead of compiling again. The directory
+    may be shared by many processes (JAX writes each entry atomically); it must be trusted,
+    as loading an entry runs its code.
+    """
+    if directory is None:
+        return
+    from jax._src import compilation_cache  # reset_cache has no public home yet
+
+    path = str(Path(directory).resolve())
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    if jax.config.jax_compilation_cache_dir == path:  # pyright: ignore[reportAttributeAccessIssue]
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    # JAX opens its cache once per process; a new directory needs it reopened.
+    compilation_cache.reset_cache()
 
 
 def training_environment() -> dict[str, str]:

@@ -9,6 +9,7 @@ where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import warnings
 import zlib
@@ -22,6 +23,7 @@ import pandas as pd
 from mechscope.comparison import AbstractComparison
 from mechscope.config import ComponentSpec, Config, canonical_json
 from mechscope.errors import ConfigError, MechscopeError, StoreError
+from mechscope.executor import AbstractExecutor
 from mechscope.plugins import ComponentEntry, PluginManager, Registry
 from mechscope.store import PAIR_COLUMNS, RunStore, StoredRepresentation, empty_frame
 
@@ -104,6 +106,7 @@ def compare_runs(
     store: RunStore,
     plugins: PluginManager,
     progress: bool = False,
+    executor: AbstractExecutor | None = None,
 ) -> pd.DataFrame:
     """Compare every pair of `run_ids` with every comparison, reusing what the store holds.
 
@@ -113,6 +116,9 @@ def compare_runs(
         store: the run store.
         plugins: the suite's plugin manager (its registry holds the models and tasks).
         progress: show a progress bar over representations and pair batches.
+        executor: where missing representations and pair batches are computed (None: here).
+            Each item is a few runs to represent or a batch of pairs; workers read the
+            representations from the store and write the distances back to it.
 
     Returns:
         Long form: ``comparison, run_a, run_b, metric, value``, one row per unordered pair
@@ -124,12 +130,32 @@ def compare_runs(
     frames = []
     for comparison in comparisons:
         built = comparison.build()
-        represented: dict[str, StoredRepresentation] = {}
         skipped: list[str] = []
+        remote = executor is not None and not executor.in_process
+        missing = [
+            run_id
+            for run_id in (run_ids if remote else [])
+            if store.comparisons.load_representation(run_id, comparison.key) is None
+        ]
+        if executor is not None and missing:
+            # Representing is per network, where the cost is: a few runs per item.
+            step = _RUNS_PER_ITEM
+            chunks = [missing[i : i + step] for i in range(0, len(missing), step)]
+            item = functools.partial(
+                _represent_item, comparison=comparison.canonical, store=str(store.root)
+            )
+            for outcome in executor.map(item, chunks):
+                for run_id, error in (outcome.value or {}).items() if outcome.ok else []:
+                    skipped.append(f"{run_id} ({error})")
+                if not outcome.ok:
+                    skipped += [f"{r} ({outcome.error})" for r in chunks[outcome.index]]
+        represented: dict[str, StoredRepresentation] = {}
         for run_id in _bar(run_ids, f"represent ({comparison.name})", progress):
+            if any(entry.startswith(f"{run_id} ") for entry in skipped):
+                continue
             try:
-                represented[run_id] = _representation(
-                    built, comparison.key, run_id, store=store, plugins=plugins
+                represented[run_id] = represent_stored(
+                    comparison, run_id, store=store, plugins=plugins
                 )
             except Exception as error:  # noqa: BLE001 - one run must not sink the stage
                 skipped.append(f"{run_id} ({type(error).__name__}: {error})")
@@ -141,58 +167,148 @@ def compare_runs(
             )
         if len(represented) < 2:
             continue
-        frames.append(_pair_distances(built, comparison, represented, store))
+        frames.append(_pair_distances(built, comparison, represented, store, executor))
     if not frames:
         return empty_frame(PAIR_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
-def _representation(
-    comparison: AbstractComparison,
-    key: str,
+#: Runs represented per executor item (each loads its runs from the store).
+_RUNS_PER_ITEM = 4
+
+
+def represent_stored(
+    comparison: ResolvedComparison,
     run_id: str,
     *,
     store: RunStore,
     plugins: PluginManager,
+    result: Any = None,
 ) -> StoredRepresentation:
     """Run `run_id`'s stored representation, computing and storing it when missing.
+
+    Args:
+        comparison: the comparison.
+        run_id: a completed run in `store`.
+        store: the run store.
+        plugins: the plugin manager whose registry builds the run's task and model.
+        result: the run's :class:`~mechscope.experiment.ExperimentResult` when it is in
+            memory (just trained), so it is not read back from the store.
 
     Raises:
         ConfigError: if the run is not complete, or lacks a probe result the comparison needs
             (e.g. its fixed_points probe failed).
     """
-    stored = store.comparisons.load_representation(run_id, key)
+    stored = store.comparisons.load_representation(run_id, comparison.key)
     if stored is not None:
         return stored
     from mechscope.experiment import Experiment
     from mechscope.probe import condition_run
 
-    run = store.load(run_id, registry=plugins.registry)
-    if run is None:
-        raise ConfigError(f"run {run_id} is not complete in {store.root}")
-    missing = [name for name in comparison.requires if name not in run.probes]
+    built = comparison.build()
+    if result is None:
+        run = store.load(run_id, registry=plugins.registry)
+        if run is None:
+            raise ConfigError(f"run {run_id} is not complete in {store.root}")
+        config, trained, probes = run.header.config, run.trained, run.probes
+    else:
+        config, trained, probes = result.config, result.trained, result.probes
+    missing = [name for name in built.requires if name not in probes]
     if missing:
         raise ConfigError(f"its {', '.join(missing)} probe result is missing")
     # The task comes from the run's own config, through the suite's plugins.
     # Only its task is built here: a run trained elsewhere is not refused for this machine's
     # memory.
-    experiment = Experiment.from_dict(
-        dict(run.header.config), plugins=plugins, check_resources=False
-    )
+    experiment = Experiment.from_dict(dict(config), plugins=plugins, check_resources=False)
     task = experiment.build_task()
-    conditions = condition_run(run.trained.model, task)
+    conditions = condition_run(trained.model, task)
     seed_key = jax.random.fold_in(
-        jax.random.key(int(run.header.config.get("seed", 0))), zlib.crc32(key.encode())
+        jax.random.key(int(config.get("seed", 0))), zlib.crc32(comparison.key.encode())
     )
-    representation = comparison.represent(
-        run.trained,
+    representation = built.represent(
+        trained,
         task,
         key=seed_key,
         conditions=conditions,
-        probes={name: run.probes[name] for name in comparison.requires},
+        probes={name: probes[name] for name in built.requires},
     )
     arrays = {name: np.asarray(value) for name, value in representation.items()}
-    return store.comparisons.save_representation(run_id, key, arrays)
+    return store.comparisons.save_representation(run_id, comparison.key, arrays)
+
+
+def _worker_comparison(canonical: Mapping[str, Any]) -> tuple[ResolvedComparison, PluginManager]:
+    """A comparison rebuilt from its canonical table with this process's plugins."""
+    from mechscope.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    entry, config = manager.registry.resolve(ComponentSpec.parse("comparison", dict(canonical)))
+    return ResolvedComparison(entry, config), manager
+
+
+def _represent_item(
+    run_ids: Sequence[str], *, comparison: Mapping[str, Any], store: str
+) -> dict[str, str]:
+    """An executor item: store the representations of `run_ids`; run id → why it failed."""
+    resolved, manager = _worker_comparison(comparison)
+    failed: dict[str, str] = {}
+    for run_id in run_ids:
+        try:
+            represent_stored(resolved, run_id, store=RunStore(store), plugins=manager)
+        except Exception as error:  # noqa: BLE001 - reported by the comparison stage
+            failed[run_id] = f"{type(error).__name__}: {error}"
+    return failed
+
+
+def _pairs_item(
+    chunk: Sequence[tuple[str, str]],
+    *,
+    comparison: Mapping[str, Any],
+    store: str,
+    digests: Mapping[str, str],
+) -> int:
+    """An executor item: distances of a batch of pairs, appended to the store's pair cache."""
+    resolved, _ = _worker_comparison(comparison)
+    runs = RunStore(store)
+    names = sorted({run_id for pair in chunk for run_id in pair})
+    represented = {}
+    for run_id in names:
+        stored = runs.comparisons.load_representation(run_id, resolved.key)
+        if stored is None or stored.digest != digests[run_id]:
+            raise StoreError(f"run {run_id}: its representation changed or vanished")
+        represented[run_id] = stored
+    _compute_pairs(resolved.build(), resolved, represented, list(chunk), runs)
+    return len(chunk)
+
+
+def _compute_pairs(
+    comparison: AbstractComparison,
+    resolved: ResolvedComparison,
+    represented: Mapping[str, StoredRepresentation],
+    chunk: Sequence[tuple[str, str]],
+    store: RunStore,
+) -> pd.DataFrame:
+    """Distances of the pairs in `chunk`, saved to the pair cache; the rows saved."""
+    run_ids = sorted(represented)
+    index = {run_id: i for i, run_id in enumerate(run_ids)}
+    arrays = [represented[run_id].arrays for run_id in run_ids]
+    pairs = np.array([(index[a], index[b]) for a, b in chunk], dtype=np.int32)
+    values = comparison.distances(arrays, pairs)
+    frame = pd.DataFrame(
+        [
+            {
+                "run_a": a,
+                "run_b": b,
+                "metric": name,
+                "value": float(values[name][i]),
+                "digest_a": represented[a].digest,
+                "digest_b": represented[b].digest,
+            }
+            for name in values
+            for i, (a, b) in enumerate(chunk)
+        ]
+    )
+    store.comparisons.save_pairs(resolved.key, frame)
+    return frame
 
 
 def _pair_distances(
@@ -200,11 +316,13 @@ def _pair_distances(
     resolved: ResolvedComparison,
     represented: Mapping[str, StoredRepresentation],
     store: RunStore,
+    executor: AbstractExecutor | None = None,
 ) -> pd.DataFrame:
     """Every unordered pair's distances: cached ones read back, the rest computed in batches.
 
     A cached distance is reused only if it was computed from the very representations the
-    runs have now (their digests), so a recomputed run is compared anew.
+    runs have now (their digests), so a recomputed run is compared anew. With an executor
+    that is not this process, each batch is an item of its own.
     """
     run_ids = sorted(represented)
     digests = {run_id: represented[run_id].digest for run_id in run_ids}
@@ -217,31 +335,26 @@ def _pair_distances(
     for a, b, metric in zip(have["run_a"], have["run_b"], have["metric"], strict=True):
         found.setdefault((a, b), set()).add(metric)
     done = {pair for pair, names in found.items() if metrics is None or metrics <= names}
-    index = {run_id: i for i, run_id in enumerate(run_ids)}
-    arrays = [represented[run_id].arrays for run_id in run_ids]
     todo = sorted({(a, b) for a, b, _, _ in wanted} - done)
     # Computed and cached in batches, so a killed stage resumes from the last whole batch.
     batch = max(comparison.pair_batch, 1) * 4
-    for start in range(0, len(todo), batch):
-        chunk = todo[start : start + batch]
-        pairs = np.array([(index[a], index[b]) for a, b in chunk], dtype=np.int32)
-        values = comparison.distances(arrays, pairs)
-        frame = pd.DataFrame(
-            [
-                {
-                    "run_a": a,
-                    "run_b": b,
-                    "metric": name,
-                    "value": float(values[name][i]),
-                    "digest_a": digests[a],
-                    "digest_b": digests[b],
-                }
-                for name in values
-                for i, (a, b) in enumerate(chunk)
-            ]
+    chunks = [todo[start : start + batch] for start in range(0, len(todo), batch)]
+    if executor is not None and not executor.in_process and chunks:
+        item = functools.partial(
+            _pairs_item, comparison=resolved.canonical, store=str(store.root), digests=digests
         )
-        store.comparisons.save_pairs(resolved.key, frame)
-        have = pd.concat([have, frame], ignore_index=True)
+        failures = [o.error for o in executor.map(item, chunks) if not o.ok]
+        if failures:
+            warnings.warn(
+                f"comparison '{resolved.name}': {len(failures)} pair batch(es) failed: "
+                + "; ".join(str(f) for f in failures),
+                stacklevel=3,
+            )
+        have = _within(store.comparisons.load_pairs(resolved.key), wanted)
+    else:
+        for chunk in chunks:
+            frame = _compute_pairs(comparison, resolved, represented, chunk, store)
+            have = pd.concat([have, frame], ignore_index=True)
     have = _within(have, wanted).drop_duplicates(["run_a", "run_b", "metric"], keep="last")
     have = have.assign(comparison=resolved.name)
     return have.loc[:, list(PAIR_COLUMNS)].sort_values(

@@ -8,6 +8,7 @@ store and are reused; failed ones are recorded and redone next time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -32,8 +33,22 @@ from mechscope.config import (
 )
 from mechscope.errors import ConfigError, MechscopeError, close_matches
 from mechscope.executor import AbstractExecutor
-from mechscope.experiment import DEFAULT_STORE, Experiment, RunFailure, read_toml, run_experiments
-from mechscope.pairwise import compare_runs, read_suite_pairs, resolve_comparisons
+from mechscope.experiment import (
+    DEFAULT_STORE,
+    Experiment,
+    ExperimentResult,
+    RunFailure,
+    compilation_cache_directory,
+    read_toml,
+    run_experiments,
+    use_compilation_cache,
+)
+from mechscope.pairwise import (
+    compare_runs,
+    read_suite_pairs,
+    represent_stored,
+    resolve_comparisons,
+)
 from mechscope.plugins import PluginManager, Registry, get_plugin_manager
 from mechscope.probe import Metric, declared_columns
 from mechscope.progress import SuiteProgress
@@ -400,7 +415,7 @@ class Suite:
             varied paths, and every metric (``probe.metric``).
         """
         runs = RunStore(store)
-        executor = self._executor(executor if executor is not None else self.executor)
+        executor = self.build_executor(executor)
         runs.root.mkdir(parents=True, exist_ok=True)
         outcomes: dict[str, dict[str, Any]] = {}
         pending: list[PlannedRun] = []
@@ -411,12 +426,16 @@ class Suite:
             else:
                 pending.append(planned)
         groups = self._group(pending, executor)
+        cache = compilation_cache_directory(executor.compilation_cache, runs.root)
         run_groups = functools.partial(
             run_configs,
             store=str(runs.root),
             force=force,
             # Only an in-process executor can share this process's plugin manager.
             plugins=self.plugins if executor.in_process else None,
+            compilation_cache=None if cache is None else str(cache),
+            # Each run's representations are computed where the run is, while it is loaded.
+            comparisons=[c.canonical for c in self.comparisons],
         )
         phases = self._progress(len(self.runs) - len(pending)) if progress else None
         # The phase comes from the lifecycle hooks, which fire here only for in-process runs.
@@ -458,7 +477,7 @@ class Suite:
         )
         table = self.table(runs.root, outcomes)
         if self.comparisons:
-            self._compare(runs, table, progress)
+            self._compare(runs, table, progress, executor)
         else:  # results of an earlier definition of this suite no longer describe it
             runs.comparisons.suite_pairs_path(self.name).unlink(missing_ok=True)
         return table
@@ -468,7 +487,9 @@ class Suite:
         labels = {p.run_id: (p.variant.label, p.seed) for p in self.runs}
         return SuiteProgress(labels, total=len(self.runs), loaded=loaded)
 
-    def _compare(self, runs: RunStore, table: pd.DataFrame, progress: bool) -> None:
+    def _compare(
+        self, runs: RunStore, table: pd.DataFrame, progress: bool, executor: AbstractExecutor
+    ) -> None:
         """The comparison stage: every pair of completed runs, saved beside the suite record."""
         completed = list(table.loc[table["status"] == "completed", "run_id"])
         path = runs.comparisons.suite_pairs_path(self.name)
@@ -481,7 +502,12 @@ class Suite:
             path.unlink(missing_ok=True)
             return
         pairs = compare_runs(
-            self.comparisons, completed, store=runs, plugins=self.plugins, progress=progress
+            self.comparisons,
+            completed,
+            store=runs,
+            plugins=self.plugins,
+            progress=progress,
+            executor=executor,
         )
         atomic_write_parquet(path, pairs)
 
@@ -513,7 +539,9 @@ class Suite:
         first = ["variant", "seed", "run_id", "status", "reason", *self.vary]
         return table[first + [c for c in table.columns if c not in first]]
 
-    def _executor(self, spec: Any) -> AbstractExecutor:
+    def build_executor(self, spec: Any = None) -> AbstractExecutor:
+        """The executor `spec` names (a name, table or instance); None: the suite's own."""
+        spec = spec if spec is not None else self.executor
         if isinstance(spec, AbstractExecutor):
             return spec
         if spec is None:
@@ -524,13 +552,37 @@ class Suite:
     def _group(
         self, pending: list[PlannedRun], executor: AbstractExecutor
     ) -> list[list[PlannedRun]]:
-        """Seeds of one variant form one unit when the executor trains them together."""
+        """Seeds of one variant form one unit when the executor trains them together.
+
+        With an executor that runs several items at once, units are split (the largest
+        first, in halves) while there are fewer than two per item it runs at once, so no
+        worker idles while another trains a whole variant; the largest units come first, so
+        they start first. One item at a time (``local``) keeps every variant whole.
+        """
         if not executor.group_seeds:
             return [[p] for p in pending]
         groups: dict[str, list[PlannedRun]] = {}
         for planned in pending:
             groups.setdefault(planned.variant.label, []).append(planned)
-        return list(groups.values())
+        parallelism = executor.parallelism
+        return balance_groups(list(groups.values()), 2 * parallelism if parallelism > 1 else 1)
+
+
+def balance_groups(groups: list[list[Any]], at_least: int) -> list[list[Any]]:
+    """Split the largest group in halves until there are `at_least` groups (or all are single).
+
+    Returns:
+        The groups, largest first (stable among equals).
+    """
+    groups = [list(g) for g in groups if g]
+    while len(groups) < at_least:
+        largest = max(range(len(groups)), key=lambda i: len(groups[i]), default=None)
+        if largest is None or len(groups[largest]) < 2:
+            break
+        group = groups.pop(largest)
+        half = (len(group) + 1) // 2
+        groups[largest:largest] = [group[:half], group[half:]]
+    return sorted(groups, key=len, reverse=True)
 
 
 def run_configs(
@@ -539,18 +591,53 @@ def run_configs(
     store: str,
     force: bool = False,
     plugins: PluginManager | None = None,
+    compilation_cache: str | None = None,
+    comparisons: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Run experiments given as validated config dicts; seeds of one variant train together.
 
-    This is what executors call (on a worker, ``plugins`` is None and the worker's own
-    entry points are loaded). A failure in one run is recorded and does not stop the others.
+    This is what executors call: one call is one item, a group of runs that train together
+    (on a worker, ``plugins`` is None and the worker's own entry points are loaded). A failure
+    in one run is recorded and does not stop the others. A worker keeps JAX's compiled
+    functions between items (they are keyed on static config, not on the item), so only its
+    first item of a configuration compiles; `compilation_cache` keeps them on disk too.
+
+    Args:
+        configs: the runs' validated configs.
+        store: the run store's directory.
+        force: recompute finished runs.
+        plugins: the plugin manager (None: this process's entry points).
+        compilation_cache: JAX's persistent compilation cache directory (None: leave JAX's
+            setting alone).
+        comparisons: canonical comparison tables (``ResolvedComparison.canonical``) whose
+            representation each completed run gets here, where it is in memory.
 
     Returns:
         One ``{"status": ..., "reason": ..., "loaded": ...}`` per config.
     """
+    use_compilation_cache(compilation_cache)
     experiments = [Experiment.from_dict(c, plugins=plugins) for c in configs]
     statuses = []
-    for outcome in run_experiments(experiments, store=store, force=force, progress=False):
+    outcomes = run_experiments(experiments, store=store, force=force, progress=False)
+    if comparisons and experiments:
+        manager = experiments[0].plugins
+        probes = [p["name"] for p in experiments[0].config["probes"]]
+        resolved = resolve_comparisons(comparisons, manager.registry, probes=probes)
+        completed = [
+            o for o in outcomes if isinstance(o, ExperimentResult) and o.status == "completed"
+        ]
+        for comparison in resolved:
+            for outcome in completed:
+                # Failures here are left to the comparison stage, which reports them.
+                with contextlib.suppress(Exception):
+                    represent_stored(
+                        comparison,
+                        outcome.run_id,
+                        store=RunStore(store),
+                        plugins=manager,
+                        result=outcome,
+                    )
+    for outcome in outcomes:
         if isinstance(outcome, RunFailure):
             statuses.append({"status": "failed", "reason": outcome.reason})
         else:
