@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 import mechscope
+from mechscope_dynamics._fp_batching import pad_rows, padded_size
 
 
 def cast_model(model: mechscope.AbstractModel, dtype: Any) -> mechscope.AbstractModel:
@@ -152,6 +153,37 @@ def _newton(
 newton = eqx.filter_jit(_newton)
 
 
+def _continuation(
+    model: mechscope.AbstractModel,
+    x: Float[Array, "m n"],
+    u_from: Float[Array, "m n_inputs"],
+    u_to: Float[Array, "m n_inputs"],
+    steps: Int[Array, ""],
+    iterations: int,
+) -> tuple[Float[Array, "m n"], Float[Array, " m"]]:
+    """Every row followed from input `u_from` to `u_to` in `steps` equal steps of the input.
+
+    At step i the input is u(σ) = (1 − σ) u_from + σ u_to with σ = i / `steps`, and each row
+    takes `iterations` globalised Newton iterations (:func:`_newton`) there. All steps run in
+    one compiled loop (`steps` is traced: any number of steps shares one program), instead of
+    one call and one host round trip per step.
+
+    Returns:
+        The end points (for `u_to`) and ‖f‖ there.
+    """
+
+    def step(i, carry):
+        y, _ = carry
+        fraction = (i + 1).astype(y.dtype) / steps.astype(y.dtype)
+        return _newton(model, y, (1.0 - fraction) * u_from + fraction * u_to, iterations)
+
+    speed = jnp.full(x.shape[0], jnp.inf, x.dtype)
+    return jax.lax.fori_loop(0, steps, step, (x, speed))
+
+
+continuation = eqx.filter_jit(_continuation)
+
+
 # ---------------------------------------------------------------------------------------------
 # Polishing with optimistix.
 
@@ -210,10 +242,16 @@ _jacobians_jit = eqx.filter_jit(_batched_jacobians)
 def jacobians(
     model: mechscope.AbstractModel, x: np.ndarray, u: np.ndarray, dtype: Any
 ) -> np.ndarray:
-    """∂f/∂x at each row of `x` (inputs `u`), computed in `dtype`, as a float64 array."""
-    host = np.dtype(dtype)
-    jac = _jacobians_jit(model, jnp.asarray(np.asarray(x, host)), jnp.asarray(np.asarray(u, host)))
-    return np.asarray(jac, dtype=np.float64)
+    """∂f/∂x at each row of `x` (inputs `u`), computed in `dtype`, as a float64 array.
+
+    Rows are padded to :func:`~mechscope_dynamics._fp_batching.padded_size` (the number of
+    points differs from call to call, and each new number would compile anew).
+    """
+    m = len(x)
+    size = padded_size(m)
+    padded_x, padded_u = pad_rows(np.asarray(x), size, dtype), pad_rows(np.asarray(u), size, dtype)
+    jac = _jacobians_jit(model, padded_x, padded_u)
+    return np.asarray(jac, dtype=np.float64)[:m]
 
 
 def eigen(

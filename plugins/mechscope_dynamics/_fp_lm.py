@@ -93,23 +93,33 @@ class AbstractLMSearch(AbstractCandidateSearch):
         close: list[Candidates] = []
         damping = np.full(len(candidates), 1e-2)
         candidates = Candidates(candidates.x, candidates.input, np.full(len(candidates), np.inf))
+        # Rows whose steps no longer move them (see below) stay with the others for merging
+        # but are not iterated: their iterations would change nothing.
+        frozen = np.zeros(len(candidates), dtype=bool)
         key = jax.random.key(0)
         done = 0
         while done < self.steps and len(candidates):
             # Short blocks while the batch is large (rows leave and merge between blocks); long
             # ones for the few rows left (each call has a fixed cost).
             steps = min(4 if len(candidates) > 256 else 16, self.steps - done)
-            new_x, new_norm, damping = self.block(
-                model,
-                candidates.x,
-                problem.inputs[candidates.input],
-                damping,
-                steps,
-                jax.random.fold_in(key, done),
-                dtype,
-            )
+            active = np.flatnonzero(~frozen)
+            new_x, new_norm = candidates.x.copy(), candidates.norm.copy()
+            if len(active):
+                new_x[active], new_norm[active], damping[active] = self.block(
+                    model,
+                    candidates.x[active],
+                    problem.inputs[candidates.input[active]],
+                    damping[active],
+                    steps,
+                    jax.random.fold_in(key, done),
+                    dtype,
+                )
             done += steps
             finite = np.all(np.isfinite(new_x), axis=1) & np.isfinite(new_norm)
+            # A row whose damping has grown past _FROZEN_DAMPING while a whole block left its
+            # ‖f‖ unchanged takes steps below its dtype's resolution: every later trial is
+            # rejected (x + δ = x), so the damping only grows and the row never moves again.
+            frozen |= (damping >= _FROZEN_DAMPING) & (new_norm == candidates.norm)
             candidates = Candidates(
                 np.where(finite[:, None], new_x, candidates.x),
                 candidates.input,
@@ -118,7 +128,7 @@ class AbstractLMSearch(AbstractCandidateSearch):
             arrived = candidates.norm <= handoff
             close.append(candidates.take(arrived))
             going = survivors(candidates, arrived, close, merge_radius)
-            candidates, damping = candidates.take(going), damping[going]
+            candidates, damping, frozen = candidates.take(going), damping[going], frozen[going]
         return merged(Candidates.concatenate(close, problem.n_units), merge_radius), candidates
 
     def block(
@@ -157,6 +167,11 @@ class AbstractLMSearch(AbstractCandidateSearch):
             np.concatenate(column) for column in zip(*parts, strict=True)
         )
         return new_x, new_norm, new_damping
+
+
+#: Damping past which a row whose ‖f‖ a whole block left unchanged is frozen: its steps are
+#: then about 1e-12 of ‖Jᵀf‖ / (tr(JᵀJ)/n), far below float32 resolution.
+_FROZEN_DAMPING = 1e12
 
 
 class FixedStepCG(lx.AbstractLinearSolver):

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mechscope
-from mechscope_dynamics._fp_batching import call_padded
+from mechscope_dynamics._fp_batching import call_padded, pad_rows, padded_size
 from mechscope_dynamics._fp_clustering import (
     merge_indices,
     merged,
@@ -48,6 +48,7 @@ from mechscope_dynamics._fp_clustering import (
 from mechscope_dynamics._fp_kernels import (
     PolishMethod,
     cast_model,
+    continuation,
     eigen,
     jacobians,
     model_dtype,
@@ -312,7 +313,8 @@ def continued_candidates(
     A stable point moves smoothly with the input until it meets a saddle (a fold), so the
     stable points of neighbouring inputs lie on each other's branches: each stable point of
     input a is followed to every input b along u(s) = (1 − s) u_a + s u_b, in
-    ``continuation_steps`` equal steps of s with three globalised Newton iterations each.
+    ``continuation_steps`` equal steps of s with three globalised Newton iterations each,
+    every path and step in one compiled loop (:func:`~mechscope_dynamics._fp_kernels.continuation`).
     A search from the starts can miss a stable point of b whose basin no start reaches; its
     branch through a's stable point does not.
 
@@ -329,10 +331,18 @@ def continued_candidates(
     source, target = source[other], target[other]
     x = found.x[source]
     u_from, u_to = problem.inputs[found.input[source]], problem.inputs[target]
-    speed = np.full(len(x), np.inf)
-    for fraction in np.linspace(0.0, 1.0, settings.continuation_steps + 1)[1:]:
-        u = (1.0 - fraction) * u_from + fraction * u_to
-        x, speed = call_padded(newton, model, x, u, dtype, 3)
+    size = padded_size(len(x))
+    x, speed = (
+        np.asarray(a, np.float64)[: len(source)]
+        for a in continuation(
+            model,
+            pad_rows(x, size, dtype),
+            pad_rows(u_from, size, dtype),
+            pad_rows(u_to, size, dtype),
+            jnp.asarray(settings.continuation_steps, jnp.int32),
+            3,
+        )
+    )
     continued = Candidates(x, target, speed)
     continued = continued.take(np.all(np.isfinite(x), axis=1) & np.isfinite(speed))
     new = ~near_known(
