@@ -555,7 +555,7 @@ def test_first_party_declarations_catch_a_typo_in_a_ready_suite():
     import tomllib
 
     data = tomllib.loads((ROOT / "suites" / "kao2019-small.toml").read_text())
-    assert len(Suite.from_dict(data).runs) == 10
+    assert len(Suite.from_dict(data).runs) == 14
     data["statistics"]["compare"][0] = "jpca.r2_skw"
     with pytest.raises(ConfigError) as caught:
         Suite.from_dict(data)
