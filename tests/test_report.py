@@ -520,3 +520,28 @@ def test_moved_report_files_exist(store):
     pngs = {p.stem for p in (folder / "figures").glob("*.png")}
     svgs = {p.stem for p in (folder / "figures").glob("*.svg")}
     assert pngs and pngs == svgs
+
+
+def test_dot_plot_of_identical_values_draws_their_mean_with_an_empty_interval():
+    """Three identical values (0.1 each): the bootstrap interval's ends miss their mean by
+    rounding, which matplotlib refused as a negative error bar; the bar is now empty."""
+    from mechscope.report._figures import dot_plots
+
+    table = pd.DataFrame(
+        {
+            "variant": ["a"] * 3 + ["b"] * 3,
+            "status": ["completed"] * 6,
+            "probe.value": [0.1, 0.1, 0.1, 0.2, 0.4, 0.9],
+        }
+    )
+    figure = dot_plots(table, ["probe.value"], ["a", "b"], {})
+    axis = figure.axes[0]
+    # Each variant's errorbar container: the mean marker sits at the variant's mean.
+    bars = [c for c in axis.containers if hasattr(c, "lines")]
+    means = [float(np.asarray(bar.lines[0].get_ydata())[0]) for bar in bars]
+    np.testing.assert_allclose(means, [0.1, 0.5])
+    spans = [
+        np.ptp(np.concatenate([seg[:, 1] for seg in bar.lines[2][0].get_segments()]))
+        for bar in bars
+    ]
+    assert spans[0] < 1e-12 < spans[1]

@@ -90,7 +90,10 @@ def dot_plots(
             if len(values) >= MIN_N_FOR_CI:
                 low, high = stats.bootstrap_ci(values)
                 if math.isfinite(low):
-                    error = [[mean - low], [high - mean]]
+                    # Identical values give an interval whose ends differ from their mean by
+                    # rounding only (0.1, 0.1, 0.1: high − mean = −1.4e-17); matplotlib refuses
+                    # negative error lengths.
+                    error = [[max(mean - low, 0.0)], [max(high - mean, 0.0)]]
             axis.errorbar(
                 position + 0.3, mean, yerr=error, fmt="o", color="k", ms=4, capsize=3, zorder=3
             )
