@@ -479,3 +479,24 @@ def test_contract_check_model_passes(getkey, name):
     entry = mechscope.get_registry().get("model", name)
     model = entry.build(entry.config_class(n_units=12), n_inputs=3, n_outputs=2, key=getkey())
     testing.check_model(model, key=getkey())
+
+
+def test_a_network_stored_by_an_earlier_version_loads_with_its_weights_in_place():
+    """benchmarks/data holds a ctrnn trained and stored before lowrank_ctrnn existed. A model's
+    arrays are stored in its field order, so that order must not change: loaded, the network
+    still reproduces the noise-free condition R² its training history recorded (0.9988), which
+    weights in the wrong places (or a refused load) cannot."""
+    from pathlib import Path
+
+    from mechscope_reach import DelayedReach, DelayedReachConfig
+
+    from mechscope.metrics import masked_r2
+    from mechscope.plugins import get_plugin_manager
+
+    directory = Path(__file__).parents[1] / "benchmarks" / "data" / "fixed_points" / "regularised"
+    run = mechscope.TrainedRun.load(directory, registry=get_plugin_manager().registry)
+    assert run.model.w_rec.shape == (100, 100) and run.model.w_in.shape == (100, 3)
+    trials = DelayedReach(DelayedReachConfig()).conditions()
+    trajectory = mechscope.simulate(run.model, trials.inputs, trials.times)
+    r2 = float(masked_r2(trajectory.outputs, trials.targets, trials.mask))
+    np.testing.assert_allclose(r2, float(run.history["r2"][-1]), atol=2e-3)

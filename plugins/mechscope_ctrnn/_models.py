@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -56,14 +56,19 @@ class AbstractCTRNN(mechscope.AbstractModel):
     :class:`~mechscope_ctrnn._integrate.RateDynamics` (:meth:`dynamics`).
     """
 
-    # W_rec is not declared here: concrete classes store it (ctrnn, ei_ctrnn) or form it from
-    # other parameters (lowrank_ctrnn's property), and recurrent_weights() is the interface.
-    config: eqx.AbstractVar[_CTRNNFields]
-    w_in: eqx.AbstractVar[Float[Array, "n_units n_inputs"]]
-    w_out: eqx.AbstractVar[Float[Array, "n_outputs n_units"]]
-    bias: eqx.AbstractVar[Float[Array, " n_units"]]
-    output_bias: eqx.AbstractVar[Float[Array, " n_outputs"]]
-    x0: eqx.AbstractVar[Float[Array, " n_units"]]
+    # Declared for the type checker only. Under postponed annotations equinox cannot see
+    # `eqx.AbstractVar`, so annotations here would become dataclass fields of this class and
+    # fix the field order of every subclass; that order is the order arrays are serialised
+    # in, so each concrete class declares its own fields in its own (stored) order. W_rec is
+    # not among them: ctrnn and ei_ctrnn store it, lowrank_ctrnn forms it from m and n, and
+    # recurrent_weights() is the interface.
+    if TYPE_CHECKING:
+        config: _CTRNNFields
+        w_in: Float[Array, "n_units n_inputs"]
+        w_out: Float[Array, "n_outputs n_units"]
+        bias: Float[Array, " n_units"]
+        output_bias: Float[Array, " n_outputs"]
+        x0: Float[Array, " n_units"]
 
     @abc.abstractmethod
     def recurrent_weights(self) -> Float[Array, "n_units n_units"]:
