@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import equinox as eqx
 import jax
@@ -337,3 +338,16 @@ def test_tiny_ctrnn_through_an_experiment():
     assert all(np.isfinite(v) for v in probe.metrics.values())
     assert 0 <= probe.metrics["success_rate_beyond"] <= 1
     assert probe.metrics["end_speed_trained"] > 0
+
+
+def test_position_channels_the_outputs_do_not_have_are_an_error():
+    from mechscope_dynamics._common import endpoint_error
+
+    targets = np.zeros((2, 5, 3))
+    targets[:, -1] = [0.0, 3.0, 4.0]
+    trials = types.SimpleNamespace(targets=targets, mask=np.ones((2, 5, 3)))
+    outputs = np.zeros((2, 5, 3))
+    with pytest.raises(ValueError, match=r"channel\(s\) \[3\].*3 outputs"):
+        endpoint_error(outputs, trials, (2, 3))  # type: ignore[arg-type]
+    error = endpoint_error(outputs, trials, (1, 2))  # type: ignore[arg-type]
+    np.testing.assert_allclose(error, [5.0, 5.0])

@@ -80,6 +80,29 @@ class GatedDynamics(eqx.Module):
         return (-d_update + (1 - update)[:, None] * (d_candidate - eye)) / self.tau
 
 
+class _RecomputedInReverse(eqx.Module):
+    """A drift whose intermediates reverse mode recomputes instead of storing.
+
+    Differentiated through the scan, each step's gates, candidate and their products would be
+    stacked over the whole trial (about eight ``[steps, batch, n]`` arrays) and copied
+    between the forward and the reverse loop; rematerialising them from the stored state
+    costs one more evaluation of the step in the reverse pass and gives the same gradient
+    bit for bit. On the benchmark's configuration (N = 100, batch 64, 250 steps, CPU) it
+    makes the training step about 30 % faster (docs/models/gated_ctrnn.md).
+    """
+
+    drift: eqx.Module
+
+    def __call__(self, h: Float[Array, " n"], args) -> Float[Array, " n"]:
+        # prevent_cse=False: inside a scan, XLA cannot merge the recomputation away anyway.
+        evaluate = jax.checkpoint(
+            type(self.drift).__call__,
+            policy=jax.checkpoint_policies.nothing_saveable,
+            prevent_cse=False,
+        )
+        return evaluate(self.drift, h, args)
+
+
 class _NoisyGatedDrift(eqx.Module):
     """The gated drift with input noise: f(h, u + c·η) for one step's draws (ξ, η)."""
 
@@ -253,7 +276,7 @@ class GatedCTRNN(mechscope.AbstractModel):
         solver = make_solver(config.solver)
         if noise is None:
             states = integrate_scan(
-                dynamics,
+                _RecomputedInReverse(dynamics),
                 solver,
                 start,
                 inputs,
@@ -273,7 +296,7 @@ class GatedCTRNN(mechscope.AbstractModel):
             recurrent = jnp.asarray(noise.recurrent, dtype) * jnp.sqrt(2.0 * h / config.tau)
             input_level = jnp.asarray(noise.input, dtype) * jnp.sqrt(2.0 * config.tau / h)
             states = integrate_scan(
-                _NoisyGatedDrift(dynamics, input_level.astype(dtype)),
+                _RecomputedInReverse(_NoisyGatedDrift(dynamics, input_level.astype(dtype))),
                 solver,
                 start,
                 inputs,

@@ -41,8 +41,20 @@ def last_masked_index(trials: mechscope.Trials) -> np.ndarray:
 
 
 def _chosen(channels: tuple[int, ...], n_outputs: int) -> list[int]:
-    """`channels` that exist, or every channel if none does."""
-    return [c for c in channels if c < n_outputs] or list(range(n_outputs))
+    """`channels` as a list, checked against the number of output channels.
+
+    Raises:
+        ValueError: when a channel does not exist; silently measuring a subset of the hand
+            position (or some other output) would report a wrong endpoint error.
+    """
+    missing = [c for c in channels if not 0 <= c < n_outputs]
+    if missing:
+        raise ValueError(
+            f"position_channels {tuple(channels)} name output channel(s) {missing} that the "
+            f"model does not have (it has {n_outputs} outputs, 0-{n_outputs - 1}); set the "
+            "probe's position_channels to the channels of hand position x, y"
+        )
+    return list(channels)
 
 
 def endpoint_error(
