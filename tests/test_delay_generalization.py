@@ -340,7 +340,7 @@ def test_tiny_ctrnn_through_an_experiment():
     assert probe.metrics["end_speed_trained"] > 0
 
 
-def test_position_channels_the_outputs_do_not_have_are_an_error():
+def test_position_channels_partly_missing_are_an_error_wholly_missing_mean_all():
     from mechscope_dynamics._common import endpoint_error
 
     targets = np.zeros((2, 5, 3))
@@ -351,3 +351,8 @@ def test_position_channels_the_outputs_do_not_have_are_an_error():
         endpoint_error(outputs, trials, (2, 3))  # type: ignore[arg-type]
     error = endpoint_error(outputs, trials, (1, 2))  # type: ignore[arg-type]
     np.testing.assert_allclose(error, [5.0, 5.0])
+    # A task without those channels at all (a toy task) is measured on every output.
+    error = endpoint_error(outputs, trials, (5, 6))  # type: ignore[arg-type]
+    np.testing.assert_allclose(error, [5.0, 5.0])
+    error = endpoint_error(outputs[..., :1], trials, (0,))  # type: ignore[arg-type]
+    np.testing.assert_allclose(error, [0.0, 0.0])

@@ -41,18 +41,23 @@ def last_masked_index(trials: mechscope.Trials) -> np.ndarray:
 
 
 def _chosen(channels: tuple[int, ...], n_outputs: int) -> list[int]:
-    """`channels` as a list, checked against the number of output channels.
+    """`channels` as a list, or every channel when none of them exists.
+
+    A task without those channels at all (e.g. a toy task with one output) is measured on
+    all its outputs.
 
     Raises:
-        ValueError: when a channel does not exist; silently measuring a subset of the hand
-            position (or some other output) would report a wrong endpoint error.
+        ValueError: when some of `channels` exist and others do not; measuring only the
+            existing ones would silently report an error over part of the hand position.
     """
     missing = [c for c in channels if not 0 <= c < n_outputs]
+    if len(missing) == len(channels):
+        return list(range(n_outputs))
     if missing:
         raise ValueError(
-            f"position_channels {tuple(channels)} name output channel(s) {missing} that the "
-            f"model does not have (it has {n_outputs} outputs, 0-{n_outputs - 1}); set the "
-            "probe's position_channels to the channels of hand position x, y"
+            f"channels {tuple(channels)} name output channel(s) {missing} that the model does "
+            f"not have (it has {n_outputs} outputs, 0-{n_outputs - 1}); set the probe's "
+            "position/endpoint channels to the channels of hand position x, y"
         )
     return list(channels)
 
