@@ -35,8 +35,9 @@ class AbstractComparison(eqx.Module):
         requires: names of probes whose stored results :meth:`represent` reads (e.g. the
             fixed points); a suite that compares with it must run them.
         metrics: the names of the distances :meth:`distance` returns.
-        pair_batch: pairs per compiled call of :meth:`distances` (bounds memory; a batch is
-            padded to this size so every call reuses one compilation).
+        pair_batch: most pairs per compiled call of :meth:`distances` (bounds memory). A
+            smaller batch is padded to the next power of two, so that a few pairs cost a few
+            distances (not ``pair_batch`` of them) while calls share a handful of compilations.
     """
 
     config: eqx.AbstractVar[Config]
@@ -91,9 +92,10 @@ class AbstractComparison(eqx.Module):
         pairs = np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
         stacked = stack_representations(representations)
         out: dict[str, list[np.ndarray]] = {}
-        size = self.pair_batch
-        for start in range(0, len(pairs), size):
-            chunk = pairs[start : start + size]
+        batch = max(self.pair_batch, 1)
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            size = min(batch, 1 << max(len(chunk) - 1, 0).bit_length())
             padded = np.zeros((size, 2), np.int32)
             padded[: len(chunk)] = chunk
             values = _pair_distances(self, stacked, jnp.asarray(padded))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -367,6 +369,43 @@ def test_check_comparison_fails_an_asymmetric_distance(tiny_reach_networks, getk
     runs, _ = tiny_reach_networks
     with pytest.raises(AssertionError, match="not symmetric"):
         check_comparison(_AsymmetricComparison(ToyProbeConfig()), runs, key=getkey())
+
+
+class _GapComparison(mechscope.AbstractComparison):
+    config: ToyProbeConfig = eqx.field(static=True)
+    metrics = ("gap",)
+    pair_batch = 16
+
+    def represent(self, trained, task, *, key, conditions, probes):
+        raise NotImplementedError
+
+    def distance(self, a, b):
+        return {"gap": jnp.abs(a["value"] - b["value"])}
+
+
+def test_a_few_pairs_cost_a_few_distances_not_a_whole_pair_batch(monkeypatch):
+    """Batches are padded to the next power of two (at most pair_batch), not to pair_batch:
+    one pair of an expensive comparison once cost 256 distances."""
+    import mechscope.comparison as comparison_module
+
+    shapes = []
+    original = comparison_module._pair_distances
+
+    def recording(comparison, stacked, pairs):
+        shapes.append(tuple(pairs.shape))
+        return original(comparison, stacked, pairs)
+
+    monkeypatch.setattr(comparison_module, "_pair_distances", recording)
+    values = np.arange(12.0) ** 2
+    representations = [{"value": np.asarray(v)} for v in values]
+    comparison = _GapComparison(ToyProbeConfig())
+    cases = [(1, [(1, 2)]), (3, [(4, 2)]), (37, [(16, 2), (16, 2), (8, 2)])]
+    for n_pairs, expected_shapes in cases:
+        shapes.clear()
+        pairs = np.array(list(itertools.combinations(range(12), 2))[:n_pairs])
+        gaps = comparison.distances(representations, pairs)["gap"]
+        assert shapes == expected_shapes
+        np.testing.assert_allclose(gaps, np.abs(values[pairs[:, 0]] - values[pairs[:, 1]]))
 
 
 class DeclaredToyProbe(ToyProbe):
