@@ -20,7 +20,7 @@ import mechscope
 from mechscope.comparison import AbstractComparison
 from mechscope.errors import ConfigError
 from mechscope.plugins import PluginManager
-from mechscope.store import RunStore
+from mechscope.store import RunStore, RunStoreComparisons
 from mechscope.suite import Suite, balance_groups
 
 from .toys import ToyProbe, ToyProbeConfig
@@ -180,9 +180,20 @@ def test_dask_items_are_variants_and_results_match_in_process(installed, tmp_pat
     where.write_text("")
     fits = tmp_path / "fits.log"
     fits.write_text("")
-    distributed = suite.run(executor=dask, store=tmp_path / "dask", progress=False)
+    loads = []
+    load = RunStoreComparisons.load_representation
+
+    def counted(self, run_id, key):
+        loads.append(run_id)
+        return load(self, run_id, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunStoreComparisons, "load_representation", counted)
+        distributed = suite.run(executor=dask, store=tmp_path / "dask", progress=False)
     # Training and the comparison stage share one cluster, closed when the suite ends.
     assert clusters == {"started": 1, "closed": 1}
+    # The workers stored every representation; this process read each of them once.
+    assert sorted(loads) == sorted(p.run_id for p in suite.runs)
     assert list(distributed["run_id"]) == list(local["run_id"])
     assert list(distributed["status"]) == ["completed"] * 4
     metrics = [c for c in local.columns if c.startswith(("toy_probe.", "train."))]

@@ -348,8 +348,11 @@ class DaskExecutor(mechscope.AbstractExecutor):
                 else:
                     yield mechscope.Outcome(index, value=value)
         finally:
-            # A caller that stops early leaves nothing running on a cluster that lives on.
-            client.cancel([future for future in futures if not future.done()])
+            # A caller that stops early leaves nothing running on a cluster that lives on
+            # (unless the session already closed the client, and the cluster with it).
+            unfinished = [future for future in futures if not future.done()]
+            if unfinished and client.status == "running":
+                client.cancel(unfinished)
 
 
 def _store_of(function: Callable[..., object]) -> Path:
