@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, Generic, TypeVar
@@ -60,6 +61,20 @@ class AbstractExecutor(eqx.Module):
         :func:`mechscope.experiment.compilation_cache_directory`).
         """
         return "auto"
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[AbstractExecutor]:
+        """Hold what the executor starts (a cluster) across several :meth:`map` calls.
+
+        A suite runs its stages (training, then comparisons) in one session, so a cluster
+        starts once, when first needed, and is closed when the session ends, also on an
+        error; what the user started (a scheduler given by address) is never closed. An
+        executor that holds nothing (the default) yields itself.
+
+        Yields:
+            The executor to call :meth:`map` on inside the session.
+        """
+        yield self
 
     @abc.abstractmethod
     def map(

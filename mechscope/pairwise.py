@@ -132,11 +132,15 @@ def compare_runs(
         built = comparison.build()
         skipped: list[str] = []
         remote = executor is not None and not executor.in_process
-        missing = [
-            run_id
-            for run_id in (run_ids if remote else [])
-            if store.comparisons.load_representation(run_id, comparison.key) is None
-        ]
+        # What the store holds is read once: kept here, not loaded again below.
+        represented: dict[str, StoredRepresentation] = {}
+        missing = []
+        for run_id in run_ids if remote else []:
+            stored = store.comparisons.load_representation(run_id, comparison.key)
+            if stored is None:
+                missing.append(run_id)
+            else:
+                represented[run_id] = stored
         if executor is not None and missing:
             # Representing is per network, where the cost is: a few runs per item.
             step = _RUNS_PER_ITEM
@@ -149,9 +153,8 @@ def compare_runs(
                     skipped.append(f"{run_id} ({error})")
                 if not outcome.ok:
                     skipped += [f"{r} ({outcome.error})" for r in chunks[outcome.index]]
-        represented: dict[str, StoredRepresentation] = {}
         for run_id in _bar(run_ids, f"represent ({comparison.name})", progress):
-            if any(entry.startswith(f"{run_id} ") for entry in skipped):
+            if run_id in represented or any(entry.startswith(f"{run_id} ") for entry in skipped):
                 continue
             try:
                 represented[run_id] = represent_stored(

@@ -415,7 +415,15 @@ class Suite:
             varied paths, and every metric (``probe.metric``).
         """
         runs = RunStore(store)
-        executor = self.build_executor(executor)
+        # One session for every stage: a cluster starts once, when first needed, and is
+        # closed when the suite ends, also on an error.
+        with self.build_executor(executor).session() as session:
+            return self._run(runs, session, force=force, progress=progress)
+
+    def _run(
+        self, runs: RunStore, executor: AbstractExecutor, *, force: bool, progress: bool
+    ) -> pd.DataFrame:
+        """:meth:`run` inside the executor's session."""
         runs.root.mkdir(parents=True, exist_ok=True)
         outcomes: dict[str, dict[str, Any]] = {}
         pending: list[PlannedRun] = []
@@ -450,7 +458,7 @@ class Suite:
             for outcome in executor.map(run_groups, units):
                 group = groups[outcome.index]
                 if outcome.ok:
-                    for planned, status in zip(group, outcome.value, strict=True):
+                    for planned, status in zip(group, outcome.value or (), strict=True):
                         outcomes[planned.run_id] = status
                 else:
                     for planned in group:
@@ -620,23 +628,11 @@ def run_configs(
     statuses = []
     outcomes = run_experiments(experiments, store=store, force=force, progress=False)
     if comparisons and experiments:
-        manager = experiments[0].plugins
-        probes = [p["name"] for p in experiments[0].config["probes"]]
-        resolved = resolve_comparisons(comparisons, manager.registry, probes=probes)
-        completed = [
-            o for o in outcomes if isinstance(o, ExperimentResult) and o.status == "completed"
-        ]
-        for comparison in resolved:
-            for outcome in completed:
-                # Failures here are left to the comparison stage, which reports them.
-                with contextlib.suppress(Exception):
-                    represent_stored(
-                        comparison,
-                        outcome.run_id,
-                        store=RunStore(store),
-                        plugins=manager,
-                        result=outcome,
-                    )
+        # The runs are stored: nothing here may turn them into failures (or the item into
+        # an error, which would mark every run of it failed). What fails is left to the
+        # comparison stage, which represents the run again and reports why it cannot.
+        with contextlib.suppress(Exception):
+            _represent_in_memory(outcomes, comparisons, experiments[0], store=store)
     for outcome in outcomes:
         if isinstance(outcome, RunFailure):
             statuses.append({"status": "failed", "reason": outcome.reason})
@@ -650,6 +646,32 @@ def run_configs(
                 }
             )
     return statuses
+
+
+def _represent_in_memory(
+    outcomes: Sequence[ExperimentResult | RunFailure],
+    comparisons: Sequence[Mapping[str, Any]],
+    first: Experiment,
+    *,
+    store: str,
+) -> None:
+    """Store each completed run's representation for `comparisons` while it is in memory.
+
+    Raises:
+        Exception: whatever resolving the comparisons raises (one run's failure to be
+            represented does not stop the others).
+    """
+    manager = first.plugins
+    probes = [p["name"] for p in first.config["probes"]]
+    resolved = resolve_comparisons(comparisons, manager.registry, probes=probes)
+    completed = [o for o in outcomes if isinstance(o, ExperimentResult) and o.status == "completed"]
+    runs = RunStore(store)
+    for comparison in resolved:
+        for outcome in completed:
+            with contextlib.suppress(Exception):
+                represent_stored(
+                    comparison, outcome.run_id, store=runs, plugins=manager, result=outcome
+                )
 
 
 #: The form of each top-level entry of a suite file that has one, with an example.

@@ -20,7 +20,7 @@ import mechscope
 from mechscope.comparison import AbstractComparison
 from mechscope.errors import ConfigError
 from mechscope.plugins import PluginManager
-from mechscope.store import RunStore
+from mechscope.store import RunStore, RunStoreComparisons
 from mechscope.suite import Suite, balance_groups
 
 from .toys import ToyProbe, ToyProbeConfig
@@ -139,8 +139,26 @@ def test_balance_groups_splits_largest_first_until_every_worker_has_two():
     assert balance_groups([["a0", "a1", "a2"]], 2) == [["a0", "a1"], ["a2"]]
 
 
-def test_dask_items_are_variants_and_results_match_in_process(installed, tmp_path):
-    pytest.importorskip("dask.distributed")
+@pytest.fixture
+def clusters(monkeypatch):
+    """Every LocalCluster the executor starts, counted (``started``, ``closed``)."""
+    distributed = pytest.importorskip("dask.distributed")
+    counts = {"started": 0, "closed": 0}
+
+    class CountedCluster(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            counts["started"] += 1
+            super().__init__(*args, **kwargs)
+
+        def close(self, *args, **kwargs):
+            counts["closed"] += 1
+            return super().close(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", CountedCluster)
+    return counts
+
+
+def test_dask_items_are_variants_and_results_match_in_process(installed, tmp_path, clusters):
     suite = Suite(
         base=BASE,
         vary={"model.tau": [0.1, 0.2]},
@@ -162,7 +180,20 @@ def test_dask_items_are_variants_and_results_match_in_process(installed, tmp_pat
     where.write_text("")
     fits = tmp_path / "fits.log"
     fits.write_text("")
-    distributed = suite.run(executor=dask, store=tmp_path / "dask", progress=False)
+    loads = []
+    load = RunStoreComparisons.load_representation
+
+    def counted(self, run_id, key):
+        loads.append(run_id)
+        return load(self, run_id, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunStoreComparisons, "load_representation", counted)
+        distributed = suite.run(executor=dask, store=tmp_path / "dask", progress=False)
+    # Training and the comparison stage share one cluster, closed when the suite ends.
+    assert clusters == {"started": 1, "closed": 1}
+    # The workers stored every representation; this process read each of them once.
+    assert sorted(loads) == sorted(p.run_id for p in suite.runs)
     assert list(distributed["run_id"]) == list(local["run_id"])
     assert list(distributed["status"]) == ["completed"] * 4
     metrics = [c for c in local.columns if c.startswith(("toy_probe.", "train."))]
@@ -185,6 +216,95 @@ def test_dask_items_are_variants_and_results_match_in_process(installed, tmp_pat
     batches = [(int(line[1]), int(line[2])) for line in logged if line[0] == "pairs"]
     assert sorted(n for _, n in batches) == [2, 4]
     assert os.getpid() not in {pid for pid, _ in batches}
+
+
+def _worker_state() -> tuple[bool, str | None, list[int]]:
+    import dask.config
+
+    return (
+        dask.config.get("distributed.worker.profile.enabled"),
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        sorted(os.sched_getaffinity(0)),
+    )
+
+
+def _index(outcome: mechscope.Outcome) -> int:
+    return outcome.index
+
+
+def test_a_session_starts_one_cluster_on_first_use_and_closes_it_on_error(clusters):
+    from mechscope_executors import DaskExecutor, DaskExecutorConfig
+
+    from mechscope.testing import contract_item
+
+    executor = DaskExecutor(DaskExecutorConfig(n_workers=1, compute_cores=1))
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with executor.session() as session:
+            assert clusters["started"] == 0, "nothing needed the cluster yet"
+            assert session.parallelism == 1
+            first = [o.value for o in sorted(session.map(contract_item, [1, 2]), key=_index)]
+            second = [o.value for o in session.map(contract_item, [4])]
+            assert (first, second) == ([1, 4], [16])
+            assert clusters == {"started": 1, "closed": 0}
+            # The worker computes like a plain process: no profiler sampling its core, glibc's
+            # malloc defaults, pinned to one core from its start.
+            assert session.connection is not None
+            client = session.connection.client()
+            (state,) = client.run(_worker_state).values()
+            assert state[:2] == (False, None)
+            assert len(state[2]) == 1
+            raise RuntimeError("stage failed")
+    assert clusters == {"started": 1, "closed": 1}
+    # A bare map (no session) starts and closes its own cluster.
+    assert [o.value for o in executor.map(contract_item, [5])] == [25]
+    assert clusters == {"started": 2, "closed": 2}
+
+
+def test_a_scheduler_given_by_address_sets_parallelism_and_is_not_closed(installed, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=None,  # pyright: ignore[reportArgumentType]
+    ) as cluster:
+        address = cluster.scheduler_address
+        suite = Suite(base=BASE, seeds=2, plugins=installed)
+        executor = suite.build_executor({"name": "dask", "address": address})
+        assert executor.parallelism == 1, "outside a session the scheduler is not asked"
+        with executor.session() as session:
+            # Two threads: the two seeds become two items, so neither thread idles.
+            assert session.parallelism == 2
+            assert [len(g) for g in suite._group(suite.runs, session)] == [1, 1]
+        table = suite.run(executor=executor, store=tmp_path / "store", progress=False)
+        assert list(table["status"]) == ["completed", "completed"]
+        # The user's scheduler and worker are still there and still compute.
+        with distributed.Client(address, timeout="20s") as client:
+            assert sum(client.nthreads().values()) == 2
+            assert client.submit(pow, 3, 2).result() == 9
+
+
+def test_run_configs_never_fails_stored_runs_for_a_comparison_it_cannot_resolve(
+    installed, tmp_path
+):
+    from mechscope.suite import run_configs
+
+    suite = Suite(base=BASE, seeds=2, plugins=installed)
+    configs = [p.experiment.config for p in suite.runs]
+    store = tmp_path / "store"
+    # The worker lacks this comparison (not installed there): the runs are trained and
+    # stored all the same, and the comparison stage reports what it cannot compare.
+    statuses = run_configs(
+        configs, store=str(store), plugins=installed, comparisons=[{"name": "not_installed"}]
+    )
+    assert [s["status"] for s in statuses] == ["completed", "completed"]
+    runs = RunStore(store)
+    assert all(runs.is_complete(p.run_id) for p in suite.runs)
+    # Negative control: the name really does not resolve.
+    with pytest.raises(ConfigError):
+        from mechscope.pairwise import resolve_comparisons
+
+        resolve_comparisons(["not_installed"], installed.registry, probes=["toy_probe"])
 
 
 def test_worker_killed_mid_item_leaves_no_half_run_and_item_is_retried(
@@ -328,6 +448,8 @@ def test_slurm_job_script_names_environment_store_and_cache(tmp_path, capsys):
     # The store on the shared file system, checked on the node; the cache beside it.
     assert any(line.startswith(f"test -d {shared} ") for line in lines)
     assert f"export MECHSCOPE_COMPILATION_CACHE={shared / 'compilation-cache'}" in lines
+    # dask's profiler does not sample the workers' compute cores.
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in lines
     # Negative controls: a relative store, and an executor without SLURM jobs.
     executor = Suite.from_toml(path).build_executor()
     with pytest.raises(ConfigError, match="absolute path"):

@@ -13,11 +13,12 @@ and suites.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import equinox as eqx
 import pydantic
@@ -123,6 +124,127 @@ class DaskExecutorConfig(mechscope.Config):
     )
 
 
+#: dask settings of a local cluster's processes (the scheduler's and its workers'), so a
+#: worker computes as fast as a plain process on the same core. Measured on a one-core worker
+#: (an item of the scaling suite): about 20 % more CPU time with dask's defaults than
+#: in-process, none with these.
+WORKER_DASK_CONFIG: dict[str, Any] = {
+    # The statistical profiler samples every thread of a worker every 10 ms and the event
+    # loop's watchdog wakes every 20 ms: on a pinned worker both take the compute core.
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    # dask sets glibc's MALLOC_TRIM_THRESHOLD_ to 64 KiB in its workers, which also fixes
+    # glibc's mmap threshold: XLA's temporaries are then mapped and unmapped (page-faulted
+    # anew) on every call. Workers keep glibc's defaults, as any other process does.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
+
+
+def worker_dask_environment() -> dict[str, str]:
+    """:data:`WORKER_DASK_CONFIG` as ``DASK_*`` variables, for workers started elsewhere.
+
+    A SLURM job's workers read dask's settings from their environment. The malloc setting
+    is left out: a variable can change but not remove an entry of the Nanny's environment.
+    """
+    return {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in WORKER_DASK_CONFIG.items()
+        if value is not None
+    }
+
+
+class DaskConnection:
+    """The client of one session of a dask executor, and the cluster it started, if any.
+
+    Nothing starts until :meth:`client` is first called; :meth:`close` closes what was
+    started here: the cluster this session started, and its own connection to a scheduler
+    given by address (never that scheduler or its workers).
+    """
+
+    def __init__(self, config: DaskExecutorConfig) -> None:
+        self.config = config
+        self._client: Any = None
+        self._cluster: Any = None
+
+    @property
+    def started(self) -> bool:
+        """Whether a client is connected (a cluster started or a scheduler reached)."""
+        return self._client is not None
+
+    def client(self, function: Callable[..., object] | None = None) -> Any:
+        """The session's ``distributed.Client``, connecting (starting a cluster) on first use.
+
+        Args:
+            function: the first item function (a SLURM cluster checks its store).
+
+        Raises:
+            ConfigError: if dask.distributed is missing or the scheduler cannot be reached.
+        """
+        if self._client is None:
+            self._client, self._cluster = _connect(self.config, function)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client, then the cluster this session started (both, even if one fails)."""
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def _connect(config: DaskExecutorConfig, function: Callable[..., object] | None) -> tuple[Any, Any]:
+    """A client and the cluster started for it (None for a scheduler given by address)."""
+    try:
+        import dask.config
+        from dask import distributed
+    except ImportError:
+        raise mechscope.ConfigError(
+            "the dask executor needs dask.distributed: pip install 'mechscope[dask]'"
+        ) from None
+    if config.address is not None:
+        try:
+            return distributed.Client(config.address, timeout="20s"), None
+        except OSError as error:
+            raise mechscope.ConfigError(
+                f"cannot reach the dask scheduler at {config.address}: {error}"
+            ) from None
+    if config.slurm is not None:
+        store = _store_of(function) if function is not None else Path(".").resolve()
+        cluster = start_slurm_cluster(
+            options_from_config(
+                config.slurm, store=store, compilation_cache=config.compilation_cache
+            )
+        )
+        cluster.adapt(minimum_jobs=1, maximum_jobs=config.slurm.max_jobs)
+    else:
+        from mechscope_executors._dask import PinCores
+
+        cores = config.compute_cores
+        # The Nanny hands these settings and environment to each worker it spawns.
+        with dask.config.set(WORKER_DASK_CONFIG):
+            cluster = distributed.LocalCluster(
+                n_workers=config.n_workers,
+                threads_per_worker=config.threads_per_worker,
+                processes=True,
+                # None turns the dashboard off (dask's docs); the parameter is unannotated and
+                # pyright infers `str` from its default.
+                dashboard_address=None,  # pyright: ignore[reportArgumentType]
+                env=single_thread_environment() if cores == 1 else {},
+                # Pinned as each worker starts, before it computes (XLA sizes its pools then).
+                plugins=[PinCores(cores_per_worker=cores)] if cores is not None else [],
+            )
+    try:
+        return distributed.Client(cluster), cluster
+    except BaseException:
+        cluster.close()
+        raise
+
+
 class DaskExecutor(mechscope.AbstractExecutor):
     """Submits every item to a dask.distributed cluster and yields outcomes as they finish.
 
@@ -130,9 +252,14 @@ class DaskExecutor(mechscope.AbstractExecutor):
     entry points, so every worker needs mechscope and the plugins a run uses installed. A run
     a killed worker left unfinished is never half written (the store writes atomically, under
     a per-run lock that a dead holder does not keep), and dask reruns the item elsewhere.
+
+    Inside :meth:`session` (a suite's run) every :meth:`map` shares one cluster, started on
+    the first; a bare :meth:`map` starts and closes its own.
     """
 
     config: DaskExecutorConfig = eqx.field(static=True)
+    #: The session's connection (None outside a session).
+    connection: DaskConnection | None = eqx.field(static=True, default=None)
 
     @property
     def group_seeds(self) -> bool:
@@ -148,13 +275,32 @@ class DaskExecutor(mechscope.AbstractExecutor):
     def parallelism(self) -> int:
         """Items that run at once: the local cluster's threads, or the SLURM jobs' cores.
 
-        A scheduler given by address is not asked (1), so groups are never split for it.
+        A scheduler given by address is asked for its workers' threads inside a session
+        (connecting if need be); outside one it is not asked (1: groups are not split).
         """
         if self.config.address is not None:
-            return 1
+            if self.connection is None:
+                return 1
+            return max(sum(self.connection.client().nthreads().values()), 1)
         if self.config.slurm is not None:
             return self.config.slurm.max_jobs * self.config.slurm.cores
         return self.config.n_workers * self.config.threads_per_worker
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[DaskExecutor]:
+        """This executor with one connection for every :meth:`map`, closed at the end.
+
+        Nothing starts until something needs the cluster; the end of the session (also on an
+        error) closes the cluster it started. Inside a session, yields itself.
+        """
+        if self.connection is not None:
+            yield self
+            return
+        connection = DaskConnection(self.config)
+        try:
+            yield DaskExecutor(self.config, connection=connection)
+        finally:
+            connection.close()
 
     def job_script(self, store: str | Path) -> str:
         """The batch script of one SLURM worker job for a suite in `store` (no job submitted).
@@ -181,50 +327,18 @@ class DaskExecutor(mechscope.AbstractExecutor):
         """Submit all items at once; yield each outcome when its future completes."""
         if not items:
             return
-        try:
-            from dask.distributed import Client, LocalCluster, as_completed
-        except ImportError:
-            raise mechscope.ConfigError(
-                "the dask executor needs dask.distributed: pip install 'mechscope[dask]'"
-            ) from None
-        cluster = None
-        if self.config.address is None and self.config.slurm is not None:
-            store = _store_of(function)
-            cluster = start_slurm_cluster(
-                options_from_config(
-                    self.config.slurm, store=store, compilation_cache=self.config.compilation_cache
-                )
-            )
-            cluster.adapt(minimum_jobs=1, maximum_jobs=self.config.slurm.max_jobs)
-            client = Client(cluster)
-        elif self.config.address is None:
-            cores = self.config.compute_cores
-            cluster = LocalCluster(
-                n_workers=self.config.n_workers,
-                threads_per_worker=self.config.threads_per_worker,
-                processes=True,
-                # None turns the dashboard off (dask's docs); the parameter is unannotated and
-                # pyright infers `str` from its default.
-                dashboard_address=None,  # pyright: ignore[reportArgumentType]
-                env=single_thread_environment() if cores == 1 else {},
-            )
-            client = Client(cluster)
-            if cores is not None:
-                from mechscope_executors._dask import PinCores
+        if self.connection is None:
+            with self.session() as bound:
+                yield from bound.map(function, items)
+            return
+        from dask.distributed import as_completed
 
-                client.register_plugin(PinCores(cores_per_worker=cores), name="mechscope-pin")
-        else:
-            try:
-                client = Client(self.config.address, timeout="20s")
-            except OSError as error:
-                raise mechscope.ConfigError(
-                    f"cannot reach the dask scheduler at {self.config.address}: {error}"
-                ) from None
+        client = self.connection.client(function)
+        futures = {
+            client.submit(function, item, pure=False, retries=self.config.retries): index
+            for index, item in enumerate(items)
+        }
         try:
-            futures = {
-                client.submit(function, item, pure=False, retries=self.config.retries): index
-                for index, item in enumerate(items)
-            }
             for future in as_completed(futures):
                 index = futures[future]
                 try:
@@ -234,9 +348,11 @@ class DaskExecutor(mechscope.AbstractExecutor):
                 else:
                     yield mechscope.Outcome(index, value=value)
         finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            # A caller that stops early leaves nothing running on a cluster that lives on
+            # (unless the session already closed the client, and the cluster with it).
+            unfinished = [future for future in futures if not future.done()]
+            if unfinished and client.status == "running":
+                client.cancel(unfinished)
 
 
 def _store_of(function: Callable[..., object]) -> Path:

@@ -100,10 +100,14 @@ def slurm_cluster_options(
     lines.append(
         f'test -d {quoted} || {{ echo "run store {store} is not mounted here" >&2; exit 1; }}'
     )
-    from mechscope_executors import single_thread_environment
+    from mechscope_executors import single_thread_environment, worker_dask_environment
 
     cache = compilation_cache_directory(compilation_cache, store)
-    environment = {**single_thread_environment(), COMPILATION_CACHE_ENV: str(cache or "off")}
+    environment = {
+        **single_thread_environment(),
+        **worker_dask_environment(),
+        COMPILATION_CACHE_ENV: str(cache or "off"),
+    }
     lines += [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
     options: dict[str, Any] = {
         "cores": cores,
