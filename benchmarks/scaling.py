@@ -20,6 +20,7 @@ Usage:
     python benchmarks/scaling.py            # the issue's suite (minutes)
     python benchmarks/scaling.py --quick    # N = 16, 30 steps (a smoke test of the harness)
     python benchmarks/scaling.py --json
+    python benchmarks/scaling.py --rounds 3 # every mode three times; medians and per-round ratios
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,10 +138,13 @@ def run_mode(mode: str, *, n_units: int, steps: int, store: Path, cache: str) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run every mode once and print the table and the ratios."""
+    """Run every mode (``--rounds`` times) and print the table and the ratios (medians)."""
     parser = argparse.ArgumentParser(description="Suite scaling: in-process vs dask workers.")
     parser.add_argument("--quick", action="store_true", help="N = 16, 30 steps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every mode this often; report medians"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n-units", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -151,6 +156,50 @@ def main(argv: list[str] | None = None) -> dict:
         child(options)
         return {}
     n_units, steps = (16, 30) if options.quick else (64, 300)
+    rounds = [_one_round(n_units=n_units, steps=steps) for _ in range(options.rounds)]
+    # Each round runs every mode once, one after another, so a round's ratios are paired
+    # measurements; the medians over rounds are what the targets are read from.
+    results = {
+        mode: {
+            field: statistics.median(r["modes"][mode][field] for r in rounds)
+            if isinstance(value, float)
+            else value
+            for field, value in rounds[0]["modes"][mode].items()
+        }
+        for mode in rounds[0]["modes"]
+    }
+    ratios = {
+        name: statistics.median(r["ratios"][name] for r in rounds) for name in rounds[0]["ratios"]
+    }
+    report = {
+        "suite": f"3 activations × 2 seeds, N = {n_units}, {steps} steps, jPCA",
+        "cores": len(os.sched_getaffinity(0)),
+        "rounds": len(rounds),
+        "modes": results,
+        "ratios": ratios,
+        "ratios_per_round": {name: [r["ratios"][name] for r in rounds] for name in ratios},
+    }
+    if options.json:
+        print(json.dumps(report, indent=2))
+        return report
+    print(
+        f"suite: {report['suite']}; {report['cores']} cores; one compute thread per process; "
+        f"median of {len(rounds)} round(s)"
+    )
+    print(f"{'mode':<20}{'wall s':>9}{'compute s':>11}{'overhead/run s':>16}")
+    for mode, row in results.items():
+        print(
+            f"{mode:<20}{row['wall_s']:>9.1f}{row['compute_s']:>11.1f}"
+            f"{row['overhead_per_run_s']:>16.2f}"
+        )
+    for name, value in ratios.items():
+        per_round = ", ".join(f"{v:.2f}" for v in report["ratios_per_round"][name])
+        print(f"{name}: {value:.2f}" + (f" (rounds: {per_round})" if len(rounds) > 1 else ""))
+    return report
+
+
+def _one_round(*, n_units: int, steps: int) -> dict:
+    """Every mode once, cold then warm, each in a fresh process and a fresh store."""
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -180,25 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speed-up dask-2 vs dask-1 (warm)": wall("dask-1 warm") / wall("dask-2 warm"),
         "speed-up warm vs cold cache (dask-1)": wall("dask-1") / wall("dask-1 warm"),
     }
-    report = {
-        "suite": f"3 activations × 2 seeds, N = {n_units}, {steps} steps, jPCA",
-        "cores": len(os.sched_getaffinity(0)),
-        "modes": results,
-        "ratios": ratios,
-    }
-    if options.json:
-        print(json.dumps(report, indent=2))
-        return report
-    print(f"suite: {report['suite']}; {report['cores']} cores; one compute thread per process")
-    print(f"{'mode':<20}{'wall s':>9}{'compute s':>11}{'overhead/run s':>16}")
-    for mode, row in results.items():
-        print(
-            f"{mode:<20}{row['wall_s']:>9.1f}{row['compute_s']:>11.1f}"
-            f"{row['overhead_per_run_s']:>16.2f}"
-        )
-    for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
-    return report
+    return {"modes": results, "ratios": ratios}
 
 
 if __name__ == "__main__":
