@@ -11,8 +11,9 @@ training step at N = 512 and 1,000 steps is read from XLA's memory analysis for 
 plain autodiff, and autodiff with gradient checkpointing (the default at that size).
 
 The same configuration is timed for ``gated_ctrnn`` (a GRU in ODE form, autodiff through the
-scan, each step's intermediates recomputed in the reverse pass) and ``lowrank_ctrnn`` (rank 2, the Euler adjoint), each with an idiomatic PyTorch-eager
-equivalent; ratios are reported against ctrnn and against each model's PyTorch baseline.
+scan, each step's intermediates recomputed in the reverse pass) and ``lowrank_ctrnn`` (rank 2,
+the Euler adjoint), each with an idiomatic PyTorch-eager equivalent; ratios are reported
+against ctrnn and against each model's PyTorch baseline.
 
 Usage:
     python benchmarks/train_step.py            # human-readable table
