@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import types
 
 import equinox as eqx
 import jax
@@ -22,11 +24,24 @@ from mechscope_dynamics import (
     NewtonConfig,
     NewtonSearch,
     SolverConfig,
+    _fp_batching,
     find_fixed_points,
 )
-from mechscope_dynamics._fp_batching import padded_size
+from mechscope_dynamics._fp_batching import (
+    MAX_PIECE_ROWS,
+    call_in_pieces,
+    padded_size,
+    piece_bounds,
+)
 from mechscope_dynamics._fp_clustering import representatives, representatives_tree
-from mechscope_dynamics._fp_kernels import cast_model, relaxation_step
+from mechscope_dynamics._fp_kernels import (
+    cast_model,
+    continuation,
+    newton,
+    polish_solve,
+    relax,
+    relaxation_step,
+)
 from mechscope_dynamics._fp_lm import levenberg_marquardt
 
 import mechscope
@@ -144,6 +159,33 @@ def test_stable_points_with_small_basins_that_no_start_reaches_are_all_found(sea
         corner = np.linalg.norm(alone.points - [0.0, 0.0, 1.3, 1.3], axis=1)
         assert corner.min() > 0.1
         assert alone.stable.sum() == expected_stable.sum() - 1
+
+
+def test_continuation_follows_each_branch_and_stops_at_its_fold():
+    # ẋ = x − x³ + u (and ẏ = −y): stable branches x₊(u) from 1 and x₋(u) from −1, each
+    # ending at a fold where u = ∓2/(3√3) ≈ ∓0.385. Followed from u = 0, each zero ends on its
+    # own branch at u = 0.35 (the two stable roots differ: 1.14 and −0.71), not on the other.
+    # The upper branch followed past its fold (to u = −0.5) stops at the fold, x = 1/√3, the
+    # minimum of |f| there (|f| = 0.5 − 2/(3√3)): a slow point, left to the later stages.
+    model = FieldModel(
+        DoubleConfig(kind="bistable"), jnp.zeros((2, 2)), jnp.asarray([[1.0], [0.0]])
+    )
+    real = np.roots([1.0, 0.0, -1.0, -0.35])
+    stable_roots = np.sort(np.real(real[np.abs(np.imag(real)) < 1e-9]))[[-1, 0]]
+    x0 = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])
+    u_to = np.array([[0.35], [0.35], [-0.5]])
+    with jax.enable_x64(True):
+        wide = cast_model(model, jnp.float64)
+        end, speed = continuation(
+            wide, jnp.asarray(x0), jnp.zeros((3, 1)), jnp.asarray(u_to), jnp.asarray(20), 3
+        )
+    end, speed = np.asarray(end), np.asarray(speed)
+    assert stable_roots[0] > 1.1 and -0.8 < stable_roots[1] < -0.7
+    np.testing.assert_allclose(end[:2, 0], stable_roots, atol=1e-6)
+    assert np.all(speed[:2] < 1e-6)
+    np.testing.assert_allclose(end[2, 0], 1 / np.sqrt(3), atol=0.02)  # |f| is flat there
+    np.testing.assert_allclose(speed[2], 0.5 - 2 / (3 * np.sqrt(3)), rtol=1e-2)
+    np.testing.assert_allclose(end[:, 1], 0.0, atol=1e-12)
 
 
 def _scales(points):
@@ -401,7 +443,14 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
         model = FieldModel(DoubleConfig(kind="linear"), jnp.asarray(a), jnp.asarray(b))
         search = DenseLMSearch() if dense else MatrixFreeLMSearch(cg_steps=n)
         x1, speed, damping = levenberg_marquardt(
-            model, jnp.asarray(x0), jnp.asarray(u), jnp.full(3, mu), 1, search, jax.random.key(0)
+            model,
+            jnp.asarray(x0),
+            jnp.asarray(u),
+            jnp.full(3, mu),
+            jnp.arange(3),
+            1,
+            search,
+            jax.random.key(0),
         )
     solution = -np.linalg.solve(a, b @ u.T).T  # A x* + b u = 0
     expected = solution + (x0 - solution) * mu / (1 + mu)
@@ -412,30 +461,136 @@ def test_levenberg_marquardt_step_matches_closed_form(dense):
     np.testing.assert_allclose(np.asarray(damping), 0.3 * mu)
 
 
+def _lm_rows(seed: int, m: int = 240):
+    """The Hopfield test network and `m` LM rows: states and dampings."""
+    model, patterns, _ = _hopfield()
+    rng = np.random.default_rng(seed)
+    x = 2.0 * rng.standard_normal((m, patterns.shape[1]))
+    return model, x, 10.0 ** rng.uniform(-4, 0, m)
+
+
+def _float64_block(search, model, x, damping, numbers):
+    """Four of `search`'s LM iterations from every row, in float64."""
+    with jax.enable_x64(True):
+        wide = cast_model(model, jnp.float64)
+        return search.block(
+            wide, x, np.zeros((len(x), 1)), damping, numbers, 4, jax.random.key(0), jnp.float64
+        )
+
+
 def test_dense_steps_in_chunks_give_the_same_rows():
     # Dense LM runs on bounded chunks of rows; rows are independent, so chunking must change
     # nothing, row for row. 64-row chunks (the smallest) split 240 rows four ways.
-    model, patterns, _ = _hopfield()
-    n = patterns.shape[1]
-    rng = np.random.default_rng(3)
-    x = 2.0 * rng.standard_normal((240, n))
-    damping = 10.0 ** rng.uniform(-4, 0, 240)
-
-    def block(search):
-        with jax.enable_x64(True):
-            wide = cast_model(model, jnp.float64)
-            return search.block(
-                wide, x, np.zeros((240, 1)), damping, 4, jax.random.key(0), jnp.float64
-            )
-
+    model, x, damping = _lm_rows(3)
+    n = x.shape[1]
     whole_search, chunked_search = DenseLMSearch(), DenseLMSearch(chunk_elements=64 * n * n)
     assert whole_search.chunk_rows(n) >= 240
     assert chunked_search.chunk_rows(n) == 64
-    whole, chunked = block(whole_search), block(chunked_search)
+    whole, chunked = (
+        _float64_block(search, model, x, damping, np.arange(240))
+        for search in (whole_search, chunked_search)
+    )
     assert not np.allclose(whole[0], x), "the rows must have moved"
     for expected, actual in zip(whole, chunked, strict=True):
         assert actual.shape == expected.shape == (240, *expected.shape[1:])
         np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_matrix_free_rows_do_not_depend_on_which_rows_share_their_call():
+    # A row's random trace probes derive from its own number, and rows run in pieces: the
+    # same row, numbered alike, must move alike whether it runs among 240 rows (four
+    # pieces) or among 37 others (two pieces, padded). A batch-position key would differ.
+    model, x, damping = _lm_rows(5)
+    numbers = np.arange(240)
+    search = MatrixFreeLMSearch(cg_steps=3)  # inexact steps: the probes matter
+    assert len(piece_bounds(240)) == 4 and len(piece_bounds(38)) == 2
+    whole = _float64_block(search, model, x, damping, numbers)
+    subset = np.r_[200:238]
+    part = _float64_block(search, model, x[subset], damping[subset], numbers[subset])
+    assert not np.allclose(whole[0], x), "the rows must have moved"
+    for expected, actual in zip(whole, part, strict=True):
+        np.testing.assert_allclose(actual, expected[subset], rtol=1e-9, atol=1e-12)
+    # The same rows renumbered draw other probes, and then move differently.
+    renumbered = _float64_block(search, model, x[subset], damping[subset], numbers[subset] + 1)
+    assert not np.allclose(renumbered[0], whole[0][subset], rtol=1e-6, atol=1e-9)
+
+
+def test_pieces_cover_the_rows_once_and_in_order():
+    for m in [0, 1, 31, 32, 88, 128, 1568, 9216]:
+        bounds = piece_bounds(m)
+        covered = np.concatenate([np.arange(a, b) for a, b in bounds]) if bounds else []
+        np.testing.assert_array_equal(covered, np.arange(m))
+        sizes = [b - a for a, b in bounds]
+        assert all(s <= MAX_PIECE_ROWS for s in sizes)
+        # Every piece but the last has one compiled size, so only the last is padded.
+        assert len(set(sizes[:-1])) <= 1
+    assert len(piece_bounds(9216)) == 18 and len(piece_bounds(88)) == 3
+
+
+class _RecordingKernel:
+    """A row-wise "kernel" that records where and under which settings each piece ran, with
+    a lowered program that does or does not call LAPACK."""
+
+    def __init__(self, lapack: bool):
+        self.lapack, self.seen = lapack, []
+
+    def lower(self, *args):
+        text = "custom_call @lapack_sgetrf_ffi" if self.lapack else "stablehlo.dot_general"
+        return types.SimpleNamespace(as_text=lambda: text)
+
+    def __call__(self, model, rows, _):
+        del model
+        settings = (
+            jax.config.read("jax_enable_x64"),
+            jax.config.jax_default_matmul_precision,  # pyright: ignore[reportAttributeAccessIssue]
+        )
+        self.seen.append((threading.current_thread().name, settings))
+        return rows * 2, jnp.zeros(rows.shape[0], rows.dtype)
+
+
+@pytest.mark.parametrize("lapack", [False, True])
+def test_pieces_run_on_threads_only_where_the_program_has_no_lapack_call(monkeypatch, lapack):
+    # Two programs each running a batched LAPACK call in a loop at once deadlock XLA's CPU
+    # runtime: pieces of such a program run one after another on the caller's thread, the
+    # others on the pool's threads, and every piece under the caller's thread-local settings
+    # (jax.enable_x64, jax.default_matmul_precision: threads do not inherit them).
+    monkeypatch.setattr(_fp_batching, "_usable_cores", lambda: 4)
+    x = np.random.default_rng(0).standard_normal((300, 4))
+    kernel = _RecordingKernel(lapack)
+    with jax.enable_x64(True), jax.default_matmul_precision("highest"):
+        out, zeros = call_in_pieces(kernel, None, (x, x), jnp.float64)
+    np.testing.assert_array_equal(out, 2 * x)  # float32 would round x
+    assert out.shape == (300, 4) and zeros.shape == (300,)
+    assert len(kernel.seen) == len(piece_bounds(300)) == 3
+    assert all(settings == (True, "highest") for _, settings in kernel.seen)
+    names = {name for name, _ in kernel.seen}
+    if lapack:
+        assert names == {threading.current_thread().name}
+    else:
+        assert all(name.startswith("mechscope-fp") for name in names)
+
+
+def test_the_lowered_programs_of_the_kernels_show_which_call_lapack():
+    # The real kernels, as the solver calls them: relaxation, matrix-free LM and the BFGS
+    # polish are matrix products and elementwise operations; dense Newton, the continuation,
+    # the Newton polish and dense LM call LAPACK (the positive controls), so their pieces
+    # run one after another.
+    model, patterns, _ = _hopfield()
+    n = patterns.shape[1]
+    x, u = jnp.zeros((64, n)), jnp.zeros((64, 1))
+    lm_rows = (x, u, jnp.ones(64), jnp.arange(64))
+    key = jax.random.key(0)
+    cases = [
+        (relax, (x, u), (jnp.asarray(0.1), 3), False),
+        (levenberg_marquardt, lm_rows, (jnp.asarray(2), MatrixFreeLMSearch(), key), False),
+        (polish_solve, (x, u), (3, "bfgs"), False),
+        (newton, (x, u), (2,), True),
+        (continuation, (x, u, u), (jnp.asarray(2), 3), True),
+        (polish_solve, (x, u), (3, "newton"), True),
+        (levenberg_marquardt, lm_rows, (jnp.asarray(2), DenseLMSearch(), key), True),
+    ]
+    for function, rows, args, expected in cases:
+        assert _fp_batching._uses_lapack(function, model, rows, args) is expected, function
 
 
 def test_each_search_has_its_own_defaults_and_explicit_values():
@@ -516,6 +671,7 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
             jnp.asarray(x0),
             jnp.zeros((len(x0), 1)),
             jnp.full(len(x0), 1e-2),
+            jnp.arange(len(x0)),
             5,
             DenseLMSearch(),
             jax.random.key(0),

@@ -97,7 +97,10 @@ class SolverConfig(mechscope.Config):
         "drop candidates this close to a converged point.",
     )
     polish_steps: int = Field(
-        default=40, ge=1, description="Newton iterations when polishing (LM ×4, BFGS ×8)."
+        default=40,
+        ge=1,
+        description="Polishing budget: Newton polish_steps / 4 iterations, then LM "
+        "polish_steps, then BFGS 8 × polish_steps (slow points: BFGS polish_steps).",
     )
     fixed_tol: float = Field(
         default=1e-7,

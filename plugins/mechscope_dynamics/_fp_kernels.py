@@ -104,6 +104,44 @@ norms = eqx.filter_jit(_norms)
 # Globalised dense Newton on the distinct candidates.
 
 
+def _globalised_step(
+    residual: Any,
+    x: Float[Array, " n"],
+    fx: Float[Array, ""],
+    r: Float[Array, " n"],
+    jac: Float[Array, "n n"],
+    newton: Float[Array, " n"],
+) -> tuple[Float[Array, " n"], Float[Array, ""]]:
+    """The best of the Newton step `newton` at lengths 1, ½, ¼, 1/10 and the Cauchy step.
+
+    `r` = f(x) and `jac` ≈ ∂f/∂x at x; the Cauchy step is that of the Gauss–Newton model of
+    q = ½‖f‖² (which still descends where the Jacobian is singular). Returns the trial with
+    the smallest ‖f‖ and that ‖f‖, or (x, `fx`) when none is below `fx`.
+    """
+
+    def norm(y):
+        value = jnp.linalg.norm(residual(y))
+        return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+    newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
+    gradient = jac.T @ r
+    curvature = jnp.sum((jac @ gradient) ** 2)
+    cauchy = -gradient * jnp.sum(gradient**2) / jnp.maximum(curvature, 1e-30)
+    cauchy = jnp.where(jnp.all(jnp.isfinite(cauchy)), cauchy, 0.0)
+    fractions = jnp.asarray([1.0, 0.5, 0.25, 0.1], x.dtype)
+    trials = jnp.concatenate([x + fractions[:, None] * newton[None, :], (x + cauchy)[None, :]])
+    norms = jax.vmap(norm)(trials)
+    best = jnp.argmin(norms)
+    better = norms[best] < fx
+    return jnp.where(better, trials[best], x), jnp.where(better, norms[best], fx)
+
+
+def _speed(residual: Any, y: Float[Array, " n"]) -> Float[Array, ""]:
+    """‖f(y)‖, or ∞ where it is not finite."""
+    value = jnp.linalg.norm(residual(y))
+    return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+
 def _newton(
     model: mechscope.AbstractModel,
     x: Float[Array, "m n"],
@@ -121,30 +159,13 @@ def _newton(
         def residual(y):
             return model.vector_field(0.0, y, u)
 
-        def norm(y):
-            value = jnp.linalg.norm(residual(y))
-            return jnp.where(jnp.isfinite(value), value, jnp.inf)
-
         def iteration(carry, _):
             x, fx = carry
             r = residual(x)
             jac = model.jacobian(0.0, x, u)
-            newton = jnp.linalg.solve(jac, -r)
-            newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
-            gradient = jac.T @ r
-            curvature = jnp.sum((jac @ gradient) ** 2)
-            cauchy = -gradient * jnp.sum(gradient**2) / jnp.maximum(curvature, 1e-30)
-            cauchy = jnp.where(jnp.all(jnp.isfinite(cauchy)), cauchy, 0.0)
-            fractions = jnp.asarray([1.0, 0.5, 0.25, 0.1], x.dtype)
-            trials = jnp.concatenate(
-                [x + fractions[:, None] * newton[None, :], (x + cauchy)[None, :]]
-            )
-            norms = jax.vmap(norm)(trials)
-            best = jnp.argmin(norms)
-            better = norms[best] < fx
-            return (jnp.where(better, trials[best], x), jnp.where(better, norms[best], fx)), None
+            return _globalised_step(residual, x, fx, r, jac, jnp.linalg.solve(jac, -r)), None
 
-        (x, fx), _ = jax.lax.scan(iteration, (x, norm(x)), None, length=steps)
+        (x, fx), _ = jax.lax.scan(iteration, (x, _speed(residual, x)), None, length=steps)
         return x, fx
 
     return jax.vmap(one)(x, u)
@@ -163,22 +184,58 @@ def _continuation(
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"]]:
     """Every row followed from input `u_from` to `u_to` in `steps` equal steps of the input.
 
-    At step i the input is u(σ) = (1 − σ) u_from + σ u_to with σ = i / `steps`, and each row
-    takes `iterations` globalised Newton iterations (:func:`_newton`) there. All steps run in
-    one compiled loop (`steps` is traced: any number of steps shares one program), instead of
-    one call and one host round trip per step.
+    At step i the input is u(σ) = (1 − σ) u_from + σ u_to with σ = i / `steps`. Each row
+    starts from the secant prediction 2·x_i − x_{i−1} (the branch's last step repeated)
+    where that is slower than x_i, and takes `iterations` globalised chord iterations: the
+    trials of :func:`_newton`, with the Jacobian at the start factorised once and used for
+    all of them. Near a smooth branch the chord iteration converges about as fast as
+    Newton's, and the factorisation (an LU of the N-by-N Jacobian and its pivots, against two
+    triangular solves) is most of a Newton iteration's cost: the step takes about half the
+    time of three Newton iterations. Without the prediction, three chord iterations lose
+    the chaotic benchmark network's input-3 attractor, which three Newton iterations find.
+    All steps run in one compiled loop (`steps` is traced: any number of steps shares one
+    program).
 
     Returns:
         The end points (for `u_to`) and ‖f‖ there.
     """
 
-    def step(i, carry):
-        y, _ = carry
-        fraction = (i + 1).astype(y.dtype) / steps.astype(y.dtype)
-        return _newton(model, y, (1.0 - fraction) * u_from + fraction * u_to, iterations)
+    def one(x, u_from, u_to):
+        def step(i, carry):
+            y, previous, _ = carry
+            fraction = (i + 1).astype(y.dtype) / steps.astype(y.dtype)
+            u = (1.0 - fraction) * u_from + fraction * u_to
 
-    speed = jnp.full(x.shape[0], jnp.inf, x.dtype)
-    return jax.lax.fori_loop(0, steps, step, (x, speed))
+            def residual(z):
+                return model.vector_field(0.0, z, u)
+
+            # Secant predictor: the branch's last step repeated, where that lands closer to
+            # the new zero than the last zero does.
+            predicted = 2.0 * y - previous
+            start = jnp.where(_speed(residual, predicted) < _speed(residual, y), predicted, y)
+            jac = model.jacobian(0.0, start, u)
+            lu, _, permutation = jax.lax.linalg.lu(jac)
+
+            def chord(rhs):  # jac · δ = rhs, from the factorisation
+                lower = jax.lax.linalg.triangular_solve(
+                    lu, rhs[permutation][:, None], left_side=True, lower=True, unit_diagonal=True
+                )
+                return jax.lax.linalg.triangular_solve(lu, lower, left_side=True, lower=False)[:, 0]
+
+            def iteration(carry, _):
+                z, fz = carry
+                r = residual(z)
+                return _globalised_step(residual, z, fz, r, jac, chord(-r)), None
+
+            (end, speed), _ = jax.lax.scan(
+                iteration, (start, _speed(residual, start)), None, length=iterations
+            )
+            return end, y, speed
+
+        end, _, speed = jax.lax.fori_loop(0, steps, step, (x, x, jnp.asarray(jnp.inf, x.dtype)))
+        return end, speed
+
+    return jax.vmap(one)(x, u_from, u_to)
 
 
 continuation = eqx.filter_jit(_continuation)

@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import mechscope
-from mechscope_dynamics._fp_batching import pad_rows, padded_size
+from mechscope_dynamics._fp_batching import call_in_pieces
 from mechscope_dynamics._fp_clustering import merged, survivors
 from mechscope_dynamics._fp_kernels import batched_field
 from mechscope_dynamics._fp_search import AbstractCandidateSearch
@@ -53,9 +53,13 @@ class AbstractLMSearch(AbstractCandidateSearch):
         model: mechscope.AbstractModel,
         x: Float[Array, "m n"],
         u: Float[Array, "m n_inputs"],
-        key: PRNGKeyArray,
+        keys: PRNGKeyArray,
     ) -> Any:
-        """Whatever :meth:`damped_step` needs once per call of the LM kernel."""
+        """Whatever :meth:`damped_step` needs once per call of the LM kernel.
+
+        `keys` holds one key per row (derived from the row's own number, so a row's random
+        draws do not depend on which rows share its call).
+        """
 
     @abc.abstractmethod
     def damped_step(
@@ -70,7 +74,7 @@ class AbstractLMSearch(AbstractCandidateSearch):
 
     @abc.abstractmethod
     def chunk_rows(self, n_units: int) -> int | None:
-        """Most rows per call of the LM kernel (None: all rows in one call)."""
+        """Most rows per chunk of LM kernel calls (None: one chunk; each runs in pieces)."""
 
     def approach(
         self,
@@ -96,6 +100,8 @@ class AbstractLMSearch(AbstractCandidateSearch):
         # Rows whose steps no longer move them (see below) stay with the others for merging
         # but are not iterated: their iterations would change nothing.
         frozen = np.zeros(len(candidates), dtype=bool)
+        # Each row keeps its number: its random draws derive from it, wherever it is batched.
+        numbers = np.arange(len(candidates), dtype=np.int32)
         key = jax.random.key(0)
         done = 0
         while done < self.steps and len(candidates):
@@ -110,6 +116,7 @@ class AbstractLMSearch(AbstractCandidateSearch):
                     candidates.x[active],
                     problem.inputs[candidates.input[active]],
                     damping[active],
+                    numbers[active],
                     steps,
                     jax.random.fold_in(key, done),
                     dtype,
@@ -128,7 +135,8 @@ class AbstractLMSearch(AbstractCandidateSearch):
             arrived = candidates.norm <= handoff
             close.append(candidates.take(arrived))
             going = survivors(candidates, arrived, close, merge_radius)
-            candidates, damping, frozen = candidates.take(going), damping[going], frozen[going]
+            candidates, damping = candidates.take(going), damping[going]
+            frozen, numbers = frozen[going], numbers[going]
         return merged(Candidates.concatenate(close, problem.n_units), merge_radius), candidates
 
     def block(
@@ -137,32 +145,35 @@ class AbstractLMSearch(AbstractCandidateSearch):
         x: np.ndarray,
         u: np.ndarray,
         damping: np.ndarray,
+        numbers: np.ndarray,
         steps: int,
         key: PRNGKeyArray,
         dtype: Any,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`steps` LM iterations from every row: end points, ‖f‖ there and the damping.
 
-        Rows are padded to a compiled size (at least 64: the few rows left at the end of a
-        search then share one program, and padding them costs less than compiling for every
-        power of two below), in chunks of at most :meth:`chunk_rows` rows.
+        Rows run in pieces spread over the CPU cores
+        (:func:`~mechscope_dynamics._fp_batching.call_in_pieces`), each padded to a compiled
+        size of at least 64 rows (the few rows left at the end of a search then share one
+        program, and padding them costs less than compiling for every power of two below),
+        in chunks of at most :meth:`chunk_rows` rows. `numbers` are the rows' own numbers,
+        from which their random draws derive.
         """
         m = len(x)
         chunk = self.chunk_rows(x.shape[1]) or max(m, 1)
-        parts = []
-        for lo in range(0, m, chunk):
-            rows = slice(lo, lo + chunk)
-            size = padded_size(max(len(x[rows]), 64))
-            out = levenberg_marquardt(
+        parts = [
+            call_in_pieces(
+                levenberg_marquardt,
                 model,
-                pad_rows(x[rows], size, dtype),
-                pad_rows(u[rows], size, dtype),
-                pad_rows(damping[rows], size, dtype),
+                (x[rows], u[rows], damping[rows], numbers[rows]),
+                dtype,
                 jnp.asarray(steps, jnp.int32),
                 self,
                 key,
+                least=64,
             )
-            parts.append([np.asarray(a, np.float64)[: len(x[rows])] for a in out])
+            for rows in (slice(lo, lo + chunk) for lo in range(0, m, chunk))
+        ]
         new_x, new_norm, new_damping = (
             np.concatenate(column) for column in zip(*parts, strict=True)
         )
@@ -260,11 +271,12 @@ class MatrixFreeLMSearch(AbstractLMSearch):
         model: mechscope.AbstractModel,
         x: Float[Array, "m n"],
         u: Float[Array, "m n_inputs"],
-        key: PRNGKeyArray,
+        keys: PRNGKeyArray,
     ) -> Float[Array, " m"]:
         """tr(JᵀJ)/n per row, estimated from eight random sign vectors (E‖Jz‖² = tr(JᵀJ))."""
         _, jvp = jax.linearize(lambda y: batched_field(model, y, u), x)
-        probes = jax.random.rademacher(key, (8, *x.shape), dtype=x.dtype)
+        probes = jax.vmap(lambda k: jax.random.rademacher(k, (8, x.shape[1]), dtype=x.dtype))(keys)
+        probes = jnp.swapaxes(probes, 0, 1)  # [8, m, n]
         trace = jnp.mean(jax.vmap(lambda z: jnp.sum(jvp(z) ** 2, axis=1))(probes), axis=0)
         return trace / x.shape[1] + jnp.finfo(x.dtype).tiny
 
@@ -292,7 +304,7 @@ class MatrixFreeLMSearch(AbstractLMSearch):
         return jax.vmap(row)(y, u, damping * prepared)
 
     def chunk_rows(self, n_units: int) -> None:
-        """All rows in one call (the memory is a few ``[rows, n]`` arrays)."""
+        """All rows in one chunk (the memory is a few ``[rows, n]`` arrays)."""
         del n_units
 
 
@@ -322,10 +334,10 @@ class DenseLMSearch(AbstractLMSearch):
         model: mechscope.AbstractModel,
         x: Float[Array, "m n"],
         u: Float[Array, "m n_inputs"],
-        key: PRNGKeyArray,
+        keys: PRNGKeyArray,
     ) -> None:
         """Nothing: the trace is exact at every iteration."""
-        del model, x, u, key
+        del model, x, u, keys
 
     def damped_step(
         self,
@@ -373,11 +385,14 @@ def _levenberg_marquardt(
     x: Float[Array, "m n"],
     u: Float[Array, "m n_inputs"],
     damping: Float[Array, " m"],
+    numbers: Int[Array, " m"],
     steps: Int[Array, ""] | int,
     search: AbstractLMSearch,
     key: PRNGKeyArray,
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"], Float[Array, " m"]]:
     """`steps` Levenberg–Marquardt iterations from every row, with `search`'s damped steps.
+
+    Row i's random draws come from ``fold_in(key, numbers[i])``.
 
     Returns:
         End points, ‖f‖ there, and the damping μ to continue with.
@@ -387,7 +402,8 @@ def _levenberg_marquardt(
         value = jnp.sum(batched_field(model, y, u) ** 2, axis=1)
         return jnp.where(jnp.isfinite(value), value, jnp.inf)
 
-    prepared = search.prepare(model, x, u, key)
+    keys = jax.vmap(lambda number: jax.random.fold_in(key, number))(numbers)
+    prepared = search.prepare(model, x, u, keys)
 
     def iteration(_, carry):
         y, q, mu = carry
