@@ -590,7 +590,10 @@ def test_the_lowered_programs_of_the_kernels_show_which_call_lapack():
         (levenberg_marquardt, lm_rows, (jnp.asarray(2), DenseLMSearch(), key), True),
     ]
     for function, rows, args, expected in cases:
-        assert _fp_batching._uses_lapack(function, model, rows, args) is expected, function
+        uses = _fp_batching._uses_lapack(
+            function, model, rows, jnp.float32, args, lambda rows=rows: rows
+        )
+        assert uses is expected, function
 
 
 def test_each_search_has_its_own_defaults_and_explicit_values():

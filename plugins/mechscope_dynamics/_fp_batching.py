@@ -169,7 +169,8 @@ def call_in_pieces(
 
     with _KERNEL_LOCK:
         workers = min(len(bounds), _usable_cores())
-        if workers > 1 and _uses_lapack(function, model, padded(bounds[0]), args):
+        first_piece = functools.partial(padded, bounds[0])
+        if workers > 1 and _uses_lapack(function, model, rows, dtype, args, first_piece):
             workers = 1
         if workers <= 1:
             outs = [piece(bound) for bound in bounds]
@@ -181,13 +182,20 @@ def call_in_pieces(
 
 
 def _uses_lapack(
-    function: Callable[..., Any], model: Any, padded: Sequence[Array], args: Sequence[Any]
+    function: Callable[..., Any],
+    model: Any,
+    rows: Sequence[np.ndarray],
+    dtype: Any,
+    args: Sequence[Any],
+    example: Callable[[], Sequence[Array]],
 ) -> bool:
     """Whether `function`'s program for these arguments calls LAPACK (cached; True if unsure).
 
-    Read from the lowered program (tracing, not compiling). The answer does not depend on the
-    number of rows, so the cache key leaves it out: the kernel, the structure and non-array
-    values of the model and arguments, and the shapes and dtypes of their arrays.
+    Read from the program lowered for the `example()` rows (padded, made only when the
+    answer is not cached): tracing, not compiling.
+    The answer does not depend on the number of rows, so the cache key leaves it out: the
+    kernel, the structure and non-array values of the model and arguments, the shapes and
+    dtypes of their arrays and of the rows, and the x64 setting.
     """
     leaves, structure = jax.tree_util.tree_flatten((model, tuple(args)))
     try:
@@ -195,7 +203,9 @@ def _uses_lapack(
             function,
             structure,
             tuple(_leaf_key(leaf) for leaf in leaves),
-            tuple((a.shape[1:], str(a.dtype)) for a in padded),
+            tuple((a.shape[1:], str(a.dtype)) for a in rows),
+            str(np.dtype(dtype)),
+            bool(jax.config.read("jax_enable_x64")),
         )
         hash(key)
     except TypeError:  # an unhashable argument: ask every time
@@ -204,7 +214,7 @@ def _uses_lapack(
         return _USES_LAPACK[key]
     lower = getattr(function, "lower", None)
     try:
-        uses = lower is None or "lapack" in lower(model, *padded, *args).as_text()
+        uses = lower is None or "lapack" in lower(model, *example(), *args).as_text()
     except Exception:  # noqa: BLE001 - whatever fails to lower runs the safe way
         uses = True
     if key is not None:

@@ -118,11 +118,6 @@ def _globalised_step(
     q = ½‖f‖² (which still descends where the Jacobian is singular). Returns the trial with
     the smallest ‖f‖ and that ‖f‖, or (x, `fx`) when none is below `fx`.
     """
-
-    def norm(y):
-        value = jnp.linalg.norm(residual(y))
-        return jnp.where(jnp.isfinite(value), value, jnp.inf)
-
     newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
     gradient = jac.T @ r
     curvature = jnp.sum((jac @ gradient) ** 2)
@@ -130,7 +125,7 @@ def _globalised_step(
     cauchy = jnp.where(jnp.all(jnp.isfinite(cauchy)), cauchy, 0.0)
     fractions = jnp.asarray([1.0, 0.5, 0.25, 0.1], x.dtype)
     trials = jnp.concatenate([x + fractions[:, None] * newton[None, :], (x + cauchy)[None, :]])
-    norms = jax.vmap(norm)(trials)
+    norms = jax.vmap(lambda y: _speed(residual, y))(trials)
     best = jnp.argmin(norms)
     better = norms[best] < fx
     return jnp.where(better, trials[best], x), jnp.where(better, norms[best], fx)
