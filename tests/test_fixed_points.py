@@ -33,7 +33,7 @@ from mechscope_dynamics._fp_batching import (
     padded_size,
     piece_bounds,
 )
-from mechscope_dynamics._fp_clustering import representatives, representatives_tree
+from mechscope_dynamics._fp_clustering import representatives
 from mechscope_dynamics._fp_kernels import (
     cast_model,
     continuation,
@@ -685,7 +685,18 @@ def test_dense_levenberg_marquardt_follows_the_exact_path_on_a_tanh_network():
     assert np.all(np.sqrt(q) < np.linalg.norm(field(x0), axis=1)), "the paths must descend"
 
 
-def test_dense_representatives_agree_with_the_tree_version():
+def _greedy_leaders(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
+    """The greedy clustering written out directly: one exact distance row per visited point."""
+    claimed = np.zeros(len(points), dtype=bool)
+    leaders = []
+    for i in np.argsort(score, kind="stable"):
+        if not claimed[i]:
+            leaders.append(i)
+            claimed |= np.linalg.norm(points - points[i], axis=1) <= tol
+    return np.sort(np.asarray(leaders, dtype=int))
+
+
+def test_representatives_agree_with_the_greedy_clustering_written_out():
     rng = np.random.default_rng(10)
     centres = 3.0 * rng.standard_normal((12, 20))
     points = np.concatenate(
@@ -696,11 +707,22 @@ def test_dense_representatives_agree_with_the_tree_version():
     )
     score = rng.random(len(points))
     for tol in (0.01, 0.3, 1.0, 2.0):
-        dense = representatives(points, score, tol)
-        np.testing.assert_array_equal(dense, representatives_tree(points, score, tol))
+        np.testing.assert_array_equal(
+            representatives(points, score, tol), _greedy_leaders(points, score, tol)
+        )
     # Clusters are ≈ 0.45 across and ≥ 10 apart: at radius 1 each collapses to one leader;
     # the 100 scattered points (≈ 30 apart) stay.
     assert len(representatives(points, score, 1.0)) == 12 + 100
+    # Many points, few clusters (relaxed starts) and many points, no clusters (chaotic flow):
+    # the batches of leader rows must cover both.
+    collapsed = centres[rng.integers(0, 12, 5000)] + 1e-3 * rng.standard_normal((5000, 20))
+    scattered = 5.0 * rng.standard_normal((3000, 20))
+    for cloud in (collapsed, scattered, np.concatenate([collapsed, scattered])):
+        order = rng.random(len(cloud))
+        np.testing.assert_array_equal(
+            representatives(cloud, order, 0.1), _greedy_leaders(cloud, order, 0.1)
+        )
+    assert len(representatives(collapsed, rng.random(5000), 0.1)) == 12
 
 
 class StepTaskConfig(mechscope.Config):

@@ -8,62 +8,55 @@ from scipy.spatial import KDTree
 from mechscope_dynamics._fp_types import Candidates
 
 
-def _neighbours(points: np.ndarray, tol: float, block: int = 2048) -> np.ndarray:
-    """Boolean ``[m, m]`` matrix of pairs within `tol` (dense, from matrix products).
-
-    In the state spaces here (tens to hundreds of dimensions) a k-d tree degenerates to brute
-    force in Python-level loops; one matrix product per block of rows is much faster.
-    """
-    points = points - points.mean(axis=0)
-    squared = np.sum(points**2, axis=1)
-    # float32 products are twice as fast; their rounding of ‖a‖² + ‖b‖² − 2a·b (≈ 1e-7 of the
-    # squared norms, ≤ 4 % of tol² here) is negligible unless `tol` is tiny next to the spread.
-    if tol**2 > 5e-6 * squared.max(initial=0.0):
-        points, squared = points.astype(np.float32), squared.astype(np.float32)
-    near = np.empty((len(points), len(points)), dtype=bool)
-    for lo in range(0, len(points), block):
-        rows = points[lo : lo + block]
-        distance = squared[lo : lo + block, None] + squared[None, :] - 2.0 * rows @ points.T
-        near[lo : lo + block] = distance <= tol**2
-    return near
-
-
 def representatives(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
     """Leaders of a greedy clustering of `points` ``[m, n]`` at radius `tol`, sorted.
 
     Points are visited by increasing `score`; each point not yet claimed becomes a leader and
-    claims every unclaimed point within `tol` of it. Points with no neighbour lead themselves
-    at once; only the others take the greedy pass.
+    claims every unclaimed point within `tol` of it.
+
+    Only leaders' distances are needed, so they are computed for the next few unclaimed
+    points at a time (one matrix product per batch of rows, the batch doubling as it goes):
+    where the points collapse onto a few clusters (relaxed starts) this costs a few rows
+    instead of the whole ``[m, m]`` matrix, and where they do not it costs that matrix in
+    blocks. In the state spaces here (tens to hundreds of dimensions) a k-d tree degenerates
+    to brute force in Python-level loops.
     """
     m = len(points)
     if m == 0:
         return np.zeros(0, dtype=int)
-    if m > 8192:  # keep the dense neighbour matrix under 64 MB
-        return representatives_tree(points, score, tol)
-    near = _neighbours(points, tol)
-    alone = near.sum(axis=1) <= 1
-    claimed = alone.copy()
-    leaders = list(np.flatnonzero(alone))
-    for i in np.argsort(score, kind="stable"):
-        if claimed[i]:
-            continue
-        leaders.append(i)
-        claimed |= near[i]
-        claimed[i] = True
-    return np.sort(np.asarray(leaders, dtype=int))
-
-
-def representatives_tree(points: np.ndarray, score: np.ndarray, tol: float) -> np.ndarray:
-    """:func:`representatives` with a k-d tree (for many points; only leaders query it)."""
-    tree = KDTree(points)
-    claimed = np.zeros(len(points), dtype=bool)
+    centred = points - points.mean(axis=0)
+    squared = np.sum(centred**2, axis=1)
+    # float32 products are twice as fast; their rounding of ‖a‖² + ‖b‖² − 2a·b (≈ 1e-7 of the
+    # squared norms, ≤ 4 % of tol² here) is negligible unless `tol` is tiny next to the spread.
+    if tol**2 > 5e-6 * squared.max(initial=0.0):
+        centred, squared = centred.astype(np.float32), squared.astype(np.float32)
+    order = np.argsort(score, kind="stable")
+    claimed = np.zeros(m, dtype=bool)
     leaders = []
-    for i in np.argsort(score, kind="stable"):
-        if claimed[i]:
-            continue
-        leaders.append(i)
-        claimed[tree.query_ball_point(points[i], tol)] = True
-        claimed[i] = True
+    # The first batch takes ≈ 256 k distances (all of them for up to 512 points).
+    batch, visited = max(16, 2**18 // m), 0
+    while visited < m:
+        ahead = order[visited:]
+        open_rows = np.flatnonzero(~claimed[ahead])[:batch]
+        if len(open_rows) == 0:
+            break
+        pending = ahead[open_rows]
+        visited += int(open_rows[-1]) + 1  # everything before it is claimed or visited now
+        distance = squared[pending, None] + squared[None, :] - 2.0 * centred[pending] @ centred.T
+        near = distance <= tol**2
+        # Every pending point was unclaimed when the batch began, so it leads unless a
+        # pending point before it leads and claims it: only rows with pending neighbours
+        # need the sequential pass.
+        within = near[:, pending]
+        np.fill_diagonal(within, False)
+        taken = np.zeros(len(pending), dtype=bool)
+        for row in np.flatnonzero(within.any(axis=1)):
+            if not taken[row]:
+                taken[row + 1 :] |= within[row, row + 1 :]
+        leaders.extend(pending[~taken])
+        claimed |= near[~taken].any(axis=0)
+        claimed[pending] = True
+        batch = min(4 * batch, max(16, 2**22 // m))  # at most ≈ 4 M distances at a time
     return np.sort(np.asarray(leaders, dtype=int))
 
 
