@@ -15,6 +15,12 @@ scan, each step's intermediates recomputed in the reverse pass) and ``lowrank_ct
 the Euler adjoint), each with an idiomatic PyTorch-eager equivalent; ratios are reported
 against ctrnn and against each model's PyTorch baseline.
 
+The ``*trainer_ms`` rows time each model's step as the bptt trainer's ``fit`` takes it
+(``mechscope_bptt.make_train_step`` on a task that hands out the same batch): on a CPU the
+batch is cut into one piece per core, whose gradients run as independent programs side by
+side and are summed (``config.trainer_pieces``; docs/trainers/bptt.md). The other mechscope
+rows are one jitted program on the whole batch.
+
 Usage:
     python benchmarks/train_step.py            # human-readable table
     python benchmarks/train_step.py --json     # one JSON object on stdout
@@ -35,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from mechscope_bptt import BPTTConfig, batch_pieces, init_train_state, make_train_step
 from mechscope_ctrnn import (
     CTRNNConfig,
     GatedCTRNNConfig,
@@ -122,6 +129,68 @@ def mechscope_step_fns(n_units: int, batch_data, model_name: str = "ctrnn", **co
         return forward(state["model"], *args)
 
     return run_step, run_forward, (step, model, opt_state, args)
+
+
+class FixedBatch(mechscope.AbstractTask):
+    """A task whose every batch is the benchmark's synthetic batch (so the trainer's step sees
+    exactly the data the other variants see)."""
+
+    config: mechscope.Config = eqx.field(static=True)
+    trials: mechscope.Trials
+
+    @property
+    def n_inputs(self) -> int:
+        return N_INPUTS
+
+    @property
+    def n_outputs(self) -> int:
+        return N_OUTPUTS
+
+    @property
+    def dt(self) -> float:
+        return DT
+
+    def sample(self, batch_size: int, *, key) -> mechscope.Trials:
+        del key
+        if batch_size != self.trials.batch_size:
+            raise ValueError(f"this task has batches of {self.trials.batch_size} trials")
+        return self.trials
+
+    def conditions(self) -> mechscope.Trials:
+        return self.trials
+
+
+def trainer_step_fn(n_units: int, batch_data, model_name: str = "ctrnn"):
+    """The bptt trainer's own step (what ``fit`` runs, in pieces over the cores), same loss.
+
+    Masked MSE + λ_r·mean(r²), Adam at the same learning rate, no noise or other penalty;
+    the trainer's step also checks the step's health and keeps running metric sums.
+    """
+    config_class, factory = MODELS[model_name]
+    model = factory(
+        config_class(n_units=n_units, tau=TAU),
+        n_inputs=N_INPUTS,
+        n_outputs=N_OUTPUTS,
+        key=jax.random.key(0),
+    )
+    arrays = {k: jnp.asarray(batch_data[k]) for k in ("inputs", "targets", "mask", "times")}
+    task = FixedBatch(mechscope.Config(), mechscope.Trials(**arrays))
+    config = BPTTConfig(
+        batch_size=arrays["inputs"].shape[0],
+        learning_rate=LEARNING_RATE,
+        rate_reg=RATE_PENALTY,
+        weight_reg=0.0,
+        input_noise=0.0,
+        recurrent_noise=0.0,
+    )
+    step = make_train_step(config, task)
+    state = {"state": init_train_state(config, model, key=jax.random.key(1))}
+
+    def run_step():
+        state["state"] = step(state["state"])
+        return state["state"].step
+
+    return run_step
 
 
 # ---------------------------------------------------------------- plain lax.scan baseline
@@ -369,6 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for name in ("gated_ctrnn", "lowrank_ctrnn"):
         fns[f"{name}_ms"] = mechscope_step_fns(options.units, data, name)[0]
+    for name, label in (("ctrnn", ""), ("gated_ctrnn", "gated_"), ("lowrank_ctrnn", "lowrank_")):
+        fns[f"{label}trainer_ms"] = trainer_step_fn(options.units, data, name)
     torch_fn = None
     if not options.no_torch:
         for name, label in (
@@ -392,6 +463,12 @@ def main(argv: list[str] | None = None) -> dict:
         "autodiff_over_adjoint": result["mechscope_autodiff_ms"] / ms,
         "mechscope_over_forward": ms / result["forward_ms"],
     }
+    for label in ("", "gated_", "lowrank_"):
+        trainer_ms = result[f"{label}trainer_ms"]
+        torch_ms = result[f"torch_{label}eager_ms"]
+        result["ratios"][f"torch_{label}eager_over_{label}trainer"] = (
+            torch_ms / trainer_ms if torch_ms else None
+        )
     for name, label in (("gated_ctrnn", "gated_"), ("lowrank_ctrnn", "lowrank_")):
         model_ms = result[f"{name}_ms"]
         torch_ms = result[f"torch_{label}eager_ms"]
@@ -412,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
         "burst": options.burst,
         "backend": jax.default_backend(),
         "torch_threads": _torch_threads() if torch_fn is not None else None,
+        "trainer_pieces": len(batch_pieces(options.batch)),
     }
     result["adjoint_gradient_error"] = gradient_error(options.units, data)
     if not options.no_memory:

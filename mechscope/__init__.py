@@ -8,6 +8,7 @@ included, use only what this module exports.
 from importlib.metadata import PackageNotFoundError, version
 
 from mechscope.comparison import AbstractComparison, Representation
+from mechscope.concurrency import calls_lapack, program_key, run_concurrently, usable_cores
 from mechscope.config import COMPONENT_KINDS, ComponentSpec, Config
 from mechscope.errors import (
     ConfigError,
@@ -71,14 +72,18 @@ __all__ = [
     "Trials",
     "UnknownComponentError",
     "__version__",
+    "calls_lapack",
     "condition_run",
     "get_plugin_manager",
     "get_registry",
     "hookimpl",
     "masked_r2",
     "pad_units",
+    "program_key",
+    "run_concurrently",
     "shape_distance",
     "shape_represent",
     "simulate",
+    "usable_cores",
     "whiten",
 ]

@@ -132,6 +132,7 @@ def simulate(
     *,
     key: PRNGKeyArray | None = None,
     noise: Noise | None = None,
+    keys: PRNGKeyArray | None = None,
 ) -> Trajectory:
     """Run `model` on a batch of trials (vmapped); one independent noise key per trial.
 
@@ -139,14 +140,23 @@ def simulate(
         model: the model.
         inputs: inputs of each trial, e.g. ``trials.inputs``.
         times: the shared sample times, e.g. ``trials.times``.
-        key: PRNG key; required when `noise` is non-zero.
+        key: PRNG key; required when `noise` is non-zero. Trial i gets
+            ``jax.random.split(key, batch)[i]``.
         noise: noise levels; None means noise-free.
+        keys: the trials' own keys instead of `key` (one per trial), e.g. a slice of
+            ``jax.random.split(key, batch)`` to run part of a batch with the noise the whole
+            batch would get.
 
     Returns:
         A Trajectory whose fields have a leading batch axis (``times`` too).
     """
     batch = inputs.shape[0]
-    if key is None:
+    if key is not None and keys is not None:
+        raise ValueError("pass either key (split per trial) or keys (one per trial), not both")
+    if key is not None:
+        keys = jax.random.split(key, batch)
+    elif keys is None:
         return jax.vmap(lambda u: model(u, times, noise=noise))(inputs)
-    keys = jax.random.split(key, batch)
+    elif keys.shape[0] != batch:
+        raise ValueError(f"keys has {keys.shape[0]} keys for {batch} trials")
     return jax.vmap(lambda u, k: model(u, times, key=k, noise=noise))(inputs, keys)

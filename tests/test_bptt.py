@@ -15,12 +15,18 @@ from mechscope_bptt import (
     BPTTConfig,
     BPTTTrainer,
     Hyperparameters,
+    apply_pieces,
+    batch_pieces,
+    compile_config,
     init_train_state,
     load_checkpoint,
     loss_terms,
     make_train_step,
+    piece_gradient,
     read_header,
     simple_dynamics_penalty,
+    step_function,
+    train_step,
     weight_matrices,
 )
 
@@ -548,3 +554,136 @@ def test_docs_page_describes_every_config_field():
     assert not missing, f"docs/trainers/bptt.md does not describe: {missing}"
     missing = [name for name in HISTORY_COLUMNS if f"`{name}`" not in page]
     assert not missing, f"docs/trainers/bptt.md does not describe history keys: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A batch differentiated in pieces (one per core): the pieces add up to the batch.
+# ---------------------------------------------------------------------------------------------
+
+NOISY_PENALISED = {
+    "batch_size": 20,
+    "input_noise": 0.1,
+    "recurrent_noise": 0.05,
+    "rate_reg": 0.3,
+    "weight_reg": 0.2,
+    "simple_dynamics_reg": 0.5,
+}
+
+
+def test_pieces_of_a_batch_add_up_to_its_loss_terms_and_gradient(getkey):
+    # Pieces of two sizes, with noise (each trial must keep its key) and every penalty (the MSE's
+    # normaliser, the means' shares and the weight penalty counted once), against the loss of
+    # the whole batch differentiated directly, in float64.
+    with jax.enable_x64(True):
+        model = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
+            tiny_model(getkey()),
+        )
+        config = BPTTConfig(**NOISY_PENALISED)
+        hyper = Hyperparameters.from_config(config)
+        state = init_train_state(config, model, key=getkey())
+        static = compile_config(config)
+        pieces = [
+            piece_gradient(state, TASK, hyper, static, jnp.asarray(start), size)
+            for start, size in ((0, 8), (8, 12))
+        ]
+        key = jax.random.fold_in(state.base_key(), state.step)
+        trial_key, noise_key = jax.random.split(key)
+        trials = TASK.sample(20, key=trial_key)
+        params, rest = eqx.partition(model, eqx.is_inexact_array)
+
+        def whole(params):
+            return loss_terms(
+                eqx.combine(params, rest), trials, hyper, key=noise_key, simple_dynamics=True
+            )
+
+        (_, terms), grads = jax.value_and_grad(whole, has_aux=True)(params)
+    for name in ("loss", "mse", "rate_penalty", "weight_penalty", "dynamics_penalty"):
+        total = sum(float(p.terms[name]) for p in pieces)
+        np.testing.assert_allclose(total, float(terms[name]), rtol=1e-12)
+    assert float(pieces[1].terms["weight_penalty"]) == 0.0 < float(terms["weight_penalty"])
+    # Summed in NumPy: outside the x64 block JAX would round them to float32.
+    summed = jax.tree.map(
+        lambda *parts: sum(np.asarray(q) for q in parts), *(p.grads for p in pieces)
+    )
+    for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    outputs = jnp.concatenate([p.outputs for p in pieces])
+    assert outputs.shape == trials.targets.shape
+    # The update from the pieces is the fused step's, R² of the whole batch included.
+    with jax.enable_x64(True):
+        fused = train_step(state, TASK, hyper, static)
+        stepped = apply_pieces(state, TASK, hyper, static, pieces)
+    for a, b in zip(leaves(fused), leaves(stepped), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stepped.sums["train_r2"], float(terms["train_r2"]), rtol=1e-12)
+
+
+def test_batch_pieces_follow_the_cores_and_cover_the_batch(monkeypatch):
+    monkeypatch.setattr(mechscope, "usable_cores", lambda: 3)
+    assert batch_pieces(64) == [(0, 21), (21, 43), (43, 64)]
+    assert batch_pieces(40) == [(0, 20), (20, 40)]  # at least 16 trials a piece
+    assert batch_pieces(31) == [(0, 31)]
+    monkeypatch.setattr(mechscope, "usable_cores", lambda: 1)
+    assert batch_pieces(64) == [(0, 64)]
+
+
+def test_a_step_in_pieces_runs_them_on_the_cores_and_matches_the_fused_step(getkey, monkeypatch):
+    monkeypatch.setattr(mechscope, "usable_cores", lambda: 2)
+    config = BPTTConfig(**{**NOISY_PENALISED, "batch_size": 32})
+    hyper = Hyperparameters.from_config(config)
+    static = compile_config(config)
+    state = init_train_state(config, tiny_model(getkey()), key=getkey())
+    threads = []
+    run_concurrently = mechscope.run_concurrently
+
+    def recording(calls, **kwargs):
+        threads.append(len(calls))
+        return run_concurrently(calls, **kwargs)
+
+    monkeypatch.setattr(mechscope, "run_concurrently", recording)
+    step = step_function(TASK, hyper, static)
+    in_pieces, fused = state, state
+    for _ in range(5):
+        in_pieces, fused = step(in_pieces), train_step(fused, TASK, hyper, static)
+    assert threads == [2] * 5
+    assert int(in_pieces.step) == 5
+    for a, b in zip(leaves(in_pieces.model), leaves(fused.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # A step whose program calls LAPACK (two at once deadlock XLA's CPU runtime) runs fused.
+    threads.clear()
+    monkeypatch.setattr(mechscope, "calls_lapack", lambda *args: True)
+    step_function(TASK, hyper, static)(state)
+    assert threads == []
+
+
+def test_seeds_trained_together_in_pieces_equal_separate_runs(getkey, monkeypatch):
+    monkeypatch.setattr(mechscope, "usable_cores", lambda: 2)
+    models = [tiny_model(getkey()) for _ in range(2)]
+    keys = [getkey() for _ in range(2)]
+    t = trainer(steps=30, eval_every=10, batch_size=32)
+    assert len(batch_pieces(32)) == 2
+    together = t.fit_many(models, TASK, keys=keys)
+    assert together[0].metadata["parallel_seeds"] == 2
+    for model, key, run in zip(models, keys, together, strict=True):
+        alone = t.fit(model, TASK, key=key)
+        for a, b in zip(leaves(alone.model), leaves(run.model), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(alone.history["loss"], run.history["loss"], rtol=1e-3)
+
+
+def test_simulate_with_the_trials_own_keys_matches_the_batch_split(getkey):
+    model = tiny_model(getkey())
+    trials = TASK.sample(6, key=getkey())
+    noise = mechscope.Noise(input=jnp.asarray(0.2), recurrent=jnp.asarray(0.1))
+    key = getkey()
+    whole = mechscope.simulate(model, trials.inputs, trials.times, key=key, noise=noise)
+    keys = jax.random.split(key, 6)
+    part = mechscope.simulate(model, trials.inputs[2:5], trials.times, keys=keys[2:5], noise=noise)
+    np.testing.assert_allclose(part.states, whole.states[2:5], rtol=1e-6, atol=1e-7)
+    other = mechscope.simulate(model, trials.inputs[2:5], trials.times, keys=keys[:3], noise=noise)
+    assert not np.allclose(other.states, whole.states[2:5])  # the keys do matter
+    with pytest.raises(ValueError, match="not both"):
+        mechscope.simulate(model, trials.inputs, trials.times, key=key, keys=keys, noise=noise)
+    with pytest.raises(ValueError, match="3 keys for 6 trials"):
+        mechscope.simulate(model, trials.inputs, trials.times, keys=keys[:3], noise=noise)

@@ -554,7 +554,7 @@ def test_pieces_run_on_threads_only_where_the_program_has_no_lapack_call(monkeyp
     # runtime: pieces of such a program run one after another on the caller's thread, the
     # others on the pool's threads, and every piece under the caller's thread-local settings
     # (jax.enable_x64, jax.default_matmul_precision: threads do not inherit them).
-    monkeypatch.setattr(_fp_batching, "_usable_cores", lambda: 4)
+    monkeypatch.setattr(mechscope, "usable_cores", lambda: 4)
     x = np.random.default_rng(0).standard_normal((300, 4))
     kernel = _RecordingKernel(lapack)
     with jax.enable_x64(True), jax.default_matmul_precision("highest"):
@@ -567,7 +567,8 @@ def test_pieces_run_on_threads_only_where_the_program_has_no_lapack_call(monkeyp
     if lapack:
         assert names == {threading.current_thread().name}
     else:
-        assert all(name.startswith("mechscope-fp") for name in names)
+        assert all(name.startswith("mechscope") for name in names)
+        assert threading.current_thread().name not in names
 
 
 def test_the_lowered_programs_of_the_kernels_show_which_call_lapack():

@@ -8,7 +8,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 import mechscope
 
@@ -130,7 +130,7 @@ def loss_terms(
         model: the model being trained.
         trials: a training batch.
         hyper: penalty weights and noise levels.
-        key: PRNG key for the training noise.
+        key: PRNG key for the training noise (trial i gets ``split(key, batch)[i]``).
         simple_dynamics: include the simple-dynamics penalty (static; it costs a Jacobian
             diagonal per state).
 
@@ -139,16 +139,78 @@ def loss_terms(
         ``dynamics_penalty`` (each already multiplied by its λ), ``mean_rate_sq`` (mean r²)
         and ``train_r2`` (output R² of the batch).
     """
-    noise = mechscope.Noise(input=hyper.input_noise, recurrent=hyper.recurrent_noise)
-    trajectory = mechscope.simulate(model, trials.inputs, trials.times, key=key, noise=noise)
-    mse = masked_mse(trajectory.outputs, trials.targets, trials.mask)
-    mean_rate_sq = jnp.mean(trajectory.rates**2)
+    keys = jax.random.split(key, trials.batch_size)
+    loss, terms, outputs = piece_loss_terms(
+        model, trials, hyper, keys=keys, simple_dynamics=simple_dynamics
+    )
+    return loss, {**terms, "train_r2": mechscope.masked_r2(outputs, trials.targets, trials.mask)}
+
+
+def piece_loss_terms(
+    model: mechscope.AbstractModel,
+    trials: mechscope.Trials,
+    hyper: Hyperparameters,
+    *,
+    keys: PRNGKeyArray,
+    simple_dynamics: bool,
+    noisy: bool = True,
+    start: Int[ArrayLike, ""] = 0,
+    size: int | None = None,
+) -> tuple[Scalar, dict[str, Scalar], Float[Array, "piece time n_outputs"]]:
+    """A piece's share of :func:`loss_terms`: the batch's terms are the sums over its pieces.
+
+    The `size` trials of the batch from trial `start` are simulated (with their keys);
+    the MSE is divided by the whole batch's mask sum and the means (r², the simple-dynamics
+    penalty) are the piece's sums over the whole batch's count, so the pieces' losses, terms
+    and gradients add up to the batch's. The weight penalty belongs to the piece that starts
+    at trial 0. So a batch can be differentiated in pieces (on several cores, see
+    ``docs/trainers/bptt.md``) and give the batch's gradient. `start` may be traced, so
+    pieces of one size share one compilation.
+
+    Args:
+        model: the model being trained.
+        trials: the whole training batch.
+        hyper: penalty weights and noise levels.
+        keys: one noise key per trial of the batch.
+        simple_dynamics: include the simple-dynamics penalty.
+        noisy: simulate with the noise levels of `hyper`; False runs noise-free (the levels
+            must then be zero; the trainer decides this from its config).
+        start: the piece's first trial.
+        size: the piece's number of trials; None = the whole batch (from trial 0).
+
+    Returns:
+        The piece's loss, its terms (``loss``, ``mse``, ``rate_penalty``, ``weight_penalty``,
+        ``dynamics_penalty``, ``mean_rate_sq``; no R², which does not add up) and its outputs.
+    """
+    size = trials.batch_size if size is None else size
+    share = size / trials.batch_size
+
+    def rows(a: Array) -> Array:
+        return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
+
+    piece = mechscope.Trials(
+        inputs=rows(trials.inputs),
+        targets=rows(trials.targets),
+        mask=rows(trials.mask),
+        times=trials.times,
+    )
+    if noisy:
+        noise = mechscope.Noise(input=hyper.input_noise, recurrent=hyper.recurrent_noise)
+        trajectory = mechscope.simulate(
+            model, piece.inputs, piece.times, keys=rows(keys), noise=noise
+        )
+    else:
+        trajectory = mechscope.simulate(model, piece.inputs, piece.times)
+    squared_error = jnp.sum(piece.mask * (trajectory.outputs - piece.targets) ** 2)
+    mse = squared_error / jnp.maximum(jnp.sum(trials.mask), 1.0)
+    mean_rate_sq = jnp.mean(trajectory.rates**2) * share
     weight_sq = sum((jnp.mean(w**2) for w in weight_matrices(model)), jnp.zeros(()))
+    weight_sq = jnp.where(jnp.asarray(start) == 0, weight_sq, 0.0)
     rate_penalty = hyper.rate_reg * mean_rate_sq
     weight_penalty = hyper.weight_reg * weight_sq
     if simple_dynamics:
-        dynamics_penalty = hyper.simple_dynamics_reg * simple_dynamics_penalty(
-            model, trajectory.states
+        dynamics_penalty = (
+            hyper.simple_dynamics_reg * simple_dynamics_penalty(model, trajectory.states) * share
         )
     else:
         dynamics_penalty = jnp.zeros(())
@@ -160,6 +222,5 @@ def loss_terms(
         "weight_penalty": weight_penalty,
         "dynamics_penalty": dynamics_penalty,
         "mean_rate_sq": mean_rate_sq,
-        "train_r2": mechscope.masked_r2(trajectory.outputs, trials.targets, trials.mask),
     }
-    return loss, terms
+    return loss, terms, trajectory.outputs

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -13,7 +16,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar, UInt32
 import mechscope
 
 from ._config import BPTTConfig, build_optimizer, build_schedule
-from ._loss import Hyperparameters, loss_terms
+from ._loss import Hyperparameters, piece_loss_terms
 
 #: Quantities averaged over the steps between two evaluations.
 WINDOW_METRICS = (
@@ -105,8 +108,9 @@ def compile_config(config: BPTTConfig) -> BPTTConfig:
     """The config with values that do not change the compiled step set to fixed values.
 
     The learning rate, penalty weights and noise levels enter the step as arrays
-    (:class:`Hyperparameters`), and
-    loop settings never reach it, so runs that differ only in those share one compilation.
+    (:class:`Hyperparameters`), and loop settings never reach it, so runs that differ only
+    in those share one compilation; only whether each penalty and noise is on at all is
+    kept (off, the step skips its work).
     """
     return config.model_copy(
         update={
@@ -115,8 +119,10 @@ def compile_config(config: BPTTConfig) -> BPTTConfig:
             "rate_reg": 0.0,
             "weight_reg": 0.0,
             "simple_dynamics_reg": 1.0 if config.simple_dynamics_reg > 0 else 0.0,
-            "input_noise": 0.0,
-            "recurrent_noise": 0.0,
+            # Whether there is noise at all is part of the program (a noise-free run draws
+            # none); its levels are arrays.
+            "input_noise": 1.0 if config.input_noise > 0 else 0.0,
+            "recurrent_noise": 1.0 if config.recurrent_noise > 0 else 0.0,
             "eval_every": 1,
             "target_r2": None,
             "checkpoint_every": None,
@@ -125,22 +131,76 @@ def compile_config(config: BPTTConfig) -> BPTTConfig:
     )
 
 
-def _step(
-    state: TrainState, task: mechscope.AbstractTask, hyper: Hyperparameters, config: BPTTConfig
-) -> TrainState:
-    optimizer = build_optimizer(config, hyper.learning_rate)
+def _batch(
+    state: TrainState, task: mechscope.AbstractTask, config: BPTTConfig
+) -> tuple[mechscope.Trials, PRNGKeyArray]:
+    """The step's training batch and its trials' noise keys (from ``fold_in(key, step)``)."""
     key = jax.random.fold_in(state.base_key(), state.step)
     trial_key, noise_key = jax.random.split(key)
     trials = task.sample(config.batch_size, key=trial_key)
+    return trials, jax.random.split(noise_key, config.batch_size)
+
+
+class PieceGradient(eqx.Module):
+    """One piece of a batch's gradient: what the pieces of a step hand to its update.
+
+    Attributes:
+        grads: the gradient of the piece's share of the loss (pieces' gradients add up).
+        terms: the piece's share of each loss term (they add up too).
+        outputs: the piece's outputs, ``[piece, time, n_outputs]`` (for the batch's R²).
+    """
+
+    grads: Any
+    terms: dict[str, Float[Array, ""]]
+    outputs: Float[Array, "piece time n_outputs"]
+
+
+def _piece_gradient(
+    state: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    start: Int[Array, ""] | int,
+    size: int | None,
+) -> PieceGradient:
+    trials, keys = _batch(state, task, config)
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
 
     def objective(params):
-        model = eqx.combine(params, static)
-        return loss_terms(
-            model, trials, hyper, key=noise_key, simple_dynamics=config.simple_dynamics_reg > 0
+        loss, terms, outputs = piece_loss_terms(
+            eqx.combine(params, static),
+            trials,
+            hyper,
+            keys=keys,
+            simple_dynamics=config.simple_dynamics_reg > 0,
+            noisy=config.input_noise > 0 or config.recurrent_noise > 0,
+            start=start,
+            size=size,
         )
+        return loss, (terms, outputs)
 
-    (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (_, (terms, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return PieceGradient(grads=grads, terms=terms, outputs=outputs)
+
+
+def _update(
+    state: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    pieces: Sequence[PieceGradient],
+) -> TrainState:
+    optimizer = build_optimizer(config, hyper.learning_rate)
+    trials, _ = _batch(state, task, config)
+    params, static = eqx.partition(state.model, eqx.is_inexact_array)
+    grads = jax.tree.map(lambda *parts: sum(parts[1:], parts[0]), *(p.grads for p in pieces))
+    terms = {
+        name: sum((p.terms[name] for p in pieces[1:]), pieces[0].terms[name])
+        for name in pieces[0].terms
+    }
+    outputs = jnp.concatenate([p.outputs for p in pieces], axis=0)
+    terms["train_r2"] = mechscope.masked_r2(outputs, trials.targets, trials.mask)
+    loss = terms["loss"]
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -179,6 +239,14 @@ def _step(
     )
 
 
+def _step(
+    state: TrainState, task: mechscope.AbstractTask, hyper: Hyperparameters, config: BPTTConfig
+) -> TrainState:
+    return _update(
+        state, task, hyper, config, [_piece_gradient(state, task, hyper, config, 0, None)]
+    )
+
+
 @eqx.filter_jit
 def train_step(
     state: TrainState, task: mechscope.AbstractTask, hyper: Hyperparameters, config: BPTTConfig
@@ -200,17 +268,141 @@ def train_step_many(
     return eqx.filter_vmap(lambda s: _step(s, task, hyper, config))(states)
 
 
+@eqx.filter_jit
+def piece_gradient(
+    state: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    start: Int[Array, ""],
+    size: int,
+) -> PieceGradient:
+    """The gradient of the `size` trials from trial `start` of the step's batch (jitted).
+
+    The batch and its noise are those :func:`train_step` draws; the pieces of a batch add up
+    to its gradient (see :func:`mechscope_bptt.piece_loss_terms`). `start` is an array, so
+    pieces of one size share one compilation.
+    """
+    return _piece_gradient(state, task, hyper, config, start, size)
+
+
+@eqx.filter_jit
+def apply_pieces(
+    state: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    pieces: Sequence[PieceGradient],
+) -> TrainState:
+    """:func:`train_step`'s update from the batch's gradient in `pieces` (jitted)."""
+    return _update(state, task, hyper, config, pieces)
+
+
+@eqx.filter_jit
+def piece_gradient_many(
+    states: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    start: Int[Array, ""],
+    size: int,
+) -> PieceGradient:
+    """:func:`piece_gradient` vmapped over stacked states."""
+    return eqx.filter_vmap(lambda s: _piece_gradient(s, task, hyper, config, start, size))(states)
+
+
+@eqx.filter_jit
+def apply_pieces_many(
+    states: TrainState,
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    pieces: Sequence[PieceGradient],
+) -> TrainState:
+    """:func:`apply_pieces` vmapped over stacked states."""
+    return eqx.filter_vmap(lambda s, p: _update(s, task, hyper, config, p))(states, pieces)
+
+
+#: Fewest trials in one piece of a batch (smaller batches are not cut).
+MIN_PIECE_TRIALS = 16
+
+
+def batch_pieces(batch_size: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` trials of each piece a training batch is differentiated in.
+
+    On a CPU, one piece per usable core (:func:`mechscope.usable_cores`), each of at least
+    :data:`MIN_PIECE_TRIALS` trials, as even as they divide; elsewhere one piece. XLA's CPU
+    runtime gets little from a second core inside one training step (its matrix products
+    on a few dozen trials are too short to split well), while independent programs on the
+    cores run side by side: on two cores, the gated network's canonical step (batch 64) takes
+    ≈ 53 ms in two pieces against ≈ 81 ms in one, more pieces than cores are slower again
+    (docs/trainers/bptt.md). A batch's gradient is the sum of its pieces', so the number of
+    pieces changes a run's numbers at rounding level only.
+    """
+    if jax.default_backend() != "cpu":
+        count = 1
+    else:
+        count = max(1, min(mechscope.usable_cores(), batch_size // MIN_PIECE_TRIALS))
+    edges = [round(i * batch_size / count) for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def step_function(
+    task: mechscope.AbstractTask,
+    hyper: Hyperparameters,
+    config: BPTTConfig,
+    *,
+    many: bool = False,
+) -> Callable[[TrainState], TrainState]:
+    """The function ``state -> state`` that takes one training step, in pieces where that pays.
+
+    One piece (a batch too small to cut, one core, an accelerator, or a step whose program
+    calls LAPACK, e.g. an implicit solver: two such programs at once deadlock XLA's CPU
+    runtime, see :mod:`mechscope.concurrency`) runs :func:`train_step`; several run
+    :func:`piece_gradient` on the cores at once (:func:`mechscope.run_concurrently`) and
+    then :func:`apply_pieces`. The LAPACK check runs on the first call.
+
+    Args:
+        task: the task.
+        hyper: the step's hyperparameters.
+        config: ``compile_config`` of the trainer's config.
+        many: the states are stacked over seeds (``fit_many``).
+    """
+    single, gradient, apply = (
+        (train_step_many, piece_gradient_many, apply_pieces_many)
+        if many
+        else (train_step, piece_gradient, apply_pieces)
+    )
+    pieces = batch_pieces(config.batch_size)
+    starts = [jnp.asarray(first, jnp.int32) for first, _ in pieces]
+
+    def step(state: TrainState) -> TrainState:
+        if len(pieces) > 1 and mechscope.calls_lapack(
+            gradient, state, task, hyper, config, starts[0], pieces[0][1]
+        ):
+            del pieces[1:]
+        if len(pieces) == 1:
+            return single(state, task, hyper, config)
+        calls = [
+            functools.partial(gradient, state, task, hyper, config, start, stop - first)
+            for start, (first, stop) in zip(starts, pieces, strict=True)
+        ]
+        return apply(state, task, hyper, config, mechscope.run_concurrently(calls))
+
+    return step
+
+
 def make_train_step(
     config: BPTTConfig, task: mechscope.AbstractTask
 ) -> Callable[[TrainState], TrainState]:
-    """A function ``state -> state`` taking one jitted step of `config` on `task`.
+    """A function ``state -> state`` taking one step of `config` on `task`, as ``fit`` does.
 
     For benchmarks: ``step = make_train_step(config, task)``,
-    ``state = init_train_state(config, model, key=key)``, then time ``step(state)``.
+    ``state = init_train_state(config, model, key=key)``, then time ``step(state)`` (in
+    pieces over the cores where :func:`step_function` cuts the batch).
     """
     hyper = Hyperparameters.from_config(config)
-    static = compile_config(config)
-    return lambda state: train_step(state, task, hyper, static)
+    return step_function(task, hyper, compile_config(config))
 
 
 def _evaluate(model: mechscope.AbstractModel, trials: mechscope.Trials) -> Scalar:

@@ -30,8 +30,7 @@ from ._step import (
     evaluate_r2_many,
     init_train_state,
     learning_rate_at,
-    train_step,
-    train_step_many,
+    step_function,
 )
 
 #: Columns of ``TrainedRun.history``, in order.
@@ -151,7 +150,7 @@ class BPTTTrainer(mechscope.AbstractTrainer):
         hyper = Hyperparameters.from_config(self.config)
         conditions = task.conditions()
         batch = _Batch(
-            step=lambda s: train_step(s, task, hyper, static),
+            step=step_function(task, hyper, static),
             r2=lambda s: np.atleast_1d(np.asarray(evaluate_r2(s.model, conditions))),
             get=lambda s, i: s,
             set_inactive=_deactivate,
@@ -198,7 +197,7 @@ class BPTTTrainer(mechscope.AbstractTrainer):
         hyper = Hyperparameters.from_config(self.config)
         conditions = task.conditions()
         batch = _Batch(
-            step=lambda s: train_step_many(s, task, hyper, static),
+            step=step_function(task, hyper, static, many=True),
             r2=lambda s: np.asarray(evaluate_r2_many(s.model, conditions)),
             get=_index,
             set_inactive=_deactivate,

@@ -13,12 +13,12 @@ Two ways to call a row-wise compiled function (each row's result depends on that
   rows only, never on the number of cores, so the result is the same on any machine with
   the same arithmetic. On an accelerator one call takes every row.
 
-Only programs without LAPACK calls run concurrently: XLA's CPU runtime (jaxlib 0.10)
-deadlocks when two programs each run a batched LAPACK call (``solve``, ``cholesky``) inside
-a loop at the same time. Whether a program has one depends on the kernel *and the model*
-(a model's vector field may solve a system), so :func:`call_in_pieces` reads it from the
-lowered program (once per kernel, model structure and argument shapes) and runs such
-programs' pieces one after another. Every call of either function also holds one
+The pieces run through :func:`mechscope.run_concurrently`, and only programs without LAPACK
+calls run concurrently (XLA's CPU runtime deadlocks on two at once, see
+:mod:`mechscope.concurrency`). Whether a program has one depends on the kernel *and the
+model* (a model's vector field may solve a system), so :func:`call_in_pieces` asks
+:func:`mechscope.calls_lapack` once per kernel, model structure and argument shapes, and runs
+such programs' pieces one after another. Every call of either function also holds one
 process-wide lock, so two solves in different threads of one process (user threads, a dask
 worker with several threads) never run their kernels at the same time either.
 """
@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
+
+import mechscope
 
 #: Most rows in one piece of :func:`call_in_pieces` (on a CPU): long enough that a call's
 #: fixed cost is small, short enough that the pieces of a large batch keep the cores busy.
@@ -151,31 +151,21 @@ def call_in_pieces(
     bounds = piece_bounds(m, most, least) if jax.default_backend() == "cpu" else [(0, m)]
     if len(bounds) == 0:
         bounds = [(0, 0)]
-    # Thread-local settings (the solver sets the first two): the pieces run under the
-    # caller's.
-    x64 = bool(jax.config.read("jax_enable_x64"))
-    precision = jax.config.jax_default_matmul_precision  # pyright: ignore[reportAttributeAccessIssue]
-    device = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue]
 
     def padded(bound: tuple[int, int]) -> list[Array]:
         start, stop = bound
         size = padded_size(max(stop - start, least))
         return [pad_rows(a[start:stop], size, dtype) for a in rows]
 
-    def piece(bound: tuple[int, int]) -> Any:
-        with jax.enable_x64(x64), jax.default_matmul_precision(precision):
-            with jax.default_device(device):
-                return _cut(function(model, *padded(bound), *args), bound[1] - bound[0])
+    def piece(bound: tuple[int, int]) -> Callable[[], Any]:
+        return lambda: _cut(function(model, *padded(bound), *args), bound[1] - bound[0])
 
     with _KERNEL_LOCK:
-        workers = min(len(bounds), _usable_cores())
+        concurrent = len(bounds) > 1 and mechscope.usable_cores() > 1
         first_piece = functools.partial(padded, bounds[0])
-        if workers > 1 and _uses_lapack(function, model, rows, dtype, args, first_piece):
-            workers = 1
-        if workers <= 1:
-            outs = [piece(bound) for bound in bounds]
-        else:
-            outs = list(_pool().map(piece, bounds))
+        if concurrent and _uses_lapack(function, model, rows, dtype, args, first_piece):
+            concurrent = False
+        outs = mechscope.run_concurrently([piece(bound) for bound in bounds], concurrent=concurrent)
     if not isinstance(outs[0], tuple):
         return np.concatenate(outs)
     return tuple(np.concatenate(column) for column in zip(*outs, strict=True))
@@ -197,36 +187,22 @@ def _uses_lapack(
     kernel, the structure and non-array values of the model and arguments, the shapes and
     dtypes of their arrays and of the rows, and the x64 setting.
     """
-    leaves, structure = jax.tree_util.tree_flatten((model, tuple(args)))
-    try:
+    structure = mechscope.program_key((model, tuple(args)))
+    key = None
+    if structure is not None:
         key = (
             function,
             structure,
-            tuple(_leaf_key(leaf) for leaf in leaves),
             tuple((a.shape[1:], str(a.dtype)) for a in rows),
             str(np.dtype(dtype)),
             bool(jax.config.read("jax_enable_x64")),
         )
-        hash(key)
-    except TypeError:  # an unhashable argument: ask every time
-        key = None
     if key is not None and key in _USES_LAPACK:
         return _USES_LAPACK[key]
-    lower = getattr(function, "lower", None)
-    try:
-        uses = lower is None or "lapack" in lower(model, *example(), *args).as_text()
-    except Exception:  # noqa: BLE001 - whatever fails to lower runs the safe way
-        uses = True
+    uses = mechscope.calls_lapack(function, model, *example(), *args)
     if key is not None:
         _USES_LAPACK[key] = uses
     return uses
-
-
-def _leaf_key(leaf: Any) -> Hashable:
-    """A leaf's part of a cache key: shape and dtype of an array, the value of anything else."""
-    if isinstance(leaf, jax.Array | np.ndarray):
-        return (leaf.shape, str(leaf.dtype))
-    return leaf
 
 
 def _cut(out: Any, m: int) -> Any:
@@ -234,16 +210,3 @@ def _cut(out: Any, m: int) -> Any:
     if isinstance(out, tuple):
         return tuple(np.asarray(part, np.float64)[:m] for part in out)
     return np.asarray(out, np.float64)[:m]
-
-
-def _usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the OS reports one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    """One thread per usable core, kept for the life of the process (idle between calls)."""
-    return ThreadPoolExecutor(max_workers=_usable_cores(), thread_name_prefix="mechscope-fp")
