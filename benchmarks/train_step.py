@@ -17,7 +17,7 @@ against ctrnn and against each model's PyTorch baseline.
 
 The ``*trainer_ms`` rows time each model's step as the bptt trainer's ``fit`` takes it
 (``mechscope_bptt.make_train_step`` on a task that hands out the same batch): on a CPU the
-batch is cut into one piece per core, whose gradients run as independent programs side by
+batch is cut into pieces of 32 trials, whose gradients run as independent programs side by
 side and are summed (``config.trainer_pieces``; docs/trainers/bptt.md). The other mechscope
 rows are one jitted program on the whole batch.
 

@@ -18,8 +18,8 @@ Two things make it safe:
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -37,35 +37,53 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-@functools.cache
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+#: Marks the pool's threads while they run a call: a call that itself runs calls
+#: concurrently runs them inline (waiting on the pool from inside it could deadlock).
+_IN_POOL = threading.local()
+
+
 def _pool() -> ThreadPoolExecutor:
     """One thread per usable core, kept for the life of the process (idle between calls)."""
-    return ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="mechscope")
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(
+                ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="mechscope")
+            )
+        return _POOL[0]
 
 
 def run_concurrently(calls: Sequence[Callable[[], T]], *, concurrent: bool = True) -> list[T]:
     """Run the zero-argument `calls` on the process's thread pool; their results, in order.
 
-    Each call runs under the caller's thread-local JAX settings (x64, default matmul
-    precision, default device). The pool has one thread per usable core. With one call or
-    ``concurrent=False`` the calls run one after another in the calling thread. An exception
-    in a call is raised here, once every call before it has finished.
+    Each call runs under the caller's thread-local JAX settings for x64, the default matmul
+    precision and the default device (other thread-local contexts, e.g. ``debug_nans``, are
+    not passed on). The pool has one thread per usable core. With one call,
+    ``concurrent=False``, or from inside a call already running on the pool, the calls run
+    one after another in the calling thread. An exception in a call is raised here, once
+    every call before it has finished.
 
     Args:
         calls: the work, e.g. one jitted program per piece of a batch.
         concurrent: False runs them one after another (for programs that call LAPACK, see
             :func:`calls_lapack`).
     """
-    if not concurrent or len(calls) <= 1:
+    if not concurrent or len(calls) <= 1 or getattr(_IN_POOL, "active", False):
         return [call() for call in calls]
     x64 = bool(jax.config.read("jax_enable_x64"))
     precision = jax.config.jax_default_matmul_precision  # pyright: ignore[reportAttributeAccessIssue]
     device = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue]
 
     def under_callers_settings(call: Callable[[], T]) -> T:
-        with jax.enable_x64(x64), jax.default_matmul_precision(precision):
-            with jax.default_device(device):
-                return call()
+        _IN_POOL.active = True
+        try:
+            with jax.enable_x64(x64), jax.default_matmul_precision(precision):
+                with jax.default_device(device):
+                    return call()
+        finally:
+            _IN_POOL.active = False
 
     futures = [_pool().submit(under_callers_settings, call) for call in calls]
     return [future.result() for future in futures]

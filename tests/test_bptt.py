@@ -619,18 +619,31 @@ def test_pieces_of_a_batch_add_up_to_its_loss_terms_and_gradient(getkey):
     np.testing.assert_allclose(stepped.sums["train_r2"], float(terms["train_r2"]), rtol=1e-12)
 
 
-def test_batch_pieces_follow_the_cores_and_cover_the_batch(monkeypatch):
-    monkeypatch.setattr(mechscope, "usable_cores", lambda: 3)
-    assert batch_pieces(64) == [(0, 21), (21, 43), (43, 64)]
-    assert batch_pieces(40) == [(0, 20), (20, 40)]  # at least 16 trials a piece
-    assert batch_pieces(31) == [(0, 31)]
-    monkeypatch.setattr(mechscope, "usable_cores", lambda: 1)
-    assert batch_pieces(64) == [(0, 64)]
+def test_batch_pieces_depend_on_the_batch_only_and_cover_it(monkeypatch):
+    for cores in (1, 3, 16):  # the same pieces, hence the same numbers, on any CPU machine
+        monkeypatch.setattr(mechscope, "usable_cores", lambda cores=cores: cores)
+        assert batch_pieces(64) == [(0, 32), (32, 64)]
+        assert batch_pieces(100) == [(0, 33), (33, 67), (67, 100)]
+        assert batch_pieces(31) == [(0, 31)]
+        assert batch_pieces(16) == [(0, 16)]
+
+
+def test_compiled_configs_keep_only_whether_there_is_noise():
+    def compiled(**noise):
+        return compile_config(BPTTConfig(**noise))
+
+    quiet = compiled(input_noise=0.0, recurrent_noise=0.0)
+    assert (quiet.input_noise, quiet.recurrent_noise) == (0.0, 0.0)
+    some = [
+        compiled(input_noise=0.1, recurrent_noise=0.0),
+        compiled(input_noise=0.0, recurrent_noise=0.05),
+        compiled(input_noise=0.3, recurrent_noise=0.2),
+    ]
+    assert some[0] == some[1] == some[2] != quiet  # one noisy program for every level
 
 
 def test_a_step_in_pieces_runs_them_on_the_cores_and_matches_the_fused_step(getkey, monkeypatch):
-    monkeypatch.setattr(mechscope, "usable_cores", lambda: 2)
-    config = BPTTConfig(**{**NOISY_PENALISED, "batch_size": 32})
+    config = BPTTConfig(**{**NOISY_PENALISED, "batch_size": 64})
     hyper = Hyperparameters.from_config(config)
     static = compile_config(config)
     state = init_train_state(config, tiny_model(getkey()), key=getkey())
@@ -658,12 +671,20 @@ def test_a_step_in_pieces_runs_them_on_the_cores_and_matches_the_fused_step(getk
 
 
 def test_seeds_trained_together_in_pieces_equal_separate_runs(getkey, monkeypatch):
-    monkeypatch.setattr(mechscope, "usable_cores", lambda: 2)
     models = [tiny_model(getkey()) for _ in range(2)]
     keys = [getkey() for _ in range(2)]
-    t = trainer(steps=30, eval_every=10, batch_size=32)
-    assert len(batch_pieces(32)) == 2
+    t = trainer(steps=30, eval_every=10, batch_size=64)
+    assert len(batch_pieces(64)) == 2
+    ran = []
+    run_concurrently = mechscope.run_concurrently
+
+    def recording(calls, **kwargs):
+        ran.append(len(calls))
+        return run_concurrently(calls, **kwargs)
+
+    monkeypatch.setattr(mechscope, "run_concurrently", recording)
     together = t.fit_many(models, TASK, keys=keys)
+    assert ran == [2] * 30  # every step in two pieces
     assert together[0].metadata["parallel_seeds"] == 2
     for model, key, run in zip(models, keys, together, strict=True):
         alone = t.fit(model, TASK, key=key)

@@ -35,6 +35,19 @@ def test_results_come_back_in_order_from_pool_threads_under_the_callers_settings
     assert {r[1] for r in sequential} == {here}
 
 
+def test_calls_that_run_calls_concurrently_run_those_inline():
+    # Waiting on the pool from inside it would deadlock once the outer calls fill it.
+    def outer(i):
+        return lambda: mechscope.run_concurrently(
+            [lambda: (i, threading.current_thread().name)] * 3
+        )
+
+    results = mechscope.run_concurrently([outer(i) for i in range(2 * mechscope.usable_cores())])
+    for i, inner in enumerate(results):
+        assert [r[0] for r in inner] == [i] * 3
+        assert len({r[1] for r in inner}) == 1  # all in the outer call's thread
+
+
 def test_an_error_in_one_call_is_raised_to_the_caller():
     def fails():
         raise ValueError("piece 1 failed")

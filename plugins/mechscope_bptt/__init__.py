@@ -21,7 +21,7 @@ from ._loss import (
     weight_matrices,
 )
 from ._step import (
-    MIN_PIECE_TRIALS,
+    PIECE_TRIALS,
     PieceGradient,
     TrainState,
     apply_pieces,
@@ -39,7 +39,7 @@ from ._trainer import HISTORY_COLUMNS, BPTTTrainer
 
 __all__ = [
     "HISTORY_COLUMNS",
-    "MIN_PIECE_TRIALS",
+    "PIECE_TRIALS",
     "BPTTConfig",
     "BPTTTrainer",
     "Hyperparameters",

@@ -109,9 +109,15 @@ def masked_mse(
     outputs: Float[Array, "*batch time n_outputs"],
     targets: Float[Array, "*batch time n_outputs"],
     mask: Float[Array, "*batch time n_outputs"],
+    total_mask: Float[ArrayLike, ""] | None = None,
 ) -> Scalar:
-    """Σ mask·(z − y)² / Σ mask (0 when the mask is empty)."""
-    return jnp.sum(mask * (outputs - targets) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
+    """Σ mask·(z − y)² / Σ mask (0 when the mask is empty).
+
+    `total_mask` replaces Σ mask in the denominator (a piece of a batch divides by the whole
+    batch's, see :func:`piece_loss_terms`).
+    """
+    total = jnp.sum(mask) if total_mask is None else total_mask
+    return jnp.sum(mask * (outputs - targets) ** 2) / jnp.maximum(total, 1.0)
 
 
 def loss_terms(
@@ -176,7 +182,7 @@ def piece_loss_terms(
         noisy: simulate with the noise levels of `hyper`; False runs noise-free (the levels
             must then be zero; the trainer decides this from its config).
         start: the piece's first trial.
-        size: the piece's number of trials; None = the whole batch (from trial 0).
+        size: the piece's number of trials; None = the whole batch (`start` must be 0).
 
     Returns:
         The piece's loss, its terms (``loss``, ``mse``, ``rate_penalty``, ``weight_penalty``,
@@ -201,8 +207,7 @@ def piece_loss_terms(
         )
     else:
         trajectory = mechscope.simulate(model, piece.inputs, piece.times)
-    squared_error = jnp.sum(piece.mask * (trajectory.outputs - piece.targets) ** 2)
-    mse = squared_error / jnp.maximum(jnp.sum(trials.mask), 1.0)
+    mse = masked_mse(trajectory.outputs, piece.targets, piece.mask, jnp.sum(trials.mask))
     mean_rate_sq = jnp.mean(trajectory.rates**2) * share
     weight_sq = sum((jnp.mean(w**2) for w in weight_matrices(model)), jnp.zeros(()))
     weight_sq = jnp.where(jnp.asarray(start) == 0, weight_sq, 0.0)

@@ -1,4 +1,4 @@
-"""The training state and the one jitted training step (public so benchmarks can time it)."""
+"""The training state and the training step, whole or in pieces over the cores (public)."""
 
 from __future__ import annotations
 
@@ -109,9 +109,11 @@ def compile_config(config: BPTTConfig) -> BPTTConfig:
 
     The learning rate, penalty weights and noise levels enter the step as arrays
     (:class:`Hyperparameters`), and loop settings never reach it, so runs that differ only
-    in those share one compilation; only whether each penalty and noise is on at all is
-    kept (off, the step skips its work).
+    in those share one compilation. Kept are whether the simple-dynamics penalty is on and
+    whether there is any noise (off, the step skips that work: a step compiled for a
+    noise-free config ignores noise levels passed in `hyper`).
     """
+    noisy = config.input_noise > 0 or config.recurrent_noise > 0
     return config.model_copy(
         update={
             "steps": 0,
@@ -119,10 +121,10 @@ def compile_config(config: BPTTConfig) -> BPTTConfig:
             "rate_reg": 0.0,
             "weight_reg": 0.0,
             "simple_dynamics_reg": 1.0 if config.simple_dynamics_reg > 0 else 0.0,
-            # Whether there is noise at all is part of the program (a noise-free run draws
-            # none); its levels are arrays.
-            "input_noise": 1.0 if config.input_noise > 0 else 0.0,
-            "recurrent_noise": 1.0 if config.recurrent_noise > 0 else 0.0,
+            # Whether there is any noise is part of the program (a noise-free run draws
+            # none); the levels are arrays.
+            "input_noise": 1.0 if noisy else 0.0,
+            "recurrent_noise": 1.0 if noisy else 0.0,
             "eval_every": 1,
             "target_r2": None,
             "checkpoint_every": None,
@@ -323,26 +325,28 @@ def apply_pieces_many(
     return eqx.filter_vmap(lambda s, p: _update(s, task, hyper, config, p))(states, pieces)
 
 
-#: Fewest trials in one piece of a batch (smaller batches are not cut).
-MIN_PIECE_TRIALS = 16
+#: Trials in one piece of a batch (on a CPU): a batch of B trials is cut into B // 32 pieces.
+PIECE_TRIALS = 32
 
 
 def batch_pieces(batch_size: int) -> list[tuple[int, int]]:
     """The ``(start, stop)`` trials of each piece a training batch is differentiated in.
 
-    On a CPU, one piece per usable core (:func:`mechscope.usable_cores`), each of at least
-    :data:`MIN_PIECE_TRIALS` trials, as even as they divide; elsewhere one piece. XLA's CPU
-    runtime gets little from a second core inside one training step (its matrix products
-    on a few dozen trials are too short to split well), while independent programs on the
-    cores run side by side: on two cores, the gated network's canonical step (batch 64) takes
-    ≈ 53 ms in two pieces against ≈ 81 ms in one, more pieces than cores are slower again
-    (docs/trainers/bptt.md). A batch's gradient is the sum of its pieces', so the number of
-    pieces changes a run's numbers at rounding level only.
+    On a CPU, ``batch_size // PIECE_TRIALS`` pieces (at least one), as even as they divide;
+    on an accelerator one piece. The pieces depend on the batch size only, never on the
+    number of cores, so a run gives the same numbers on any CPU machine with the same
+    arithmetic (and a resumed run those of an uninterrupted one); they run side by side on
+    the cores there are. Why: XLA's CPU runtime gets little from a second core inside one
+    training step (its matrix products on a few dozen trials are too short to split well),
+    while independent programs run side by side; on two cores the gated network's canonical
+    step (batch 64) takes 58–62 ms in two pieces against 87–92 ms as one program
+    (docs/trainers/bptt.md). A batch's gradient is the sum of its pieces', so pieces change
+    a run's numbers at rounding level only.
     """
     if jax.default_backend() != "cpu":
         count = 1
     else:
-        count = max(1, min(mechscope.usable_cores(), batch_size // MIN_PIECE_TRIALS))
+        count = max(1, batch_size // PIECE_TRIALS)
     edges = [round(i * batch_size / count) for i in range(count + 1)]
     return list(itertools.pairwise(edges))
 
@@ -375,12 +379,15 @@ def step_function(
     )
     pieces = batch_pieces(config.batch_size)
     starts = [jnp.asarray(first, jnp.int32) for first, _ in pieces]
+    checked = [len(pieces) == 1]
 
     def step(state: TrainState) -> TrainState:
-        if len(pieces) > 1 and mechscope.calls_lapack(
-            gradient, state, task, hyper, config, starts[0], pieces[0][1]
-        ):
-            del pieces[1:]
+        if not checked[0]:
+            checked[0] = True
+            if mechscope.calls_lapack(
+                gradient, state, task, hyper, config, starts[0], pieces[0][1]
+            ):
+                del pieces[1:]
         if len(pieces) == 1:
             return single(state, task, hyper, config)
         calls = [

@@ -15,7 +15,7 @@ def representatives(points: np.ndarray, score: np.ndarray, tol: float) -> np.nda
     claims every unclaimed point within `tol` of it.
 
     Only leaders' distances are needed, so they are computed for the next few unclaimed
-    points at a time (one matrix product per batch of rows, the batch doubling as it goes):
+    points at a time (one matrix product per batch of rows, the batch growing fourfold):
     where the points collapse onto a few clusters (relaxed starts) this costs a few rows
     instead of the whole ``[m, m]`` matrix, and where they do not it costs that matrix in
     blocks. In the state spaces here (tens to hundreds of dimensions) a k-d tree degenerates
@@ -27,7 +27,8 @@ def representatives(points: np.ndarray, score: np.ndarray, tol: float) -> np.nda
     centred = points - points.mean(axis=0)
     squared = np.sum(centred**2, axis=1)
     # float32 products are twice as fast; their rounding of ‖a‖² + ‖b‖² − 2a·b (≈ 1e-7 of the
-    # squared norms, ≤ 4 % of tol² here) is negligible unless `tol` is tiny next to the spread.
+    # squared norms, ≤ 4 % of tol² here) is negligible unless `tol` is tiny next to the spread:
+    # only a pair within a few per cent of `tol` can fall on the other side of it.
     if tol**2 > 5e-6 * squared.max(initial=0.0):
         centred, squared = centred.astype(np.float32), squared.astype(np.float32)
     order = np.argsort(score, kind="stable")
