@@ -8,7 +8,13 @@ included, use only what this module exports.
 from importlib.metadata import PackageNotFoundError, version
 
 from mechscope.comparison import AbstractComparison, Representation
-from mechscope.concurrency import calls_lapack, program_key, run_concurrently, usable_cores
+from mechscope.concurrency import (
+    LAPACK_LOCK,
+    calls_lapack,
+    program_key,
+    run_concurrently,
+    usable_cores,
+)
 from mechscope.config import COMPONENT_KINDS, ComponentSpec, Config
 from mechscope.errors import (
     ConfigError,
@@ -42,6 +48,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "COMPONENT_KINDS",
+    "LAPACK_LOCK",
     "AbstractComparison",
     "AbstractExecutor",
     "AbstractModel",

@@ -13,7 +13,9 @@ Two things make it safe:
   thread-local, so each call runs under the caller's settings, not the pool thread's.
 * XLA's CPU runtime (jaxlib 0.10) deadlocks when two programs that each run a batched LAPACK
   call (``solve``, ``cholesky``, ``lu``) inside a loop run at the same time. A caller asks
-  :func:`calls_lapack` of the lowered program first and runs such programs one after another.
+  :func:`calls_lapack` of the lowered program first and runs such programs one after another,
+  and holds :data:`LAPACK_LOCK` while one runs, so that no two run at once in the process
+  (two solves in different threads, a training step with an implicit solver beside them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
+
+#: Held while mechscope runs a program that may call LAPACK (the fixed-point solver's kernels,
+#: a training step whose program does): two such programs at once deadlock XLA's CPU
+#: runtime. Reentrant; never held while waiting for a call that needs it from another thread.
+LAPACK_LOCK = threading.RLock()
 
 _POOL: list[ThreadPoolExecutor] = []
 _POOL_LOCK = threading.Lock()
@@ -136,4 +143,4 @@ def calls_lapack(function: Callable[..., Any], *args: Any) -> bool:
     return answer
 
 
-__all__ = ["calls_lapack", "program_key", "run_concurrently", "usable_cores"]
+__all__ = ["LAPACK_LOCK", "calls_lapack", "program_key", "run_concurrently", "usable_cores"]

@@ -663,11 +663,23 @@ def test_a_step_in_pieces_runs_them_on_the_cores_and_matches_the_fused_step(getk
     assert int(in_pieces.step) == 5
     for a, b in zip(leaves(in_pieces.model), leaves(fused.model), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    # A step whose program calls LAPACK (two at once deadlock XLA's CPU runtime) runs fused.
+    # A step whose program calls LAPACK (two at once deadlock XLA's CPU runtime) runs fused,
+    # holding the process's LAPACK lock.
     threads.clear()
+    held = []
+
+    class RecordingLock:
+        def __enter__(self):
+            held.append(True)
+
+        def __exit__(self, *exc):
+            return False
+
     monkeypatch.setattr(mechscope, "calls_lapack", lambda *args: True)
-    step_function(TASK, hyper, static)(state)
-    assert threads == []
+    monkeypatch.setattr(mechscope, "LAPACK_LOCK", RecordingLock())
+    lapack_step = step_function(TASK, hyper, static)
+    lapack_step(lapack_step(state))
+    assert threads == [] and held == [True, True]
 
 
 def test_seeds_trained_together_in_pieces_equal_separate_runs(getkey, monkeypatch):

@@ -364,7 +364,9 @@ def step_function(
     calls LAPACK, e.g. an implicit solver: two such programs at once deadlock XLA's CPU
     runtime, see :mod:`mechscope.concurrency`) runs :func:`train_step`; several run
     :func:`piece_gradient` on the cores at once (:func:`mechscope.run_concurrently`) and
-    then :func:`apply_pieces`. The LAPACK check runs on the first call.
+    then :func:`apply_pieces`. The LAPACK check runs on the first call of a step with
+    several pieces; a step found to call LAPACK runs whole, holding
+    :data:`mechscope.LAPACK_LOCK`.
 
     Args:
         task: the task.
@@ -379,15 +381,19 @@ def step_function(
     )
     pieces = batch_pieces(config.batch_size)
     starts = [jnp.asarray(first, jnp.int32) for first, _ in pieces]
-    checked = [len(pieces) == 1]
+    checked, lapack = [len(pieces) == 1], [False]
 
     def step(state: TrainState) -> TrainState:
         if not checked[0]:
             checked[0] = True
-            if mechscope.calls_lapack(
+            lapack[0] = mechscope.calls_lapack(
                 gradient, state, task, hyper, config, starts[0], pieces[0][1]
-            ):
+            )
+            if lapack[0]:
                 del pieces[1:]
+        if lapack[0]:
+            with mechscope.LAPACK_LOCK:  # beside no other program that calls LAPACK
+                return single(state, task, hyper, config)
         if len(pieces) == 1:
             return single(state, task, hyper, config)
         calls = [

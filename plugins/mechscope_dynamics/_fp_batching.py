@@ -18,16 +18,16 @@ calls run concurrently (XLA's CPU runtime deadlocks on two at once, see
 :mod:`mechscope.concurrency`). Whether a program has one depends on the kernel *and the
 model* (a model's vector field may solve a system), so :func:`call_in_pieces` asks
 :func:`mechscope.calls_lapack` once per kernel, model structure and argument shapes, and runs
-such programs' pieces one after another. Every call of either function also holds one
-process-wide lock, so two solves in different threads of one process (user threads, a dask
-worker with several threads) never run their kernels at the same time either.
+such programs' pieces one after another. Every call of either function also holds
+:data:`mechscope.LAPACK_LOCK`, so two solves in different threads of one process (user
+threads, a dask worker with several threads), or a solve and a training step whose program
+calls LAPACK, never run such kernels at the same time either.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -48,9 +48,6 @@ MIN_PIECE_ROWS = 32
 #: A batch is cut into at least this many pieces where each keeps MIN_PIECE_ROWS rows.
 TARGET_PIECES = 4
 
-#: Held by every kernel call of this module: one kernel of the solver runs at a time in this
-#: process (its pieces may run concurrently), see the module docstring.
-_KERNEL_LOCK = threading.RLock()
 
 #: Whether a kernel's program calls LAPACK, by kernel, model/argument structure and shapes.
 _USES_LAPACK: dict[Hashable, bool] = {}
@@ -93,7 +90,7 @@ def call_padded(
     """
     m = len(x)
     size = padded_size(m)
-    with _KERNEL_LOCK:
+    with mechscope.LAPACK_LOCK:
         out = function(model, pad_rows(x, size, dtype), pad_rows(u, size, dtype), *args)
         return _cut(out, m)
 
@@ -160,7 +157,7 @@ def call_in_pieces(
     def piece(bound: tuple[int, int]) -> Callable[[], Any]:
         return lambda: _cut(function(model, *padded(bound), *args), bound[1] - bound[0])
 
-    with _KERNEL_LOCK:
+    with mechscope.LAPACK_LOCK:
         concurrent = len(bounds) > 1 and mechscope.usable_cores() > 1
         first_piece = functools.partial(padded, bounds[0])
         if concurrent and _uses_lapack(function, model, rows, dtype, args, first_piece):
