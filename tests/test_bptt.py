@@ -570,6 +570,19 @@ NOISY_PENALISED = {
 }
 
 
+def _record_concurrent_calls(monkeypatch) -> list[int]:
+    """How many calls each ``mechscope.run_concurrently`` got (it still runs them)."""
+    counts: list[int] = []
+    run_concurrently = mechscope.run_concurrently
+
+    def recording(calls, **kwargs):
+        counts.append(len(calls))
+        return run_concurrently(calls, **kwargs)
+
+    monkeypatch.setattr(mechscope, "run_concurrently", recording)
+    return counts
+
+
 def test_pieces_of_a_batch_add_up_to_its_loss_terms_and_gradient(getkey):
     # Pieces of two sizes, with noise (each trial must keep its key) and every penalty (the MSE's
     # normaliser, the means' shares and the weight penalty counted once), against the loss of
@@ -647,14 +660,7 @@ def test_a_step_in_pieces_runs_them_on_the_cores_and_matches_the_fused_step(getk
     hyper = Hyperparameters.from_config(config)
     static = compile_config(config)
     state = init_train_state(config, tiny_model(getkey()), key=getkey())
-    threads = []
-    run_concurrently = mechscope.run_concurrently
-
-    def recording(calls, **kwargs):
-        threads.append(len(calls))
-        return run_concurrently(calls, **kwargs)
-
-    monkeypatch.setattr(mechscope, "run_concurrently", recording)
+    threads = _record_concurrent_calls(monkeypatch)
     step = step_function(TASK, hyper, static)
     in_pieces, fused = state, state
     for _ in range(5):
@@ -687,14 +693,7 @@ def test_seeds_trained_together_in_pieces_equal_separate_runs(getkey, monkeypatc
     keys = [getkey() for _ in range(2)]
     t = trainer(steps=30, eval_every=10, batch_size=64)
     assert len(batch_pieces(64)) == 2
-    ran = []
-    run_concurrently = mechscope.run_concurrently
-
-    def recording(calls, **kwargs):
-        ran.append(len(calls))
-        return run_concurrently(calls, **kwargs)
-
-    monkeypatch.setattr(mechscope, "run_concurrently", recording)
+    ran = _record_concurrent_calls(monkeypatch)
     together = t.fit_many(models, TASK, keys=keys)
     assert ran == [2] * 30  # every step in two pieces
     assert together[0].metadata["parallel_seeds"] == 2
