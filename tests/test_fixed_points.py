@@ -161,12 +161,16 @@ def test_stable_points_with_small_basins_that_no_start_reaches_are_all_found(sea
         assert alone.stable.sum() == expected_stable.sum() - 1
 
 
-def test_continuation_follows_each_branch_and_stops_at_its_fold():
+@pytest.mark.parametrize("steps_per_factorisation", [1, 2, 3])
+def test_continuation_follows_each_branch_and_stops_at_its_fold(steps_per_factorisation):
     # ẋ = x − x³ + u (and ẏ = −y): stable branches x₊(u) from 1 and x₋(u) from −1, each
     # ending at a fold where u = ∓2/(3√3) ≈ ∓0.385. Followed from u = 0, each zero ends on its
     # own branch at u = 0.35 (the two stable roots differ: 1.14 and −0.71), not on the other.
     # The upper branch followed past its fold (to u = −0.5) stops at the fold, x = 1/√3, the
     # minimum of |f| there (|f| = 0.5 − 2/(3√3)): a slow point, left to the later stages.
+    # The same with the Jacobian factorised at every step, every other step (the default)
+    # and every third: a factorisation from a step or two back still lands on the branch,
+    # and the last step's own factorisation converges it.
     model = FieldModel(
         DoubleConfig(kind="bistable"), jnp.zeros((2, 2)), jnp.asarray([[1.0], [0.0]])
     )
@@ -177,7 +181,13 @@ def test_continuation_follows_each_branch_and_stops_at_its_fold():
     with jax.enable_x64(True):
         wide = cast_model(model, jnp.float64)
         end, speed = continuation(
-            wide, jnp.asarray(x0), jnp.zeros((3, 1)), jnp.asarray(u_to), jnp.asarray(20), 3
+            wide,
+            jnp.asarray(x0),
+            jnp.zeros((3, 1)),
+            jnp.asarray(u_to),
+            jnp.asarray(20),
+            3,
+            steps_per_factorisation,
         )
     end, speed = np.asarray(end), np.asarray(speed)
     assert stable_roots[0] > 1.1 and -0.8 < stable_roots[1] < -0.7

@@ -176,28 +176,31 @@ def _continuation(
     u_to: Float[Array, "m n_inputs"],
     steps: Int[Array, ""],
     iterations: int,
+    steps_per_factorisation: int = 2,
 ) -> tuple[Float[Array, "m n"], Float[Array, " m"]]:
     """Every row followed from input `u_from` to `u_to` in `steps` equal steps of the input.
 
     At step i the input is u(σ) = (1 − σ) u_from + σ u_to with σ = i / `steps`. Each row
     starts from the secant prediction 2·x_i − x_{i−1} (the branch's last step repeated)
     where that is slower than x_i, and takes `iterations` globalised chord iterations: the
-    trials of :func:`_newton`, with the Jacobian at the start factorised once and used for
-    all of them. Near a smooth branch the chord iteration converges about as fast as
-    Newton's, and the factorisation (an LU of the N-by-N Jacobian and its pivots, against two
-    triangular solves) is most of a Newton iteration's cost: the step takes about half the
-    time of three Newton iterations. Without the prediction, three chord iterations lose
-    the chaotic benchmark network's input-3 attractor, which three Newton iterations find.
-    All steps run in one compiled loop (`steps` is traced: any number of steps shares one
-    program).
+    trials of :func:`_newton`, with a factorised Jacobian used for all of them. The Jacobian
+    is evaluated at the step's start and factorised (an LU and its pivots) once every
+    `steps_per_factorisation` steps and at the last step; the steps in between reuse it. Near a smooth branch the
+    chord iteration converges about as fast as Newton's, and the factorisation, not the two
+    triangular solves, is most of a step's cost: a Jacobian from one step back (a small
+    change of the input) slows the convergence little, and halves that cost. Without the
+    prediction, three chord iterations lose the chaotic benchmark network's input-3
+    attractor, which three Newton iterations find. All steps run in one compiled loop
+    (`steps` is traced: any number of steps shares one program).
 
     Returns:
         The end points (for `u_to`) and ‖f‖ there.
     """
+    n = x.shape[1]
 
     def one(x, u_from, u_to):
         def step(i, carry):
-            y, previous, _ = carry
+            y, previous, _, factorised = carry
             fraction = (i + 1).astype(y.dtype) / steps.astype(y.dtype)
             u = (1.0 - fraction) * u_from + fraction * u_to
 
@@ -208,8 +211,16 @@ def _continuation(
             # the new zero than the last zero does.
             predicted = 2.0 * y - previous
             start = jnp.where(_speed(residual, predicted) < _speed(residual, y), predicted, y)
-            jac = model.jacobian(0.0, start, u)
-            lu, _, permutation = jax.lax.linalg.lu(jac)
+
+            def factorise(_):
+                jac = model.jacobian(0.0, start, u)
+                lu, _, permutation = jax.lax.linalg.lu(jac)
+                return jac, lu, permutation
+
+            # The step number is the same for every row, so this stays a branch under vmap.
+            # The last step factorises too: its end point is the one handed on.
+            fresh = (i % steps_per_factorisation == 0) | (i == steps - 1)
+            jac, lu, permutation = jax.lax.cond(fresh, factorise, lambda _: factorised, None)
 
             def chord(rhs):  # jac · δ = rhs, from the factorisation
                 lower = jax.lax.linalg.triangular_solve(
@@ -225,9 +236,16 @@ def _continuation(
             (end, speed), _ = jax.lax.scan(
                 iteration, (start, _speed(residual, start)), None, length=iterations
             )
-            return end, y, speed
+            return end, y, speed, (jac, lu, permutation)
 
-        end, _, speed = jax.lax.fori_loop(0, steps, step, (x, x, jnp.asarray(jnp.inf, x.dtype)))
+        # Step 0 factorises (0 % anything is 0), so the placeholder factors are never used.
+        placeholder = (
+            jnp.zeros((n, n), x.dtype),
+            jnp.eye(n, dtype=x.dtype),
+            jnp.arange(n, dtype=jnp.int32),
+        )
+        init = (x, x, jnp.asarray(jnp.inf, x.dtype), placeholder)
+        end, _, speed, _ = jax.lax.fori_loop(0, steps, step, init)
         return end, speed
 
     return jax.vmap(one)(x, u_from, u_to)

@@ -329,7 +329,7 @@ def continued_candidates(
     stable points of neighbouring inputs lie on each other's branches: each stable point of
     input a is followed to every input b along u(s) = (1 − s) u_a + s u_b, in
     ``continuation_steps`` equal steps of s, each from a secant prediction with three
-    globalised chord iterations (one LU factorisation per step), every path and step in one
+    globalised chord iterations (one LU factorisation per two steps), every path and step in one
     compiled loop (:func:`~mechscope_dynamics._fp_kernels.continuation`).
     A search from the starts can miss a stable point of b whose basin no start reaches; its
     branch through a's stable point does not.
