@@ -185,13 +185,13 @@ def _continuation(
     where that is slower than x_i, and takes `iterations` globalised chord iterations: the
     trials of :func:`_newton`, with a factorised Jacobian used for all of them. The Jacobian
     is evaluated at the step's start and factorised (an LU and its pivots) once every
-    `steps_per_factorisation` steps and at the last step; the steps in between reuse it. Near a smooth branch the
-    chord iteration converges about as fast as Newton's, and the factorisation, not the two
-    triangular solves, is most of a step's cost: a Jacobian from one step back (a small
-    change of the input) slows the convergence little, and halves that cost. Without the
-    prediction, three chord iterations lose the chaotic benchmark network's input-3
-    attractor, which three Newton iterations find. All steps run in one compiled loop
-    (`steps` is traced: any number of steps shares one program).
+    `steps_per_factorisation` steps and at the last step; the steps in between reuse it.
+    Near a smooth branch the chord iteration converges about as fast as Newton's, and the
+    factorisation, not the two triangular solves, is most of a step's cost: a Jacobian from
+    one step back (a small change of the input) slows the convergence little, and halves
+    that cost. Without the prediction, three chord iterations lose the chaotic benchmark
+    network's input-3 attractor, which three Newton iterations find. All steps run in one
+    compiled loop (`steps` is traced: any number of steps shares one program).
 
     Returns:
         The end points (for `u_to`) and ‖f‖ there.
