@@ -13,6 +13,7 @@ from mechscope.concurrency import (
     calls_lapack,
     program_key,
     run_concurrently,
+    runs_on_cpu,
     usable_cores,
 )
 from mechscope.config import COMPONENT_KINDS, ComponentSpec, Config
@@ -88,6 +89,7 @@ __all__ = [
     "pad_units",
     "program_key",
     "run_concurrently",
+    "runs_on_cpu",
     "shape_distance",
     "shape_represent",
     "simulate",

@@ -32,6 +32,19 @@ import numpy as np
 T = TypeVar("T")
 
 
+def runs_on_cpu() -> bool:
+    """Whether this thread's JAX computations run on a CPU, where pieces pay (module docs).
+
+    The platform of the default device where one is set (``jax.default_device``, a
+    thread-local setting), else the default backend's.
+    """
+    device = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue]
+    if device is None:
+        return jax.default_backend() == "cpu"
+    platform = device if isinstance(device, str) else device.platform
+    return platform == "cpu"
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity where the OS reports one)."""
     if hasattr(os, "sched_getaffinity"):

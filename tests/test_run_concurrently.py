@@ -81,3 +81,28 @@ def test_program_keys_tell_shapes_and_static_values_apart_but_not_array_values()
     assert key((jnp.zeros(3, jnp.int32),)) != key((jnp.zeros(3),))
     assert key(({"a": [1, 2]},)) is not None  # containers are structure, their ints leaves
     assert key((np.zeros(2), {1, 2})) is None  # an unhashable leaf: no key (ask every time)
+
+
+def test_runs_on_cpu_follows_the_default_device_then_the_backend(monkeypatch):
+    from mechscope_bptt._step import batch_pieces
+    from mechscope_dynamics._fp_batching import call_in_pieces
+
+    def piece_rows(model, x):  # each row reports the padded size of the call it was in
+        del model
+        return jnp.full(x.shape[0], x.shape[0])
+
+    rows = (np.zeros((2000, 3)),)
+
+    assert mechscope.runs_on_cpu() == (jax.default_backend() == "cpu")
+    cpu = jax.devices("cpu")[0]
+    # As if an accelerator were the default backend: one piece per batch, for the trainer
+    # and the fixed-point solver alike ...
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not mechscope.runs_on_cpu()
+    assert batch_pieces(64) == [(0, 64)]
+    assert set(call_in_pieces(piece_rows, None, rows, jnp.float32)) == {2048}
+    # ... unless this thread's default device is a CPU, where pieces pay.
+    with jax.default_device(cpu):
+        assert mechscope.runs_on_cpu()
+        assert batch_pieces(64) == [(0, 32), (32, 64)]
+        assert set(call_in_pieces(piece_rows, None, rows, jnp.float32)) == {512}

@@ -343,10 +343,7 @@ def batch_pieces(batch_size: int) -> list[tuple[int, int]]:
     (docs/trainers/bptt.md). A batch's gradient is the sum of its pieces', so pieces change
     a run's numbers at rounding level only.
     """
-    if jax.default_backend() != "cpu":
-        count = 1
-    else:
-        count = max(1, batch_size // PIECE_TRIALS)
+    count = max(1, batch_size // PIECE_TRIALS) if mechscope.runs_on_cpu() else 1
     edges = [round(i * batch_size / count) for i in range(count + 1)]
     return list(itertools.pairwise(edges))
 

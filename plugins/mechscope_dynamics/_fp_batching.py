@@ -145,7 +145,7 @@ def call_in_pieces(
         float64 NumPy arrays.
     """
     m = len(rows[0])
-    bounds = piece_bounds(m, most, least) if jax.default_backend() == "cpu" else [(0, m)]
+    bounds = piece_bounds(m, most, least) if mechscope.runs_on_cpu() else [(0, m)]
     if len(bounds) == 0:
         bounds = [(0, 0)]
 

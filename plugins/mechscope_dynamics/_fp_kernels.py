@@ -17,7 +17,7 @@ import optimistix as optx
 from jaxtyping import Array, Float, Int
 
 import mechscope
-from mechscope_dynamics._fp_batching import pad_rows, padded_size
+from mechscope_dynamics._fp_batching import call_padded
 
 
 def cast_model(model: mechscope.AbstractModel, dtype: Any) -> mechscope.AbstractModel:
@@ -314,14 +314,10 @@ def jacobians(
 ) -> np.ndarray:
     """∂f/∂x at each row of `x` (inputs `u`), computed in `dtype`, as a float64 array.
 
-    Rows are padded to :func:`~mechscope_dynamics._fp_batching.padded_size` (the number of
-    points differs from call to call, and each new number would compile anew).
+    One :func:`~mechscope_dynamics._fp_batching.call_padded` call (the number of points
+    differs from call to call, and each new number would compile anew).
     """
-    m = len(x)
-    size = padded_size(m)
-    padded_x, padded_u = pad_rows(np.asarray(x), size, dtype), pad_rows(np.asarray(u), size, dtype)
-    jac = _jacobians_jit(model, padded_x, padded_u)
-    return np.asarray(jac, dtype=np.float64)[:m]
+    return call_padded(_jacobians_jit, model, np.asarray(x), np.asarray(u), dtype)
 
 
 def eigen(
