@@ -156,4 +156,11 @@ def calls_lapack(function: Callable[..., Any], *args: Any) -> bool:
     return answer
 
 
-__all__ = ["LAPACK_LOCK", "calls_lapack", "program_key", "run_concurrently", "usable_cores"]
+__all__ = [
+    "LAPACK_LOCK",
+    "calls_lapack",
+    "program_key",
+    "run_concurrently",
+    "runs_on_cpu",
+    "usable_cores",
+]

@@ -386,8 +386,6 @@ def step_function(
             lapack[0] = mechscope.calls_lapack(
                 gradient, state, task, hyper, config, starts[0], pieces[0][1]
             )
-            if lapack[0]:
-                del pieces[1:]
         if lapack[0]:
             with mechscope.LAPACK_LOCK:  # beside no other program that calls LAPACK
                 return single(state, task, hyper, config)
