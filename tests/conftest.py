@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import jax
 import pytest
@@ -10,6 +11,17 @@ import pytest
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (the default, see pyproject): one per usable core, at most 4.
+
+    Most of a test's time is XLA compiling, on one core, so a worker per core roughly halves
+    the suite on 2 cores. More than 4 buys little and each worker holds its own JAX runtime.
+    """
+    del config
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 4))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
