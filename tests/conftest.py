@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import jax
 import pytest
+
+import mechscope
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -17,11 +18,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Workers for ``-n auto`` (the default, see pyproject): one per usable core, at most 4.
 
     Most of a test's time is XLA compiling, on one core, so two workers on 2 cores cut the
-    suite from ~800 s to ~510 s. More than 4 buys little and each worker holds its own JAX runtime.
+    suite from ~800 s to ~510 s. The cap of 4 bounds memory: each worker holds its own JAX
+    runtime and its own trained fixtures.
     """
     del config
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 4))
+    return min(mechscope.usable_cores(), 4)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
